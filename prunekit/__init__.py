@@ -1,0 +1,34 @@
+"""prunekit: structured pruning for PyTorch; flagship strategy TINA (Tiny Adapters for Vision Transformers).
+
+The pieces, one module each: ``graph`` (coupled groups via torch-pruning), ``adapters`` (injection), ``scorers``
+(neuron importance), ``scopes`` (local / global selection), ``plan`` (selection as data), ``schedule`` (cycle
+count), ``engine`` (the iterative loop), ``strategy`` (named combinations; built-ins in ``strategies/``).
+"""
+from .adapters import (
+    Adapter,
+    AdapterConfig,
+    NoMatchingModuleError,
+    find_adapters,
+    inject_adapters,
+    remove_empty_adapters,
+)
+from .engine import CycleRecord, Engine
+from .graph import Group, adapter_groups, find_groups
+from .params import count_parameters, mark_trainable
+from .plan import Plan, replay
+from .registry import PrunekitError, UnknownNameError
+from .schedule import Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
+from .scopes import SCOPES, global_scope, local_scope, register_scope
+from .scorers import SCORERS, ScoreStats, collect_activations, combine, register_scorer, scaled
+from .strategy import STRATEGIES, Strategy, get_strategy, list_strategies, register_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "AdapterConfig", "NoMatchingModuleError", "find_adapters", "inject_adapters", "remove_empty_adapters",
+    "CycleRecord", "Engine", "Group", "adapter_groups", "find_groups", "count_parameters", "mark_trainable",
+    "Plan", "replay", "PrunekitError", "UnknownNameError", "Schedule", "num_prunes", "oneshot_sigma0",
+    "paper_cycle_count", "SCOPES", "global_scope", "local_scope", "register_scope", "SCORERS", "ScoreStats",
+    "collect_activations", "combine", "register_scorer", "scaled", "STRATEGIES", "Strategy", "get_strategy",
+    "list_strategies", "register_strategy",
+]

@@ -1,0 +1,294 @@
+"""Bottleneck adapters for vision transformers, injected by wrapping a sub-layer.
+
+Series adapters (Houlsby et al., 2019), applied to the output of a sub-layer as in TINA (Fig. 2a)::
+
+    h' = W_up phi(W_down h) + h                    # h = sublayer(x, ...)
+
+Parallel adapters (He et al., 2021; TINA appendix A.3.2), a branch on the sub-layer's input::
+
+    h' = sublayer(x, ...) + s * W_up phi(W_down x)
+
+``W_up`` (and its bias) start at zero, so an injected model computes exactly what the backbone computes. The hidden
+size n_i is either fixed or follows a compression rate sigma: ``n_i = round(m_i / sigma)``, at least 1.
+
+The wrapper keeps the sub-layer under ``base_layer`` and maps a backbone checkpoint's keys on load
+(``blocks.0.attn.qkv.weight`` -> ``blocks.0.attn.base_layer.qkv.weight``), so a plain timm checkpoint still loads into
+an injected model with ``load_state_dict(sd, strict=False)`` (only the adapter keys are then missing).
+
+An adapter pruned to zero neurons is removed: its wrapper is replaced by the bare sub-layer, which is exactly the
+identity adapter at zero parameters and zero runtime cost (:func:`remove_empty_adapters`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from .registry import PrunekitError, did_you_mean
+
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "AdapterLayer",
+    "SeriesAdapterLayer",
+    "ParallelAdapterLayer",
+    "NoMatchingModuleError",
+    "inject_adapters",
+    "find_adapters",
+    "remove_empty_adapters",
+    "hidden_size",
+    "DEFAULT_TARGETS",
+]
+
+# timm ViT (``blocks.3.attn``), Swin (``layers.1.blocks.0.mlp``), DeiT, BEiT, EVA ... all name their sub-layers so.
+DEFAULT_TARGETS = ("*blocks.*.attn", "*blocks.*.mlp")
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+
+class NoMatchingModuleError(PrunekitError, ValueError):
+    """No module of the model matches the requested target patterns."""
+
+
+def hidden_size(dim: int, sigma: float | None = None, hidden: int | None = None) -> int:
+    """Hidden width of an adapter on a ``dim``-wide sub-layer: fixed ``hidden``, or ``round(dim / sigma)`` (>= 1)."""
+    if (sigma is None) == (hidden is None):
+        raise ValueError(f"give exactly one of sigma and hidden, got sigma={sigma!r}, hidden={hidden!r}")
+    if hidden is not None:
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        return int(hidden)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    return max(1, math.floor(dim / sigma + 0.5))
+
+
+class Adapter(nn.Module):
+    """Bottleneck ``up(act(down(x)))``, plus ``x`` when ``residual`` (series), times ``scale`` otherwise (parallel).
+
+    Args:
+        dim: input and output width m.
+        hidden: bottleneck width n.
+        act_layer: activation phi, a module type or a name (``gelu``, ``relu``, ``silu``, ``tanh``, ``identity``).
+        bias: whether down and up have biases.
+        residual: add the input to the output (Houlsby series adapter).
+        scale: factor on the bottleneck's output (AdaptFormer's s; 1 for plain adapters).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            hidden: int,
+            act_layer: type[nn.Module] | str = "gelu",
+            bias: bool = True,
+            residual: bool = True,
+            scale: float = 1.0,
+    ):
+        super().__init__()
+        if isinstance(act_layer, str):
+            if act_layer not in _ACTIVATIONS:
+                raise ValueError(
+                    f"act_layer: unknown activation {act_layer!r};{did_you_mean(act_layer, list(_ACTIVATIONS))} "
+                    f"allowed: {', '.join(_ACTIVATIONS)}")
+            act_layer = _ACTIVATIONS[act_layer]
+        self.down = nn.Linear(dim, hidden, bias=bias)
+        self.act = act_layer()
+        self.up = nn.Linear(hidden, dim, bias=bias)
+        self.residual = residual
+        self.scale = scale
+        nn.init.zeros_(self.up.weight)
+        if self.up.bias is not None:
+            nn.init.zeros_(self.up.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.down.in_features
+
+    @property
+    def hidden(self) -> int:
+        return self.down.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.up(self.act(self.down(x)))  # (..., m)
+        if self.scale != 1.0:
+            r = r * self.scale
+        return x + r if self.residual else r
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}, scale={self.scale}"
+
+
+class AdapterLayer(nn.Module):
+    """Wraps a sub-layer and an adapter; attribute look-ups the wrapper lacks go to the sub-layer.
+
+    timm calls methods on its sub-layers (e.g. Swin's ``block.attn.set_window_size``); they keep working. A state dict
+    written for the bare sub-layer loads into the wrapper (its keys are moved under ``base_layer.``).
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self._register_load_state_dict_pre_hook(_map_backbone_keys, with_module=True)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base_layer", "adapter"):
+                raise
+            return getattr(self.base_layer, name)
+
+
+class SeriesAdapterLayer(AdapterLayer):
+    """``adapter(sublayer(x, ...))`` with a residual adapter."""
+
+    def forward(self, *args, **kwargs):
+        return self.adapter(self.base_layer(*args, **kwargs))
+
+
+class ParallelAdapterLayer(AdapterLayer):
+    """``sublayer(x, ...) + adapter(x)`` with a non-residual adapter on the sub-layer's first input."""
+
+    def forward(self, x, *args, **kwargs):
+        return self.base_layer(x, *args, **kwargs) + self.adapter(x)
+
+
+def _map_backbone_keys(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Move keys of a bare sub-layer (``prefix + 'qkv.weight'``) under ``prefix + 'base_layer.'``."""
+    own = (prefix + "base_layer.", prefix + "adapter.")
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
+        state_dict[prefix + "base_layer." + key[len(prefix):]] = state_dict.pop(key)
+
+
+@dataclass
+class AdapterConfig:
+    """Where adapters go and how big they are.
+
+    Exactly one of ``sigma`` and ``hidden`` is set. ``targets`` are glob patterns on module names
+    (``fnmatch``; ``*`` also matches dots), or exact names.
+    """
+
+    sigma: float | None = 32.0  # compression rate m_i / n_i; TINA starts from 32 (Sec. 4)
+    hidden: int | None = None  # a fixed n_i for every adapter instead (the paper's n_i = 47 / 23 / 1 baselines)
+    kind: Literal["series", "parallel"] = "series"
+    targets: Sequence[str] = field(default_factory=lambda: DEFAULT_TARGETS)
+    act_layer: str = "gelu"
+    bias: bool = True
+    scale: float = 1.0  # output scale of a parallel adapter
+
+    def __post_init__(self):
+        if self.hidden is not None and self.sigma is not None:
+            # a fixed width overrides the default compression rate
+            self.sigma = None
+        if self.sigma is None and self.hidden is None:
+            raise ValueError("AdapterConfig: set sigma (compression rate) or hidden (fixed width), got neither")
+        if self.sigma is not None and not self.sigma > 0:
+            raise ValueError(f"AdapterConfig.sigma: expected a number > 0, got {self.sigma!r}")
+        if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden < 1):
+            raise ValueError(f"AdapterConfig.hidden: expected an integer >= 1, got {self.hidden!r}")
+        if self.kind not in ("series", "parallel"):
+            raise ValueError(f"AdapterConfig.kind: expected 'series' or 'parallel', got {self.kind!r}")
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+        if not self.targets:
+            raise ValueError("AdapterConfig.targets: expected at least one module-name pattern, got none")
+        if self.act_layer not in _ACTIVATIONS:
+            raise ValueError(f"AdapterConfig.act_layer: unknown activation {self.act_layer!r};"
+                             f"{did_you_mean(self.act_layer, list(_ACTIVATIONS))} allowed: {', '.join(_ACTIVATIONS)}")
+
+
+def output_dim(module: nn.Module) -> int:
+    """Width of a sub-layer's output: ``out_features`` / ``out_channels`` of its last Linear / Conv layer."""
+    last = None
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            last = m
+    if last is None:
+        raise ValueError(f"cannot infer the output width of {type(module).__name__}: it has no Linear or Conv layer")
+    return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+
+
+def match_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Names of the modules matching any pattern, in model order; raises :class:`NoMatchingModuleError` if none."""
+    patterns = list(patterns)
+    names = [n for n, _ in model.named_modules() if n]
+    matched = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in patterns)]
+    # a match inside another match (e.g. '*.mlp' hitting 'blocks.0.mlp' and 'blocks.0.mlp.x.mlp') keeps the outer one
+    outer = [n for n in matched if not any(n.startswith(o + ".") for o in matched if o != n)]
+    if not outer:
+        sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        hint = did_you_mean(patterns[0], names) if len(patterns) == 1 else ""
+        raise NoMatchingModuleError(
+            f"targets: no module of {type(model).__name__} matches {patterns};{hint} module names look like: {sample}")
+    return outer
+
+
+def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, **kwargs) -> list[str]:
+    """Wrap every target sub-layer of ``model`` with an adapter, in place; returns the wrapped names.
+
+    Every target is resolved and checked before the model is touched, so a bad pattern leaves it unchanged.
+    New adapters are created on the device and in the dtype of the sub-layer they wrap.
+
+    Example::
+
+        model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=True, num_classes=100)
+        names = inject_adapters(model, AdapterConfig(sigma=32))   # 24 adapters
+    """
+    if config is not None and kwargs:
+        raise TypeError(f"pass an AdapterConfig or keyword arguments, not both (got {sorted(kwargs)})")
+    config = config if config is not None else AdapterConfig(**kwargs)
+    names = match_modules(model, config.targets)
+    already = [n for n in names if isinstance(model.get_submodule(n), AdapterLayer)]
+    if already:
+        raise PrunekitError(f"targets: {already[:3]} already carry an adapter; inject once per model")
+    todo = []
+    for name in names:
+        sub = model.get_submodule(name)
+        dim = output_dim(sub)
+        todo.append((name, sub, dim, hidden_size(dim, config.sigma, config.hidden)))
+
+    wrapper = SeriesAdapterLayer if config.kind == "series" else ParallelAdapterLayer
+    for name, sub, dim, hidden in todo:
+        ref = next(sub.parameters(), None)
+        adapter = Adapter(dim, hidden, act_layer=config.act_layer, bias=config.bias,
+                          residual=config.kind == "series", scale=config.scale)
+        if ref is not None:
+            adapter.to(device=ref.device, dtype=ref.dtype)
+        _set_submodule(model, name, wrapper(sub, adapter))
+    return names
+
+
+def find_adapters(model: nn.Module) -> dict[str, Adapter]:
+    """Name -> adapter for every adapter currently in ``model`` (names end in ``.adapter``)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, Adapter)}
+
+
+def remove_empty_adapters(model: nn.Module) -> list[str]:
+    """Replace every wrapper whose adapter has no neuron left by its bare sub-layer; returns the adapters removed.
+
+    With zero neurons a series adapter is ``x + up_bias`` and a parallel one adds ``up_bias``; the up bias of a
+    zero-width adapter is only meaningful as a leftover, so it goes too: the layer becomes exactly the sub-layer.
+    """
+    removed = []
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, AdapterLayer) and mod.adapter.hidden == 0:
+            _set_submodule(model, name, mod.base_layer)
+            removed.append(name + ".adapter")
+    return removed
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,116 @@
+"""A pruning plan: which neurons of which group go, as plain data.
+
+Selection produces a :class:`Plan`; only :meth:`Plan.apply` touches the model. Plans serialise to JSON and replay on a
+fresh model built the same way (:func:`replay`), like torch-pruning's pruning history but keyed by group name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import nn
+
+from .adapters import remove_empty_adapters
+from .graph import Group, adapter_groups, groups_by_name
+from .registry import PrunekitError
+
+__all__ = ["Plan", "replay"]
+
+
+@dataclass
+class Plan:
+    """Neurons to remove per group.
+
+    Attributes:
+        widths: group name -> width n before the plan (also names every group the plan was made for).
+        remove: group name -> sorted indices (in ``0..n-1``) to remove; a group may lose all of them.
+        meta: free-form provenance (cycle, scorer, scope, fraction ...), saved with the plan.
+    """
+
+    widths: dict[str, int]
+    remove: dict[str, list[int]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, idxs in self.remove.items():
+            if name not in self.widths:
+                raise PrunekitError(f"plan removes neurons of {name!r}, which is not among its groups")
+            n = self.widths[name]
+            if len(set(idxs)) != len(idxs) or any(not 0 <= i < n for i in idxs):
+                raise PrunekitError(f"plan for {name!r}: indices must be distinct and in [0, {n}), got {idxs}")
+        self.remove = {k: sorted(int(i) for i in v) for k, v in self.remove.items()}
+
+    def keep(self, name: str) -> list[int]:
+        drop = set(self.remove.get(name, ()))
+        return [i for i in range(self.widths[name]) if i not in drop]
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(v) for v in self.remove.values())
+
+    def widths_after(self) -> dict[str, int]:
+        return {k: n - len(self.remove.get(k, ())) for k, n in self.widths.items()}
+
+    def emptied(self) -> list[str]:
+        return [k for k, n in self.widths_after().items() if n == 0 and self.widths[k] > 0]
+
+    def apply(self, model: nn.Module, groups: Iterable[Group] | Mapping[str, Group]) -> list[str]:
+        """Slice the model; returns the adapters removed because they lost every neuron.
+
+        Every group is checked against the model before anything is cut, so a stale plan changes nothing.
+        """
+        by_name = dict(groups) if isinstance(groups, Mapping) else groups_by_name(groups)
+        for name, n in self.widths.items():
+            if name not in by_name:
+                raise PrunekitError(f"plan names group {name!r}, which the model does not have "
+                                    f"(it has {len(by_name)} groups, e.g. {sorted(by_name)[:3]})")
+            if by_name[name].width != n:
+                raise PrunekitError(f"plan expects group {name!r} to have {n} neurons, the model has "
+                                    f"{by_name[name].width}; plans apply in the order they were made")
+        for name, idxs in self.remove.items():
+            if idxs:
+                by_name[name].prune(idxs)
+        return remove_empty_adapters(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "groups": {k: {"width": n, "remove": self.remove.get(k, [])}
+                                              for k, n in self.widths.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        try:
+            groups = d["groups"]
+            return cls(widths={k: int(v["width"]) for k, v in groups.items()},
+                       remove={k: list(v["remove"]) for k, v in groups.items() if v["remove"]},
+                       meta=dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PrunekitError(f"not a prunekit plan ({type(e).__name__}: {e})") from None
+
+    @staticmethod
+    def save_all(plans: Iterable["Plan"], path: str | Path) -> None:
+        """Write plans to ``path`` as JSON atomically (temp file + rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": "prunekit.plan/1", "plans": [p.to_dict() for p in plans]}, indent=1))
+        tmp.replace(path)
+
+    @staticmethod
+    def load_all(path: str | Path) -> list["Plan"]:
+        d = json.loads(Path(path).read_text())
+        if not isinstance(d, dict) or "plans" not in d:
+            raise PrunekitError(f"{path}: not a prunekit plan file (no 'plans' key)")
+        return [Plan.from_dict(p) for p in d["plans"]]
+
+
+def replay(
+        model: nn.Module,
+        plans: Iterable[Plan],
+        example_inputs,
+        groups_fn: Callable[[nn.Module, Any], list[Group]] = adapter_groups,
+) -> nn.Module:
+    """Apply recorded plans, in order, to a freshly built model (same architecture and adapters); returns it."""
+    for plan in plans:
+        plan.apply(model, groups_fn(model, example_inputs))
+    return model

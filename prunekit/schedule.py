@@ -1,0 +1,111 @@
+"""When to prune and how much: the cycle count and the total width after every prune.
+
+Compression of a set of adapters is ``sigma = sum_i m_i / sum_i n_i`` (the neuron-weighted mean of m_i / n_i; with
+every n_i = m_i / sigma0 it is sigma0). Removing a fraction rho of the neurons multiplies sigma by 1 / (1 - rho), so
+reaching sigma_target from sigma0 takes
+
+    P = ceil( log(sigma_target / sigma0) / log(1 / (1 - rho)) )      prunes, i.e. P + 1 training cycles.
+
+The paper (Sec. 3.2) writes C = ceil((log sigma0 - log sigma_target) / log rho - 1), which equals P - 1 at rho = 0.5
+(see :func:`paper_cycle_count`); it does not hold for other rho because it divides by log rho, the fraction kept
+only when rho = 0.5.
+
+Each iterative prune removes ``round(rho * N)`` neurons; the last one removes what is left to reach
+``N_target = floor(M / sigma_target)``, so the target is always met (sigma >= sigma_target) despite rounding.
+One-shot (the ablation's non-iterative rows): adapters start at sigma0 = sigma_target * (1 - rho), are pruned once,
+to N_target, after the first cycle, and train for as many cycles as the iterative run from ``sigma_reference``.
+The paper (Sec. 4.2) and the issue write sigma0 = sigma_target / (1 - rho); read literally that starts *above* the
+target (2 x sigma_target at rho = 0.5), from where pruning can only move away. One prune of rho multiplies sigma by
+1 / (1 - rho), so the start that lands on the target is sigma_target * (1 - rho) (sigma_target / 2 at rho = 0.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .registry import PrunekitError
+from .scopes import round_half_up
+
+__all__ = ["Schedule", "num_prunes", "paper_cycle_count", "oneshot_sigma0", "compression"]
+
+
+def _check(rho: float, sigma0: float, sigma_target: float) -> None:
+    if not 0.0 < rho < 1.0:
+        raise PrunekitError(f"rho: expected a fraction in (0, 1), got {rho}")
+    if not sigma0 > 0:
+        raise PrunekitError(f"sigma0: expected a compression rate > 0, got {sigma0}")
+    if not sigma_target > sigma0:
+        raise PrunekitError(f"sigma_target: expected more than the starting compression sigma0={sigma0:g}, "
+                            f"got {sigma_target:g}; pruning only raises sigma")
+
+
+def num_prunes(sigma0: float, sigma_target: float, rho: float) -> int:
+    """Prune steps needed to go from sigma0 to sigma_target removing a fraction rho each time."""
+    _check(rho, sigma0, sigma_target)
+    return max(1, math.ceil(math.log(sigma_target / sigma0) / math.log(1.0 / (1.0 - rho)) - 1e-9))
+
+
+def paper_cycle_count(sigma0: float, sigma_target: float, rho: float) -> int:
+    """The paper's C = ceil((log sigma0 - log sigma_target) / log rho - 1), verbatim (Sec. 3.2)."""
+    return math.ceil((math.log(sigma0) - math.log(sigma_target)) / math.log(rho) - 1 - 1e-9)
+
+
+def oneshot_sigma0(sigma_target: float, rho: float) -> float:
+    """Starting compression of a one-shot run: one prune of rho lands on sigma_target."""
+    if not 0.0 < rho < 1.0:
+        raise PrunekitError(f"rho: expected a fraction in (0, 1), got {rho}")
+    return sigma_target * (1.0 - rho)
+
+
+def compression(total_fan: int, total_width: int) -> float:
+    """sigma = sum m_i / sum n_i (infinite once every neuron is gone)."""
+    return math.inf if total_width == 0 else total_fan / total_width
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Iterative or one-shot pruning towards ``sigma_target``, removing a fraction ``rho`` per prune."""
+
+    rho: float = 0.5
+    sigma_target: float = 512.0
+    mode: Literal["iterative", "oneshot"] = "iterative"
+    sigma_reference: float = 32.0  # one-shot runs get the training budget of an iterative run from here
+
+    def __post_init__(self):
+        if self.mode not in ("iterative", "oneshot"):
+            raise PrunekitError(f"mode: expected 'iterative' or 'oneshot', got {self.mode!r}")
+        if not 0.0 < self.rho < 1.0:
+            raise PrunekitError(f"rho: expected a fraction in (0, 1), got {self.rho}")
+
+    def target_width(self, total_fan: int) -> int:
+        n = math.floor(total_fan / self.sigma_target + 1e-9)
+        if n < 1:
+            raise PrunekitError(f"sigma_target: {self.sigma_target:g} cannot be reached; the adapters' widths add up "
+                                f"to m = {total_fan}, so sigma_target must be at most {total_fan} (one neuron left)")
+        return n
+
+    def widths(self, total_width: int, total_fan: int) -> list[int]:
+        """Total width before training and after each prune: ``[N0, N1, ..., N_target]`` (one prune per step)."""
+        sigma0 = compression(total_fan, total_width)
+        n_target = self.target_width(total_fan)
+        if self.mode == "oneshot":
+            _check(self.rho, sigma0, self.sigma_target)
+            return [total_width, n_target]
+        prunes = num_prunes(sigma0, self.sigma_target, self.rho)
+        widths = [total_width]
+        for _ in range(prunes - 1):
+            widths.append(max(n_target, widths[-1] - round_half_up(self.rho * widths[-1])))
+        widths.append(n_target)
+        return widths
+
+    def cycles(self, total_width: int, total_fan: int) -> int:
+        """Training cycles, the first included: prunes + 1 (iterative) or the reference run's count (one-shot)."""
+        if self.mode == "oneshot":
+            return num_prunes(self.sigma_reference, self.sigma_target, self.rho) + 1
+        return len(self.widths(total_width, total_fan))
+
+    def prune_after(self, total_width: int, total_fan: int) -> dict[int, int]:
+        """Training cycle -> total width to prune to once that cycle has trained."""
+        widths = self.widths(total_width, total_fan)
+        return {c: w for c, w in enumerate(widths[1:])}
