@@ -139,19 +139,17 @@ def _has_matrix_weight(module: object) -> bool:
     return isinstance(module, nn.Module) and isinstance(w, torch.Tensor) and w.dim() >= 2
 
 
-def _activation_after(dg: tp.DependencyGraph, root: nn.Module, parent: nn.Module | None) -> nn.Module | None:
-    """The activation applied to ``root``'s output: the parent's ``act`` (adapters, timm ``Mlp``), else the first
-    activation module on the single-path chain after ``root`` (conv -> BN -> ReLU), else None."""
+def _activation_after(parent: nn.Module, chain: list[nn.Module]) -> nn.Module | None:
+    """The activation applied to a group's neurons: the parent's ``act`` (adapters, timm ``Mlp``), else the sibling
+    registered right after the last layer of the chain when it is an activation (``conv, bn, relu`` in a Sequential
+    or a ResNet block), else None (activation scores then read the producer's output)."""
     act = getattr(parent, "act", None)
     if isinstance(act, nn.Module) and not _has_matrix_weight(act):
         return act
-    node = dg.module2node[root]
-    while len(node.outputs) == 1:
-        node = node.outputs[0]
-        if isinstance(node.module, ACTIVATION_TYPES):
-            return node.module
-        if _has_matrix_weight(node.module):
-            return None
+    children = list(parent.children())
+    positions = [i for i, c in enumerate(children) if any(c is m for m in chain)]
+    if positions and positions[-1] + 1 < len(children) and isinstance(children[positions[-1] + 1], ACTIVATION_TYPES):
+        return children[positions[-1] + 1]
     return None
 
 
@@ -177,7 +175,8 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         members.append(Member(names[module], module, role, list(item.idxs), list(item.root_idxs)))
     parent_name = names[root].rpartition(".")[0]
     parent = dg.model.get_submodule(parent_name) if parent_name else dg.model
-    return Group(names[root], members, _activation_after(dg, root, parent), dg, handler)
+    chain = [root] + [m.module for m in members if m.role == "other" and names[m.module].startswith(parent_name)]
+    return Group(names[root], members, _activation_after(parent, chain), dg, handler)
 
 
 def find_groups(
@@ -201,12 +200,19 @@ def find_groups(
     Returns:
         Groups in model order; each has at least one producer. A residual stream shared by many layers is one group.
     """
+    # torch-pruning traces autograd: frozen parameters would leave no graph, so every parameter requires grad
+    # while tracing; the flags and the train/eval mode are restored afterwards.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     was_training = model.training
     model.eval()
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False)
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
 
