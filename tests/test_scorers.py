@@ -82,7 +82,7 @@ def test_l1_activation_is_mean_abs_gelu_output_over_all_batches(group):
 
     rows = [[1.0, 0.0, -1.0], [0.0, 2.0, 0.0], [-1.0, 1.0, 1.0]]
     expected = []
-    for j, (w, b) in enumerate(zip(DOWN, [0.5, -0.25])):
+    for w, b in zip(DOWN, [0.5, -0.25]):
         pre = [sum(wk * xk for wk, xk in zip(w, x)) + b for x in rows]
         expected.append(sum(abs(gelu(p)) for p in pre) / len(rows))
     acts = collect_activations(model, [g], batches)

@@ -1,0 +1,169 @@
+"""``prunekit`` command line: run, inspect, list and eval recipes.
+
+Bad input ends with ``error: <what, where, what is allowed>`` on stderr and exit code 2; nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from .progress import ProgressReporter, make_console
+from .recipe import load_recipe
+from .registry import PrunekitError
+
+LISTABLE = ("strategies", "scorers", "methods", "datasets", "recipes", "scopes")
+
+
+def recipe_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parents[1] / "recipes"
+    dirs = [Path.cwd() / "recipes", here]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs[:i]]]
+
+
+class _Group(click.Group):
+    """Turns prunekit's own errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PrunekitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prunekit")
+def main():
+    """prunekit: structured pruning for PyTorch; TINA (Tiny Adapters for Vision Transformers) by default.
+
+    \b
+    prunekit run recipes/quickstart.yaml          train + prune on the offline default
+    prunekit run recipes/tina_swin.yaml --dry-run validate and print the plan, no data or hub needed
+    prunekit inspect RECIPE                       adapters / groups, widths, parameters
+    prunekit list strategies                      what can be named in a recipe
+    prunekit eval runs/quickstart --cycle 2       reload a cycle's adapters and re-measure top-1
+    """
+
+
+SET_HELP = "override a recipe key, e.g. --set train.lr=0.01 --set method.sigma=16 (repeatable; values are YAML)"
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", type=click.Path(file_okay=False), help="run directory (default: output.dir/<recipe name>)")
+@click.option("--dry-run", is_flag=True, help="validate, build the model with random weights, print the plan; "
+                                              "no data, no hub, nothing written")
+@click.option("--overwrite", is_flag=True, help="replace an existing run directory")
+@click.option("--quiet", is_flag=True, help="print only the final table")
+def run(recipe, overrides, out, dry_run, overwrite, quiet):
+    """Train and prune as RECIPE says; writes a run directory."""
+    from .runner import dry_run as plan_run, run_recipe
+
+    r = load_recipe(recipe, list(overrides))
+    console = make_console()
+    if dry_run:
+        info = plan_run(r)
+        console.print(f"[bold]{r.name}[/bold]: recipe valid")
+        for k, v in info.items():
+            if isinstance(v, list):
+                v = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
+            elif isinstance(v, float):
+                v = f"{v:.4g}"
+            console.print(f"  {k:<22} {v}")
+        return
+    reporter = ProgressReporter(console=make_console(quiet=quiet))
+    result = run_recipe(r, out=out, overwrite=overwrite, reporter=reporter)
+    if quiet:
+        from .report import COLUMNS, cycle_rows, markdown_table
+
+        click.echo(markdown_table(COLUMNS, cycle_rows(result.cycles)))
+    click.echo(f"run directory: {result.run_dir}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def inspect(recipe, overrides):
+    """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
+    from rich.table import Table
+
+    from .graph import adapter_groups
+    from .params import count_parameters
+    from .report import short_group_name
+    from .runner import build_model, check_recipe, example_inputs, num_classes_for
+
+    r = load_recipe(recipe, list(overrides))
+    check_recipe(r)
+    model = build_model(r, num_classes_for(r), random_weights=True)
+    groups = adapter_groups(model, example_inputs(r))
+    table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}")
+    for col in ("#", "adapter", "m (fan)", "n (width)", "sigma_i", "params"):
+        table.add_column(col, justify="right" if col != "adapter" else "left")
+    for i, g in enumerate(groups):
+        params = sum(p.numel() for m in g.modules for p in m.parameters(recurse=False))
+        table.add_row(str(i), short_group_name(g.name), str(g.fan), str(g.width), f"{g.fan / g.width:.1f}",
+                      f"{params:,}")
+    console = make_console()
+    console.print(table)
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    console.print(f"groups: {len(groups)}  neurons: {sum(g.width for g in groups)}  "
+                  f"trainable: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(LISTABLE))
+def list_(what):
+    """What can be named in a recipe: strategies, scorers, scopes, methods, datasets, recipes."""
+    from .data import DATASETS
+    from .methods import METHODS
+    from .scopes import SCOPES
+    from .scorers import SCORERS
+    from .strategy import list_strategies
+
+    if what == "strategies":
+        for s in list_strategies():
+            click.echo(f"{s.name:<28} {s.scorer} / {s.scope} / {s.mode}: {s.description}")
+    elif what == "scorers":
+        for name, fn in SCORERS.items():
+            click.echo(f"{name:<22} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    elif what == "scopes":
+        for name, fn in SCOPES.items():
+            click.echo(f"{name:<10} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    elif what == "methods":
+        for name, m in METHODS.items():
+            click.echo(f"{name:<20} {'prunable' if m.prunable else '        '}  {m.description}")
+    elif what == "datasets":
+        for name, info in DATASETS.items():
+            click.echo(f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}")
+    else:
+        for d in recipe_dirs():
+            for p in sorted(d.rglob("*.yaml")):
+                desc = (yaml.safe_load(p.read_text()) or {}).get("description", "")
+                click.echo(f"{str(p.relative_to(d.parent)):<40} {str(desc).strip().splitlines()[0] if desc else ''}")
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def eval_(run_dir, cycle, as_json):
+    """Rebuild backbone + adapters of RUN_DIR at a cycle and re-measure validation top-1."""
+    from .runner import evaluate_run
+
+    res = evaluate_run(run_dir, cycle)
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"cycle {res['cycle']}: top-1 {100 * res['top1']:.2f}% (recorded at the end of training: "
+               f"{100 * res['recorded_last_top1']:.2f}%){'' if res['match'] else '  MISMATCH'}")
+    if not res["match"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

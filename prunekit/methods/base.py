@@ -1,0 +1,53 @@
+"""The method protocol and registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from ..recipe import RecipeError, parse_section
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parameter-efficient (or not) way to adapt a backbone.
+
+    Attributes:
+        name: registry name.
+        config_cls: dataclass of the method's recipe keys (besides ``name``).
+        apply: ``apply(model, config)`` changes the model in place and sets ``requires_grad``.
+        prunable: whether it creates groups a pruning strategy can shrink (adapters).
+        description: one line for ``prunekit list methods``.
+    """
+
+    name: str
+    config_cls: type
+    apply: Callable[[nn.Module, Any], None]
+    prunable: bool = False
+    description: str = ""
+
+    def parse_config(self, section: Mapping[str, Any], path: str = "method") -> Any:
+        return parse_section(self.config_cls, {k: v for k, v in section.items() if k != "name"}, path)
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(method: Method, *, overwrite: bool = False) -> Method:
+    return METHODS.register(method.name, method, overwrite=overwrite)
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)
+
+
+def build_method(section: Mapping[str, Any]) -> tuple[Method, Any]:
+    """The method named in a recipe's ``method`` section and its validated config."""
+    name = section.get("name")
+    try:
+        method = get_method(name)
+    except KeyError as e:
+        raise RecipeError(f"method.name: {e}") from None
+    return method, method.parse_config(section)

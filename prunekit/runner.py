@@ -1,0 +1,354 @@
+"""Run a recipe: backbone -> method -> data -> engine (or plain cycles) -> run directory.
+
+``run_recipe`` is what ``prunekit run`` calls; ``build_model`` and ``load_run`` are shared with ``inspect``, ``eval``
+and the dry run, so a run directory always rebuilds into the model that wrote it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbone import create_backbone, load_backbone_weights, load_checkpoint_file
+from .data import DATASETS, load_data, make_loaders
+from .engine import Engine
+from .graph import adapter_groups
+from .methods import build_method
+from .params import count_parameters
+from .plan import Plan, replay
+from .progress import ProgressReporter
+from .recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
+from .registry import PrunekitError
+from .report import COLUMNS, cycle_rows, markdown_table, plot_widths, human_bytes
+from .rundir import RunDir, save_safetensors
+from .schedule import compression
+from .strategy import get_strategy
+from .train import Trainer, seed_everything, select_device
+
+__all__ = ["RunResult", "check_recipe", "build_model", "run_recipe", "dry_run", "load_run", "evaluate_run",
+           "num_classes_for", "example_inputs"]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    backbone_bytes: int = 0
+
+
+def check_recipe(recipe: Recipe):
+    """Resolve every name in the recipe (with did-you-mean errors) before anything heavy happens."""
+    method, method_cfg = build_method(recipe.method)
+    strategy = None
+    if recipe.strategy.name != "none":
+        try:
+            strategy = get_strategy(recipe.strategy.name)
+        except KeyError as e:
+            raise RecipeError(f"strategy.name: {e} (or 'none')") from None
+        if not method.prunable:
+            raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
+                              "prunable groups; use method adapters or parallel_adapters, or strategy 'none'")
+        sigma = getattr(method_cfg, "sigma", None)
+        if sigma is not None and strategy.mode == "iterative" and not recipe.strategy.sigma_target > sigma:
+            raise RecipeError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only "
+                              f"raises sigma), got {recipe.strategy.sigma_target:g}")
+    try:
+        DATASETS.get(recipe.data.name)
+    except KeyError as e:
+        raise RecipeError(f"data.name: {e}") from None
+    return method, method_cfg, strategy
+
+
+def num_classes_for(recipe: Recipe, bundle=None) -> int:
+    if bundle is not None:
+        return bundle.num_classes
+    n = DATASETS.get(recipe.data.name).num_classes
+    if n is None:
+        raise PrunekitError(f"data.name={recipe.data.name}: the number of classes comes from the files; load the data")
+    return n
+
+
+def example_inputs(recipe: Recipe, device="cpu") -> torch.Tensor:
+    return torch.zeros(1, recipe.model.in_chans, recipe.model.img_size, recipe.model.img_size, device=device)
+
+
+def _start_sigma(recipe: Recipe, method_cfg, strategy) -> float | None:
+    sigma = getattr(method_cfg, "sigma", None)
+    if strategy is None or sigma is None:
+        return sigma
+    return strategy.initial_sigma(sigma, recipe.strategy.sigma_target, recipe.strategy.rho)
+
+
+def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) -> nn.Module:
+    """Backbone (hub or checkpoint weights unless ``random_weights``) with the recipe's method applied."""
+    method, method_cfg, strategy = check_recipe(recipe)
+    model = create_backbone(recipe.model, num_classes, pretrained=False if random_weights else None)
+    if recipe.model.checkpoint and not random_weights:
+        sd = load_checkpoint_file(recipe.model.checkpoint)
+        load_backbone_weights(model, sd, recipe.model.checkpoint, reset_head=recipe.model.reset_head)
+    start = _start_sigma(recipe, method_cfg, strategy)
+    if start is not None and start != getattr(method_cfg, "sigma", None):
+        method_cfg.sigma = start  # one-shot: one prune of rho from here lands on sigma_target
+    method.apply(model, method_cfg)
+    return model
+
+
+def _resolve_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressReporter) -> None:
+    """Run ``model.pretrain`` when ``model.checkpoint`` does not exist yet."""
+    ckpt = recipe.model.checkpoint
+    if not ckpt or Path(ckpt).expanduser().exists():
+        return
+    if not recipe.model.pretrain:
+        raise PrunekitError(f"model.checkpoint: no such file {ckpt!r} (set model.pretrain to a recipe that makes it)")
+    base = Path(recipe.source).parent if recipe.source else Path.cwd()
+    pre_path = (base / recipe.model.pretrain).resolve()
+    pre = load_recipe(pre_path, [f"output.save_checkpoint={ckpt}"])
+    name = pre.output.run_name or pre.name
+    run_name, i = name, 1
+    while (out_parent / run_name).exists():
+        i += 1
+        run_name = f"{name}-{i}"
+    reporter.log(f"checkpoint {ckpt} not found: pretraining it with {pre_path.name} (run dir "
+                f"{out_parent / run_name})")
+    pre.output.run_name = run_name
+    run_recipe(pre, out=out_parent / run_name, reporter=reporter)
+    if not Path(ckpt).expanduser().exists():
+        raise PrunekitError(f"model.pretrain: {pre_path.name} finished without writing {ckpt}")
+
+
+def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = False,
+               reporter: ProgressReporter | None = None) -> RunResult:
+    """Train (and prune) as the recipe says; writes a run directory and returns its per-cycle summary."""
+    reporter = reporter or ProgressReporter()
+    method, method_cfg, strategy = check_recipe(recipe)
+    run_path = Path(out) if out else Path(recipe.output.dir) / (recipe.output.run_name or recipe.name)
+    _resolve_checkpoint(recipe, run_path.parent, reporter)
+    rundir = RunDir.create(run_path, overwrite=overwrite)
+    rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+    t, d = recipe.train, recipe.data
+    seed_everything(t.seed, t.deterministic)
+    device = select_device(t.device)
+    bundle = load_data(d, recipe.model.img_size, seed=t.seed, in_chans=recipe.model.in_chans,
+                       **_norm_kwargs(recipe))
+    model = build_model(recipe, bundle.num_classes).to(device)
+    train_loader, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size,
+                                            d.num_workers, t.seed, pin_memory=device.type == "cuda")
+    trainer = Trainer(t, train_loader, val_loader, device, reporter, on_epoch_end=lambda m: rundir.append_metrics(
+        {"type": "epoch", **m}))
+    backbone_bytes = _backbone_bytes(model)
+    reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
+                 f"{' (bf16)' if trainer.bf16 else ''} -> {run_path}")
+
+    cycles: list[dict[str, Any]] = []
+    engine = None
+
+    def train_fn(model: nn.Module, optimizer, cycle: int) -> dict[str, Any]:
+        reporter.start_cycle(cycle, n_cycles, f"trainable {count_parameters(model, True):,}")
+        metrics = trainer.train_cycle(model, optimizer, cycle)
+        widths = engine.widths() if engine is not None else {}
+        path = rundir.adapter_file(cycle)
+        nbytes = save_safetensors(path, _trained_state(model), {"recipe": recipe.name, "cycle": cycle,
+                                                                "widths": json.dumps(widths)}) \
+            if recipe.output.save_adapters else None
+        total = count_parameters(model)
+        summary = {"type": "cycle", "cycle": cycle, "widths": widths,
+                   "sigma": engine.sigma(widths) if engine is not None else None,
+                   "trainable_params": count_parameters(model, trainable_only=True), "total_params": total,
+                   "best_top1": metrics["best_top1"], "last_top1": metrics["last_top1"],
+                   "adapter_file": str(path.relative_to(rundir.path)) if nbytes else None, "adapter_bytes": nbytes,
+                   "images_per_s": metrics["images_per_s"]}
+        cycles.append(summary)
+        rundir.append_metrics(summary)
+        return metrics
+
+    if strategy is not None:
+        calib = None
+        if engine_needs_calibration(recipe, strategy):
+            calib_loader = DataLoader(bundle.train, batch_size=t.batch_size, shuffle=False,
+                                      collate_fn=bundle.collate_fn)
+            calib = lambda: (b[0].to(device) for b in itertools.islice(calib_loader, recipe.strategy.calibration_batches))  # noqa: E731,E501
+        engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy,
+                        rho=recipe.strategy.rho, sigma_target=recipe.strategy.sigma_target,
+                        sigma_reference=recipe.strategy.sigma_reference, optimizer_factory=trainer.make_optimizer,
+                        calibration=calib, seed=t.seed)
+        n_cycles = engine.cycles
+        _check_cycles(recipe, n_cycles)
+        engine.add_callback("on_prune", lambda eng, plan: (
+            Plan.save_all(eng.plans + [plan], rundir.file("plan.json")),
+            reporter.log(f"pruned {plan.n_removed} neurons -> sigma {eng.sigma(eng.widths()):.1f}"
+                         + (f"; removed {len(plan.meta['removed_adapters'])} adapters"
+                            if plan.meta.get("removed_adapters") else ""))))
+        engine.run()
+        Plan.save_all(engine.plans, rundir.file("plan.json"))
+    else:
+        n_cycles = recipe.strategy.cycles
+        for cycle in range(n_cycles):
+            optimizer = trainer.make_optimizer([p for p in model.parameters() if p.requires_grad])
+            train_fn(model, optimizer, cycle)
+        Plan.save_all([], rundir.file("plan.json"))
+
+    if recipe.output.save_checkpoint:
+        dest = Path(recipe.output.save_checkpoint).expanduser()
+        save_safetensors(dest, model.state_dict(), {"recipe": recipe.name, "model": recipe.model.name})
+        reporter.log(f"saved checkpoint {dest}")
+    result = RunResult(rundir.path, cycles, backbone_bytes)
+    write_report(rundir, recipe, result)
+    if recipe.output.plot and strategy is not None:
+        plot_widths(cycles, rundir.file("plots/neurons_per_adapter.png"), title=f"{recipe.name}: neurons per adapter")
+    rundir.finish()
+    reporter.log(markdown_table(COLUMNS, cycle_rows(cycles)))
+    return result
+
+
+def engine_needs_calibration(recipe: Recipe, strategy) -> bool:
+    from .scorers import get_scorer, needs_activations
+
+    return needs_activations(get_scorer(strategy.scorer))
+
+
+def _check_cycles(recipe: Recipe, n_cycles: int) -> None:
+    if recipe.strategy.cycles is not None and recipe.strategy.cycles != n_cycles:
+        raise RecipeError(f"strategy.cycles: {recipe.strategy.name} needs {n_cycles} cycles to go from the method's "
+                          f"sigma to sigma_target={recipe.strategy.sigma_target:g} with rho={recipe.strategy.rho}, "
+                          f"got {recipe.strategy.cycles}; remove the key or set it to {n_cycles}")
+
+
+def _norm_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """Mean / std of the backbone's pretrained config (ImageNet's for random or unknown weights)."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(recipe.model.name)
+    if cfg is None:
+        return {}
+    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+
+
+def _backbone_bytes(model: nn.Module) -> int:
+    """Bytes of the frozen and trained weights as stored in float32 (what one full model copy per task costs)."""
+    return sum(p.numel() * p.element_size() for p in model.state_dict().values())
+
+
+def write_report(rundir: RunDir, recipe: Recipe, result: RunResult) -> None:
+    cycles = result.cycles
+    lines = [f"# {recipe.name}", "", recipe.description or "", "",
+             f"- model: `{recipe.model.name}` ({'hub weights' if recipe.model.pretrained else recipe.model.checkpoint or 'random weights'}), "  # noqa: E501
+             f"img {recipe.model.img_size}px",
+             f"- method: `{recipe.method}`",
+             f"- strategy: `{recipe.strategy.name}` rho={recipe.strategy.rho} sigma_target={recipe.strategy.sigma_target:g}",  # noqa: E501
+             f"- data: `{recipe.data.name}`; train: {recipe.train.epochs} epochs per cycle "
+             f"({recipe.train.warmup_epochs} warm-up), lr {recipe.train.lr:g}, batch {recipe.train.batch_size}, "
+             f"seed {recipe.train.seed}",
+             f"- whole model (one full copy per task): {human_bytes(result.backbone_bytes)}", "",
+             markdown_table(COLUMNS, cycle_rows(cycles))]
+    if cycles and cycles[-1].get("adapter_bytes"):
+        ratio = result.backbone_bytes / cycles[-1]["adapter_bytes"]
+        lines.append(f"The last cycle's trained-parameters file is {human_bytes(cycles[-1]['adapter_bytes'])}, "
+                     f"{ratio:.0f}x smaller than a full model copy.\n")
+    if recipe.output.plot and any(c.get("widths") for c in cycles):
+        lines.append("![neurons per adapter](plots/neurons_per_adapter.png)\n")
+    lines.append("Reproduce: `prunekit run <recipe> --out <dir>` with `recipe.resolved.yaml`; check a cycle with "
+                 f"`prunekit eval {rundir.path} --cycle K`.\n")
+    rundir.write_text("report.md", "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dry runs, reloading a run
+
+def dry_run(recipe: Recipe) -> dict[str, Any]:
+    """Validate and plan without data or hub weights: model with random weights, groups and the schedule."""
+    method, method_cfg, strategy = check_recipe(recipe)
+    n_classes = DATASETS.get(recipe.data.name).num_classes or 1000
+    model = build_model(recipe, n_classes, random_weights=True)
+    info: dict[str, Any] = {
+        "model": recipe.model.name, "method": method.name, "classes": n_classes,
+        "total_params": count_parameters(model), "trainable_params": count_parameters(model, trainable_only=True),
+        "strategy": recipe.strategy.name, "data": recipe.data.name,
+    }
+    if strategy is not None:
+        groups = adapter_groups(model, example_inputs(recipe))
+        engine_like = strategy.schedule(recipe.strategy.rho, recipe.strategy.sigma_target,
+                                        recipe.strategy.sigma_reference)
+        n0, fan = sum(g.width for g in groups), sum(g.fan for g in groups)
+        widths = engine_like.widths(n0, fan)
+        cycles = engine_like.cycles(n0, fan)
+        _check_cycles(recipe, cycles)
+        info.update(groups=len(groups), sigma0=compression(fan, n0), total_fan=fan, cycles=cycles,
+                    widths_after_prunes=widths[1:], sigmas=[compression(fan, w) for w in widths],
+                    scorer=str(strategy.scorer), scope=str(strategy.scope), mode=strategy.mode)
+    else:
+        info.update(cycles=recipe.strategy.cycles)
+    info["epochs_total"] = info["cycles"] * recipe.train.epochs
+    return info
+
+
+def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last)."""
+    rd = RunDir(run_dir)
+    if not rd.file("recipe.resolved.yaml").exists():
+        raise PrunekitError(f"{run_dir}: not a prunekit run directory (no recipe.resolved.yaml)")
+    data = yaml.safe_load(rd.file("recipe.resolved.yaml").read_text())
+    from .recipe import parse_section
+
+    recipe = parse_section(Recipe, data)
+    done = [m for m in rd.read_metrics() if m.get("type") == "cycle"]
+    if not done:
+        raise PrunekitError(f"{run_dir}: no finished cycle recorded in metrics.jsonl")
+    cycle = done[-1]["cycle"] if cycle is None else cycle
+    rec = next((m for m in done if m["cycle"] == cycle), None)
+    if rec is None:
+        raise PrunekitError(f"--cycle: {cycle} not recorded in {run_dir}; recorded: {[m['cycle'] for m in done]}")
+    if not rec.get("adapter_file"):
+        raise PrunekitError(f"{run_dir}: cycle {cycle} saved no trained parameters (output.save_adapters: false)")
+    model = build_model(recipe, _classes_from_file(rd.path / rec["adapter_file"], recipe))
+    plans = Plan.load_all(rd.file("plan.json"))[:cycle]
+    replay(model, plans, example_inputs(recipe))
+    from safetensors.torch import load_file
+
+    trained = load_file(str(rd.path / rec["adapter_file"]))
+    result = model.load_state_dict(trained, strict=False)
+    if result.unexpected_keys:
+        raise PrunekitError(f"{rec['adapter_file']} does not fit the rebuilt model: unexpected "
+                            f"{result.unexpected_keys[:3]}")
+    missing_trained = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
+    if missing_trained:
+        raise PrunekitError(f"{rec['adapter_file']} lacks trained parameters {missing_trained[:3]}")
+    return recipe, model, rec
+
+
+def _classes_from_file(path: Path, recipe: Recipe) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            if key.split(".")[0] in ("head", "fc", "classifier") and key.endswith("bias"):
+                return f.get_slice(key).get_shape()[0]
+    return num_classes_for(recipe)
+
+
+def evaluate_run(run_dir: str | Path, cycle: int | None = None) -> dict[str, Any]:
+    """Reload backbone + trained parameters of a cycle and measure top-1 on the validation set."""
+    recipe, model, rec = load_run(run_dir, cycle)
+    t = recipe.train
+    seed_everything(t.seed, t.deterministic)
+    device = select_device(t.device)
+    bundle = load_data(recipe.data, recipe.model.img_size, seed=t.seed, in_chans=recipe.model.in_chans,
+                       **_norm_kwargs(recipe))
+    _, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size, 0, t.seed)
+    trainer = Trainer(t, None, val_loader, device)
+    top1 = trainer.evaluate(model)["top1"]
+    epochs = [m for m in RunDir(run_dir).read_metrics() if m.get("type") == "epoch" and m["cycle"] == rec["cycle"]]
+    return {"cycle": rec["cycle"], "top1": top1, "recorded_last_top1": rec["last_top1"],
+            "recorded_epochs": len(epochs), "match": math.isclose(top1, rec["last_top1"], abs_tol=1e-9)}

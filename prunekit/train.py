@@ -1,0 +1,190 @@
+"""The training loop the CLI uses: AdamW, linear warm-up then cosine decay in every cycle, bf16 where supported.
+
+It plugs into :class:`~prunekit.engine.Engine` as ``train_fn`` (``trainer.train_cycle``) and ``optimizer_factory``
+(``trainer.make_optimizer``); nothing in the engine depends on it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import PrunekitError
+
+__all__ = ["Trainer", "NonFiniteLossError", "select_device", "resolve_precision", "seed_everything",
+           "param_groups", "warmup_cosine"]
+
+
+class NonFiniteLossError(PrunekitError, FloatingPointError):
+    """The loss became NaN or infinite; training stopped."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PrunekitError(f"train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError(f"train.device: {name!r} requested but CUDA is not available on this machine; use 'auto'")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True when bf16 autocast is used: always for 'bf16', on CUDA with bf16 support for 'auto'."""
+    if precision == "bf16":
+        return True
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return False
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only, not on biases and norm scales (timm's ``param_groups_weight_decay``)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear from 1/warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Trains one cycle at a time and evaluates after every epoch.
+
+    Args:
+        cfg: the recipe's ``train`` section.
+        train_loader, val_loader: batches of ``(images, labels)``.
+        device: where to train.
+        reporter: a :class:`~prunekit.progress.ProgressReporter` (optional).
+        on_epoch_end: ``fn(metrics)`` after each epoch (the run directory appends it to ``metrics.jsonl``).
+    """
+
+    def __init__(self, cfg, train_loader, val_loader, device: torch.device, reporter=None,
+                 on_epoch_end: Callable[[dict], None] | None = None):
+        self.cfg = cfg
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device = device
+        self.bf16 = resolve_precision(cfg.precision, device)
+        self.reporter = reporter
+        self.on_epoch_end = on_epoch_end
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.global_step = 0
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        groups = param_groups(params, self.cfg.weight_decay)
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=self.cfg.lr)
+        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.train_loader)
+        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+
+    def train_cycle(self, model: nn.Module, optimizer: torch.optim.Optimizer, cycle: int) -> dict[str, Any]:
+        """``cfg.epochs`` epochs with warm-up + cosine; returns best / last validation top-1 of the cycle."""
+        cfg = self.cfg
+        steps = self.steps_per_epoch()
+        total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
+        min_ratio = cfg.min_lr / cfg.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, total, warmup, min_ratio))
+        model.to(self.device)
+        best, best_epoch, last = -1.0, -1, None
+        for epoch in range(cfg.epochs):
+            metrics = self.train_epoch(model, optimizer, scheduler, cycle, epoch, steps)
+            metrics.update({f"val_{k}": v for k, v in self.evaluate(model).items()})
+            metrics["val_acc"] = metrics.pop("val_top1")
+            if metrics["val_acc"] > best:
+                best, best_epoch = metrics["val_acc"], epoch
+            last = metrics
+            if self.reporter is not None:
+                self.reporter.end_epoch(metrics)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(metrics)
+        return {"best_top1": best, "best_epoch": best_epoch, "last_top1": last["val_acc"],
+                "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+                "images_per_s": last["images_per_s"], "epochs": cfg.epochs}
+
+    def train_epoch(self, model, optimizer, scheduler, cycle: int, epoch: int, steps: int) -> dict[str, Any]:
+        model.train()
+        if self.reporter is not None:
+            self.reporter.start_epoch(epoch, self.cfg.epochs, steps)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(cycle * 100_000 + epoch)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, t0 = 0, time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader):
+            if step >= steps:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = model(x)
+                loss = self.criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at cycle {cycle}, epoch {epoch}, step {step} "
+                                         f"(global step {self.global_step}); lower train.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            self.global_step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(-1) == y).sum()
+            seen += len(y)
+            if self.reporter is not None and self.reporter.rich:
+                dt = time.perf_counter() - t0
+                self.reporter.step(loss.item(), correct.item() / seen, seen / max(dt, 1e-9))
+        dt = time.perf_counter() - t0
+        return {"cycle": cycle, "epoch": epoch, "train_loss": (loss_sum / max(seen, 1)).item(),
+                "train_acc": correct.item() / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": seen / max(dt, 1e-9), "epoch_time_s": dt, "steps": min(steps, step + 1)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader=None) -> dict[str, float]:
+        """Top-1 accuracy and mean loss on the validation set (or ``loader``)."""
+        model.eval()
+        model.to(self.device)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in (loader if loader is not None else self.val_loader):
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                logits = model(x).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += len(y)
+        if seen == 0:
+            raise PrunekitError("evaluation set is empty")
+        return {"top1": correct / seen, "loss": loss_sum / seen}

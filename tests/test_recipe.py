@@ -1,0 +1,85 @@
+"""Recipe validation: every bad key or value fails with its YAML path, the value and what is allowed."""
+import re
+
+import pytest
+import yaml
+
+from prunekit.recipe import Recipe, RecipeError, apply_overrides, field_docs, load_recipe
+
+
+def write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,message", [
+    ("trian: {epochs: 3}", "trian: unknown key; did you mean 'train'?"),
+    ("train: {lerning_rate: 0.1}", "train.lerning_rate: unknown key"),
+    ("train: {lr: fast}", "train.lr: expected a float, got 'fast'"),
+    ("train: {epochs: 2.5}", "train.epochs: expected an integer, got 2.5"),
+    ("train: {precision: fp16}", "train.precision: expected 'auto' or 'fp32' or 'bf16', got 'fp16'"),
+    ("model: {pretrained: yes please}", "model.pretrained: expected a boolean (true/false), got 'yes please'"),
+    ("model: [1, 2]", "model: expected a mapping of keys, got [1, 2]"),
+    ("strategy: {rho: 1.5}", "strategy.rho: expected a fraction in (0, 1), got 1.5"),
+    ("strategy: {rho: 0}", "strategy.rho: expected a fraction in (0, 1), got 0.0"),
+    ("train: {epochs: 5, warmup_epochs: 9}", "train.warmup_epochs: expected 0..train.epochs (5), got 9"),
+    ("data: {val_fraction: 1}", "data.val_fraction"),
+    ("model: {kwargs: 3}", "model.kwargs: expected a mapping, got 3"),
+])
+def test_bad_values_name_the_path(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(write(tmp_path, text))
+
+
+def test_malformed_yaml_gives_the_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"malformed YAML at line 3, column 2"):
+        load_recipe(write(tmp_path, "train:\n  lr: 0.1\n epochs: 3\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="no such file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_yaml_11_exponent_strings_are_floats(tmp_path):
+    r = load_recipe(write(tmp_path, "train: {lr: 1e-3, weight_decay: 5e-2}"))
+    assert r.train.lr == 1e-3 and r.train.weight_decay == 0.05
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    p = write(tmp_path, "name: x\ntrain: {lr: 0.1}\nmethod: {name: adapters, sigma: 32}")
+    r = load_recipe(p, ["train.lr=0.01", "method.sigma=8", "data.limit_train=100", "model.kwargs={depth: 2}"])
+    assert (r.train.lr, r.method["sigma"], r.data.limit_train, r.model.kwargs) == (0.01, 8, 100, {"depth": 2})
+    assert load_recipe(p, ["method=linear"]).method == {"name": "linear"}
+    with pytest.raises(RecipeError, match="train.lr: expected a float, got 'fast'"):
+        load_recipe(p, ["train.lr=fast"])
+    with pytest.raises(RecipeError, match="expected key.path=value"):
+        load_recipe(p, ["train.lr"])
+    with pytest.raises(RecipeError, match="train.lr: is 0.1, not a section"):
+        apply_overrides({"train": {"lr": 0.1}}, ["train.lr.x=1"])
+
+
+def test_name_defaults_to_the_file_name(tmp_path):
+    assert load_recipe(write(tmp_path, "{}", "my_run.yaml")).name == "my_run"
+
+
+def test_every_key_is_documented():
+    doc = (__import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    missing = [path for path, *_ in field_docs(Recipe) if f"`{path}`" not in doc]
+    assert not missing, f"docs/recipes.md lacks {missing}"
+    from prunekit.methods import METHODS
+
+    for name, method in METHODS.items():
+        assert f"`{name}`" in doc
+        for path, *_ in field_docs(method.config_cls, "method."):
+            assert f"`{path}`" in doc, f"docs/recipes.md lacks {path} ({name})"
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+
+    for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
+        r = load_recipe(p)
+        assert r.description, f"{p} has no description"
+        assert yaml.safe_load(p.read_text())
