@@ -12,13 +12,19 @@ from torch import nn
 from .params import head_names
 from .registry import PrunekitError
 
-__all__ = ["create_backbone", "load_checkpoint_file", "load_backbone_weights", "normalization"]
+__all__ = ["check_model_name", "create_backbone", "load_checkpoint_file", "load_backbone_weights", "normalization"]
 
 
 def _unknown_model(name: str) -> PrunekitError:
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return PrunekitError(f"model.name: unknown timm model {name!r};{hint} see timm.list_models()")
+
+
+def check_model_name(name: str) -> None:
+    """Raise a did-you-mean error for a name timm does not know."""
+    if not timm.is_model(name):
+        raise _unknown_model(name)
 
 
 def create_backbone(cfg, num_classes: int, pretrained: bool | None = None) -> nn.Module:
@@ -29,8 +35,7 @@ def create_backbone(cfg, num_classes: int, pretrained: bool | None = None) -> nn
         num_classes: size of the (new) classifier head.
         pretrained: override ``cfg.pretrained`` (dry runs and ``inspect`` build random weights offline).
     """
-    if not timm.is_model(cfg.name):
-        raise _unknown_model(cfg.name)
+    check_model_name(cfg.name)
     pretrained = cfg.pretrained if pretrained is None else pretrained
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     kwargs.setdefault("in_chans", cfg.in_chans)

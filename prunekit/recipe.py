@@ -256,8 +256,8 @@ def parse_section(cls, data: Any, path: str = ""):
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise RecipeError(f"{key_path}: unknown key;{did_you_mean(str(key), list(fields))} "
-                              f"allowed in {where}: {', '.join(fields)}")
+            allowed = f"allowed in {where}: {', '.join(fields)}" if fields else f"{where} takes no keys here"
+            raise RecipeError(f"{key_path}: unknown key;{did_you_mean(str(key), list(fields))} {allowed}")
         kwargs[key] = _convert(value, hints[key], key_path)
     try:
         return cls(**kwargs)

@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbone import create_backbone, load_backbone_weights, load_checkpoint_file
+from .backbone import check_model_name, create_backbone, load_backbone_weights, load_checkpoint_file
 from .data import DATASETS, load_data, make_loaders
 from .engine import Engine
 from .graph import adapter_groups
@@ -46,6 +46,7 @@ class RunResult:
 
 def check_recipe(recipe: Recipe):
     """Resolve every name in the recipe (with did-you-mean errors) before anything heavy happens."""
+    check_model_name(recipe.model.name)
     method, method_cfg = build_method(recipe.method)
     strategy = None
     if recipe.strategy.name != "none":
@@ -90,7 +91,14 @@ def _start_sigma(recipe: Recipe, method_cfg, strategy) -> float | None:
 def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) -> nn.Module:
     """Backbone (hub or checkpoint weights unless ``random_weights``) with the recipe's method applied."""
     method, method_cfg, strategy = check_recipe(recipe)
-    model = create_backbone(recipe.model, num_classes, pretrained=False if random_weights else None)
+    with torch.random.fork_rng(devices=[]):  # initial weights are a function of the recipe alone: a run dir rebuilds
+        torch.manual_seed(recipe.train.seed)
+        model = create_backbone(recipe.model, num_classes, pretrained=False if random_weights else None)
+        _load_weights_and_apply_method(recipe, model, method, method_cfg, strategy, random_weights)
+    return model
+
+
+def _load_weights_and_apply_method(recipe, model, method, method_cfg, strategy, random_weights: bool) -> None:
     if recipe.model.checkpoint and not random_weights:
         sd = load_checkpoint_file(recipe.model.checkpoint)
         load_backbone_weights(model, sd, recipe.model.checkpoint, reset_head=recipe.model.reset_head)
@@ -98,7 +106,6 @@ def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) 
     if start is not None and start != getattr(method_cfg, "sigma", None):
         method_cfg.sigma = start  # one-shot: one prune of rho from here lands on sigma_target
     method.apply(model, method_cfg)
-    return model
 
 
 def _resolve_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressReporter) -> None:
@@ -130,13 +137,17 @@ def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = False,
                reporter: ProgressReporter | None = None) -> RunResult:
-    """Train (and prune) as the recipe says; writes a run directory and returns its per-cycle summary."""
+    """Train (and prune) as the recipe says; writes a run directory and returns its per-cycle summary.
+
+    Everything that can be wrong with the recipe (names, checkpoint, data, schedule) is found before the run
+    directory is created, so a failed start writes nothing.
+    """
     reporter = reporter or ProgressReporter()
     method, method_cfg, strategy = check_recipe(recipe)
     run_path = Path(out) if out else Path(recipe.output.dir) / (recipe.output.run_name or recipe.name)
+    if run_path.exists() and any(run_path.iterdir()) and not overwrite:
+        RunDir.create(run_path, overwrite=False)  # raises: says what is there and what to do
     _resolve_checkpoint(recipe, run_path.parent, reporter)
-    rundir = RunDir.create(run_path, overwrite=overwrite)
-    rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
 
     t, d = recipe.train, recipe.data
     seed_everything(t.seed, t.deterministic)
@@ -146,12 +157,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
     model = build_model(recipe, bundle.num_classes).to(device)
     train_loader, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size,
                                             d.num_workers, t.seed, pin_memory=device.type == "cuda")
-    trainer = Trainer(t, train_loader, val_loader, device, reporter, on_epoch_end=lambda m: rundir.append_metrics(
-        {"type": "epoch", **m}))
-    backbone_bytes = _backbone_bytes(model)
-    reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
-                 f"{' (bf16)' if trainer.bf16 else ''} -> {run_path}")
-
+    trainer = Trainer(t, train_loader, val_loader, device, reporter,
+                      on_epoch_end=lambda m: rundir.append_metrics({"type": "epoch", **m}))
     cycles: list[dict[str, Any]] = []
     engine = None
 
@@ -163,10 +170,10 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         nbytes = save_safetensors(path, _trained_state(model), {"recipe": recipe.name, "cycle": cycle,
                                                                 "widths": json.dumps(widths)}) \
             if recipe.output.save_adapters else None
-        total = count_parameters(model)
         summary = {"type": "cycle", "cycle": cycle, "widths": widths,
                    "sigma": engine.sigma(widths) if engine is not None else None,
-                   "trainable_params": count_parameters(model, trainable_only=True), "total_params": total,
+                   "trainable_params": count_parameters(model, trainable_only=True),
+                   "total_params": count_parameters(model),
                    "best_top1": metrics["best_top1"], "last_top1": metrics["last_top1"],
                    "adapter_file": str(path.relative_to(rundir.path)) if nbytes else None, "adapter_bytes": nbytes,
                    "images_per_s": metrics["images_per_s"]}
@@ -176,28 +183,32 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
 
     if strategy is not None:
         calib = None
-        if engine_needs_calibration(recipe, strategy):
+        if engine_needs_calibration(strategy):
             calib_loader = DataLoader(bundle.train, batch_size=t.batch_size, shuffle=False,
                                       collate_fn=bundle.collate_fn)
-            calib = lambda: (b[0].to(device) for b in itertools.islice(calib_loader, recipe.strategy.calibration_batches))  # noqa: E731,E501
+            k = recipe.strategy.calibration_batches
+            calib = lambda: (b[0].to(device) for b in itertools.islice(calib_loader, k))  # noqa: E731
         engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy,
                         rho=recipe.strategy.rho, sigma_target=recipe.strategy.sigma_target,
                         sigma_reference=recipe.strategy.sigma_reference, optimizer_factory=trainer.make_optimizer,
                         calibration=calib, seed=t.seed)
         n_cycles = engine.cycles
         _check_cycles(recipe, n_cycles)
-        engine.add_callback("on_prune", lambda eng, plan: (
-            Plan.save_all(eng.plans + [plan], rundir.file("plan.json")),
-            reporter.log(f"pruned {plan.n_removed} neurons -> sigma {eng.sigma(eng.widths()):.1f}"
-                         + (f"; removed {len(plan.meta['removed_adapters'])} adapters"
-                            if plan.meta.get("removed_adapters") else ""))))
+        engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, rundir, reporter))
+    else:
+        n_cycles = recipe.strategy.cycles
+
+    rundir = RunDir.create(run_path, overwrite=overwrite)
+    rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    backbone_bytes = _backbone_bytes(model)
+    reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
+                 f"{' (bf16)' if trainer.bf16 else ''}, {n_cycles} cycles -> {run_path}")
+    if engine is not None:
         engine.run()
         Plan.save_all(engine.plans, rundir.file("plan.json"))
     else:
-        n_cycles = recipe.strategy.cycles
         for cycle in range(n_cycles):
-            optimizer = trainer.make_optimizer([p for p in model.parameters() if p.requires_grad])
-            train_fn(model, optimizer, cycle)
+            train_fn(model, trainer.make_optimizer([p for p in model.parameters() if p.requires_grad]), cycle)
         Plan.save_all([], rundir.file("plan.json"))
 
     if recipe.output.save_checkpoint:
@@ -213,7 +224,14 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
     return result
 
 
-def engine_needs_calibration(recipe: Recipe, strategy) -> bool:
+def _on_prune(engine: Engine, plan: Plan, rundir: RunDir, reporter: ProgressReporter) -> None:
+    Plan.save_all(engine.plans + [plan], rundir.file("plan.json"))
+    removed = plan.meta.get("removed_adapters")
+    reporter.log(f"pruned {plan.n_removed} neurons -> sigma {engine.sigma(engine.widths()):.1f}"
+                 + (f"; removed {len(removed)} adapters" if removed else ""))
+
+
+def engine_needs_calibration(strategy) -> bool:
     from .scorers import get_scorer, needs_activations
 
     return needs_activations(get_scorer(strategy.scorer))
