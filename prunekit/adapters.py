@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .registry import PrunekitError, did_you_mean
+from .wrap import BaseLayerWrapper, set_submodule
 
 __all__ = [
     "Adapter",
@@ -83,6 +84,7 @@ class Adapter(nn.Module):
         bias: whether down and up have biases.
         residual: add the input to the output (Houlsby series adapter).
         scale: factor on the bottleneck's output (AdaptFormer's s; 1 for plain adapters).
+        linear_layer: ``fn(in_features, out_features, bias=...)`` for down and up (PHM layers for Compacter).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Adapter(nn.Module):
             bias: bool = True,
             residual: bool = True,
             scale: float = 1.0,
+            linear_layer: Callable[..., nn.Module] = nn.Linear,
     ):
         super().__init__()
         if isinstance(act_layer, str):
@@ -101,14 +104,18 @@ class Adapter(nn.Module):
                     f"act_layer: unknown activation {act_layer!r};{did_you_mean(act_layer, list(_ACTIVATIONS))} "
                     f"allowed: {', '.join(_ACTIVATIONS)}")
             act_layer = _ACTIVATIONS[act_layer]
-        self.down = nn.Linear(dim, hidden, bias=bias)
+        self.down = linear_layer(dim, hidden, bias=bias)
         self.act = act_layer()
-        self.up = nn.Linear(hidden, dim, bias=bias)
+        self.up = linear_layer(hidden, dim, bias=bias)
         self.residual = residual
         self.scale = scale
-        nn.init.zeros_(self.up.weight)
-        if self.up.bias is not None:
-            nn.init.zeros_(self.up.bias)
+        zero_init = getattr(self.up, "zero_init_", None)  # layers other than nn.Linear say how to output zero
+        if zero_init is not None:
+            zero_init()
+        else:
+            nn.init.zeros_(self.up.weight)
+            if self.up.bias is not None:
+                nn.init.zeros_(self.up.bias)
 
     @property
     def dim(self) -> int:
@@ -128,26 +135,13 @@ class Adapter(nn.Module):
         return f"residual={self.residual}, scale={self.scale}"
 
 
-class AdapterLayer(nn.Module):
-    """Wraps a sub-layer and an adapter; attribute look-ups the wrapper lacks go to the sub-layer.
-
-    timm calls methods on its sub-layers (e.g. Swin's ``block.attn.set_window_size``); they keep working. A state dict
-    written for the bare sub-layer loads into the wrapper (its keys are moved under ``base_layer.``).
-    """
+class AdapterLayer(BaseLayerWrapper):
+    """Wraps a sub-layer and an adapter (see :class:`~prunekit.wrap.BaseLayerWrapper` for attribute forwarding and
+    checkpoint-key mapping)."""
 
     def __init__(self, base_layer: nn.Module, adapter: Adapter):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.adapter = adapter
-        self._register_load_state_dict_pre_hook(_map_backbone_keys, with_module=True)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name in ("base_layer", "adapter"):
-                raise
-            return getattr(self.base_layer, name)
 
 
 class SeriesAdapterLayer(AdapterLayer):
@@ -162,13 +156,6 @@ class ParallelAdapterLayer(AdapterLayer):
 
     def forward(self, x, *args, **kwargs):
         return self.base_layer(x, *args, **kwargs) + self.adapter(x)
-
-
-def _map_backbone_keys(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-    """Move keys of a bare sub-layer (``prefix + 'qkv.weight'``) under ``prefix + 'base_layer.'``."""
-    own = (prefix + "base_layer.", prefix + "adapter.")
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
-        state_dict[prefix + "base_layer." + key[len(prefix):]] = state_dict.pop(key)
 
 
 @dataclass
@@ -234,10 +221,12 @@ def match_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     return outer
 
 
-def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, **kwargs) -> list[str]:
+def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, *,
+                    linear_layer: Callable[..., nn.Module] = nn.Linear, **kwargs) -> list[str]:
     """Wrap every target sub-layer of ``model`` with an adapter, in place; returns the wrapped names.
 
     Every target is resolved and checked before the model is touched, so a bad pattern leaves it unchanged.
+    ``linear_layer`` builds down and up (default ``nn.Linear``; PHM layers for PHM-Adapter / Compacter).
     New adapters are created on the device and in the dtype of the sub-layer they wrap.
 
     Example::
@@ -262,10 +251,10 @@ def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, **kwa
     for name, sub, dim, hidden in todo:
         ref = next(sub.parameters(), None)
         adapter = Adapter(dim, hidden, act_layer=config.act_layer, bias=config.bias,
-                          residual=config.kind == "series", scale=config.scale)
+                          residual=config.kind == "series", scale=config.scale, linear_layer=linear_layer)
         if ref is not None:
             adapter.to(device=ref.device, dtype=ref.dtype)
-        _set_submodule(model, name, wrapper(sub, adapter))
+        set_submodule(model, name, wrapper(sub, adapter))
     return names
 
 
@@ -283,12 +272,6 @@ def remove_empty_adapters(model: nn.Module) -> list[str]:
     removed = []
     for name, mod in list(model.named_modules()):
         if isinstance(mod, AdapterLayer) and mod.adapter.hidden == 0:
-            _set_submodule(model, name, mod.base_layer)
+            set_submodule(model, name, mod.base_layer)
             removed.append(name + ".adapter")
     return removed
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

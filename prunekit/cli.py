@@ -147,6 +147,37 @@ def list_(what):
                 click.echo(f"{str(p.relative_to(d.parent)):<40} {str(desc).strip().splitlines()[0] if desc else ''}")
 
 
+@main.command()
+@click.option("--model", "model_name", default="swin_tiny_patch4_window7_224", show_default=True,
+              help="timm model name (random weights, offline)")
+@click.option("--classes", type=int, default=100, show_default=True, help="size of the classifier head")
+@click.option("--method", "methods", multiple=True, help="only these methods (repeatable; default: every row)")
+@click.option("--img-size", type=int, default=None, help="input size, for models that take it")
+@click.option("--paper", type=click.Choice(["1", "2"]), default=None,
+              help="add the paper's '# Params' column of Table 1 (345 classes) or Table 2 (100 classes)")
+def params(model_name, classes, methods, img_size, paper):
+    """Trainable parameters and % of the total of every method on one backbone."""
+    from rich.table import Table
+
+    from .methods import METHODS
+    from .methods.table import param_table
+
+    for m in methods:
+        METHODS.get(m)  # did-you-mean for a typo
+    rows = param_table(model_name, classes, list(methods) or None, img_size, int(paper) if paper else None)
+    table = Table(title=f"{model_name}, {classes} classes: trainable parameters")
+    for col in ("method", "name", "trainable", "% of total") + (("paper (M)",) if paper else ()):
+        table.add_column(col, justify="left" if col in ("method", "name") else "right", no_wrap=True)
+    for r in rows:
+        cells = [r.label, r.method, f"{r.trainable:,}", f"{r.percent:.2f}"]
+        if paper:
+            cells.append("-" if r.paper_m is None else f"{r.paper_m:.2f}")
+        table.add_row(*cells)
+    make_console().print(table)
+    if rows:
+        click.echo(f"total parameters with the head: {rows[0].total:,} (adapters and prompts add to it)")
+
+
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")

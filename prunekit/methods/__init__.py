@@ -5,6 +5,6 @@ A method takes a freshly built backbone (head sized for the task) and changes it
 recipe's ``method`` section is validated strictly against the chosen method.
 """
 from .base import METHODS, Method, build_method, get_method, register_method  # noqa: F401
-from . import adapters, full, linear  # noqa: F401  (registration)
+from . import adaptformer, adapters, bitfit, blocks, full, linear, lora, phm, vpt  # noqa: F401  (registration)
 
 __all__ = ["METHODS", "Method", "build_method", "get_method", "register_method"]

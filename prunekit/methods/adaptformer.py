@@ -1,0 +1,37 @@
+"""AdaptFormer (Chen et al., 2022): a bottleneck in parallel with every MLP sub-layer, output scaled by s.
+
+``h' = mlp(x) + s * up(relu(down(x)))`` where x is the MLP's input (the normalised residual stream in timm blocks;
+the original feeds the un-normalised stream through the adapter's own LayerNorm, which prunekit leaves out to stay
+a plain bottleneck). AdaptFormer-64 and -256 are ``hidden: 64`` / ``hidden: 256``. ``up`` starts at zero. Its
+bottlenecks are ordinary adapters, so TINA can prune them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..adapters import AdapterConfig, inject_adapters
+from ..params import mark_trainable
+from ..recipe import RecipeError, _help
+from .base import Method, register_method
+
+
+@dataclass
+class AdaptFormerConfig:
+    hidden: int = field(**_help("bottleneck width (AdaptFormer-64 / -256)", default=64))
+    scale: float = field(**_help("s, the scale on the branch's output", default=0.1))
+    targets: list[str] = field(**_help("glob patterns of the MLP sub-layers", default_factory=lambda: [
+        "*blocks.*.mlp"]))
+
+    def __post_init__(self):
+        if self.hidden < 1:
+            raise RecipeError(f"method.hidden: expected an integer >= 1, got {self.hidden}")
+
+
+def apply(model, config: AdaptFormerConfig) -> None:
+    inject_adapters(model, AdapterConfig(hidden=config.hidden, kind="parallel", scale=config.scale,
+                                         act_layer="relu", targets=tuple(config.targets)))
+    mark_trainable(model)
+
+
+ADAPTFORMER = register_method(Method("adaptformer", AdaptFormerConfig, apply, prunable=True,
+                                     description="parallel bottleneck (ReLU, scale s) beside every MLP + head"))
