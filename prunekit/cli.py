@@ -178,6 +178,21 @@ def params(model_name, classes, methods, img_size, paper):
         click.echo(f"total parameters with the head: {rows[0].total:,} (adapters and prompts add to it)")
 
 
+@main.command()
+@click.argument("ablation", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="output folder (default: output.dir/<ablation name>)")
+@click.option("--jobs", type=int, default=1, show_default=True, help="cells run in this many processes")
+def ablate(ablation, out, jobs):
+    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots."""
+    from .ablation import run_ablation
+
+    if jobs < 1:
+        raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")
+    result = run_ablation(ablation, out, jobs, log=click.echo)
+    click.echo((Path(result["out"]) / "table.md").read_text())
+    click.echo(f"ablation folder: {result['out']}")
+
+
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")

@@ -163,7 +163,8 @@ def test_bad_names_fail_before_anything_is_written(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")
+                                           if "grid" not in yaml.safe_load(p.read_text())))
 def test_every_shipped_recipe_passes_a_dry_run_offline(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = invoke("run", ROOT / "recipes" / recipe, "--dry-run")

@@ -1,0 +1,131 @@
+"""`prunekit ablate` on a tiny grid: table shape, parameter counts per sigma, resume, determinism of prefixes."""
+import csv
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from prunekit.ablation import load_ablation, plan_cells
+from prunekit.cli import main
+from prunekit.params import head_param_count
+from prunekit.recipe import RecipeError
+
+from test_cli import invoke, tiny_recipe
+
+
+def write_spec(tmp_path, **grid):
+    base = tiny_recipe(tmp_path, train={"epochs": 1, "warmup_epochs": 0}, data={"limit_train": 96, "limit_val": 48})
+    spec = {"name": "tiny_ablation", "base": base.name,
+            "grid": {"strategies": ["tina", "local_l1_oneshot"], "sigma_targets": [8, 16], "seeds": [0],
+                     "sigma0": 4, "vanilla_adapters": True, **grid},
+            "baselines": [{"label": "linear probe", "method": {"name": "linear"}}],
+            "plots": {"local_strategy": "local_l1_oneshot", "global_strategy": "tina"}}
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("abl")
+    spec = write_spec(tmp)
+    res = invoke("ablate", spec, "--out", tmp / "out")
+    assert res.exit_code == 0, res.output
+    return tmp, spec, res.output
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_shape_and_files(ablation):
+    tmp, _, output = ablation
+    out = tmp / "out"
+    table = read_csv(out / "table.csv")
+    assert [(r["row"], r["sigma_target"]) for r in table] == [
+        ("vanilla_adapters", "8"), ("vanilla_adapters", "16"), ("tina", "8"), ("tina", "16"),
+        ("local_l1_oneshot", "8"), ("local_l1_oneshot", "16"), ("linear probe", "nan")]
+    assert all(r["n"] == "1" and 0 <= float(r["top1_mean"]) <= 1 for r in table)
+    md = (out / "table.md").read_text()
+    assert "| vanilla_adapters | adapters at σ, no pruning |" in md and "σ=16" in md and "± 0.00" in md
+    for plot in ("top1_vs_sigma.png", "params_vs_top1.png", "neurons_local_vs_global.png"):
+        assert (out / "plots" / plot).stat().st_size > 5000
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        ["tina__s16__seed0", "local_l1_oneshot__s8__seed0", "local_l1_oneshot__s16__seed0",
+         "vanilla_adapters__s8__seed0", "vanilla_adapters__s16__seed0", "baseline_linear_probe__seed0"])
+    assert "ablation folder" in output
+
+
+def test_every_cell_has_the_parameters_of_its_sigma(ablation):
+    tmp, _, _ = ablation
+    head = head_param_count(32, 10)
+    dim, adapters = 32, 4  # tiny ViT: 2 blocks x (attn, mlp), width 32
+    for cell in read_csv(tmp / "out" / "cells.csv"):
+        target = float(cell["sigma_target"])
+        trainable = int(cell["trainable"])
+        if cell["row"] == "linear probe":
+            assert trainable == head
+            continue
+        if cell["row"] == "vanilla_adapters":
+            n = round(dim / target)
+            assert trainable == head + adapters * (2 * n * dim + n + dim)
+            continue
+        run = tmp / "out" / "runs" / cell["run"]
+        record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"type": "cycle"' in line][int(cell["cycle"])]
+        widths = record["widths"]
+        assert sum(widths.values()) == (adapters * dim) // target  # sigma = sum m / sum n reached exactly
+        assert trainable == head + sum(2 * n * dim + n + dim for n in widths.values() if n)
+
+
+def test_resume_skips_finished_cells(ablation):
+    tmp, spec, _ = ablation
+    runs = tmp / "out" / "runs"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    res = invoke("ablate", spec, "--out", tmp / "out")
+    assert res.exit_code == 0
+    assert "6 runs, 6 already finished, 0 to run" in res.output
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
+
+
+def test_a_shorter_iterative_run_is_the_prefix_of_a_longer_one(ablation):
+    tmp, spec, _ = ablation
+    base = tmp / "tiny.yaml"
+    res = invoke("run", base, "--out", tmp / "short", "--set", "strategy.sigma_target=8", "--set", "train.seed=0",
+                 "--set", "strategy.sigma_reference=4", "--quiet")
+    assert res.exit_code == 0, res.output
+    short = [json.loads(line) for line in (tmp / "short" / "metrics.jsonl").read_text().splitlines()]
+    long = [json.loads(line) for line in (tmp / "out" / "runs" / "tina__s16__seed0" / "metrics.jsonl")
+            .read_text().splitlines()]
+    keep = ("cycle", "widths", "sigma", "trainable_params", "best_top1", "last_top1")
+    short_cycles = [{k: r[k] for k in keep} for r in short if r["type"] == "cycle"]
+    long_cycles = [{k: r[k] for k in keep} for r in long if r["type"] == "cycle"]
+    assert short_cycles == long_cycles[:len(short_cycles)] and len(short_cycles) == 2
+
+
+def test_plan_cells_budget():
+    spec = load_ablation_like(sigma_targets=[64, 512])
+    cells = plan_cells(spec, rho=0.5)
+    by_id = {c.run_id: c for c in cells}
+    assert by_id["tina__s512__seed0"].provides == [("tina", 64, 1), ("tina", 512, 4)]
+    assert by_id["local_l1_oneshot__s512__seed0"].provides == [("local_l1_oneshot", 512, 4)]
+    assert "strategy.cycles=5" in by_id["vanilla_adapters__s512__seed0"].overrides
+
+
+def load_ablation_like(**grid):
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp())
+    return load_ablation(write_spec(tmp, sigma0=32, **grid))
+
+
+def test_bad_ablation_files(tmp_path):
+    with pytest.raises(RecipeError, match="grid.strategies: unknown strategy 'tinna'; did you mean 'tina'"):
+        load_ablation(write_spec(tmp_path, strategies=["tinna"]))
+    with pytest.raises(RecipeError, match="every target must exceed grid.sigma0=4"):
+        load_ablation(write_spec(tmp_path, sigma_targets=[2]))
+    res = CliRunner().invoke(main, ["ablate", str(write_spec(tmp_path)), "--jobs", "0"])
+    assert res.exit_code != 0 and "expected an integer >= 1" in res.output
