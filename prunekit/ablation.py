@@ -180,6 +180,19 @@ def _cell_results(run_dir: Path) -> list[dict[str, Any]]:
     return [m for m in RunDir(run_dir).read_metrics() if m.get("type") == "cycle"]
 
 
+def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool:
+    """A finished run whose recipe is the one the grid asks for now (a changed grid re-runs the cell)."""
+    from .recipe import recipe_to_dict
+
+    if not (run_dir / RunDir.DONE).exists():
+        return False
+    try:
+        done = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return done == yaml.safe_load(yaml.safe_dump(recipe_to_dict(load_recipe(base, overrides)), sort_keys=False))
+
+
 def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
     """Worker: run one cell quietly (also used in-process when jobs == 1)."""
     import torch
@@ -212,7 +225,7 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
     cells = plan_cells(spec, rho)
     for c in cells:  # validate every cell's recipe before the first one trains
         check_recipe(load_recipe(base, c.overrides))
-    todo = [c for c in cells if not (runs / c.run_id / RunDir.DONE).exists()]
+    todo = [c for c in cells if not _finished_as_planned(runs / c.run_id, base, c.overrides)]
     log(f"ablation {spec.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run"
         f" ({jobs} process{'es' if jobs > 1 else ''}) -> {out}")
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
