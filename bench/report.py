@@ -1,0 +1,90 @@
+"""Write docs/benchmarks.md from bench/results/*.json (called by run_all.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def _load(results: Path, name: str) -> dict | None:
+    p = results / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _mark(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def write_report(results: Path) -> Path:
+    parts = ["# Benchmarks", "",
+             "Every figure below was measured by the scripts in `bench/` and is rewritten by them; ratios are measured "
+             "side by side in one run. Speed and memory targets live here, never in timed tests.", "",
+             "```bash", "python bench/run_all.py                 # every benchmark on CPU, then this page (about 10 "
+             "min on 2 cores)", "python bench/run_all.py --device cuda   # the GPU variant",
+             "python bench/train_throughput.py        # or one at a time; each prints its ratios and writes "
+             "bench/results/<name>.json", "```", ""]
+    tt = _load(results, "train_throughput")
+    if tt:
+        m = tt["machine"]
+        parts += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
+                  f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}.", ""]
+        ips = tt["images_per_s"]
+        parts += ["## 1. Training throughput: prunekit's loop vs a bare PyTorch loop", "",
+                  f"ViT (32 px, patch 4, dim 192, depth 6) with sigma-8 adapters, batch {tt['batch']}, data in memory, "
+                  f"{tt['rounds']} alternating rounds of {tt['steps_per_epoch']} steps.", "",
+                  "| loop | images/s |", "|---|---:|", f"| prunekit `Trainer` | {ips['prunekit']:.1f} |",
+                  f"| bare loop | {ips['bare']:.1f} |", "",
+                  f"Ratio prunekit / bare: **{tt['ratio']:.3f}** (goal >= 0.95: {_mark(tt['met'])}).", ""]
+    po = _load(results, "prune_overhead")
+    if po:
+        parts += ["## 2-3. Pruning overhead and group discovery", "",
+                  "One TINA prune step (trace the dependency graph and find the adapter groups, score with Eq. 2, "
+                  "select globally, slice) plus the optimizer rebuild, against one training epoch.", "",
+                  "| model | groups (ms) | score (ms) | select (ms) | slice (ms) | optimizer (ms) | prune step (ms) | "
+                  "epoch (s) | share of an epoch | goal < 1 % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for name, s in po["scenarios"].items():
+            p = s["prune_seconds"]
+            parts.append(f"| {name} | {1e3 * p['groups']:.1f} | {1e3 * p['score']:.1f} | {1e3 * p['select']:.2f} | "
+                         f"{1e3 * p['slice']:.1f} | {1e3 * p['optimizer']:.1f} | {1e3 * p['total']:.1f} | "
+                         f"{s['epoch_seconds']:.1f} | {100 * s['share_of_epoch']:.4f} % | {_mark(s['met'])} |")
+        parts += ["", "Epochs: " + "; ".join(f"{n}: {s['epoch_how']}" for n, s in po["scenarios"].items()) + ".", "",
+                  "Group discovery alone (`adapter_groups`: torch-pruning traces the whole model once): " +
+                  ", ".join(f"{n} {1e3 * s['group_discovery_seconds']:.0f} ms ({s['groups']} groups)"
+                            for n, s in po["scenarios"].items()) + ".", ""]
+    inf = _load(results, "inference")
+    if inf:
+        parts += ["## 4. Inference: backbone, adapters, TINA cycles", "",
+                  "Emptied adapters are removed, so each cycle's model gets closer to the bare backbone.", ""]
+        for name, rows in inf["scenarios"].items():
+            parts += [f"**{name}**", "", "| model | latency, batch 1 (ms) | throughput (img/s) | vs backbone |",
+                      "|---|---:|---:|---:|"]
+            parts += [f"| {r['model']} | {r['latency_ms']:.2f} | {r['images_per_s']:.1f} | "
+                      f"{r['throughput_vs_backbone']:.3f} |" for r in rows]
+            parts.append("")
+    tc = _load(results, "train_cost")
+    if tc:
+        parts += ["## 5. Training cost: frozen backbone + adapters vs full fine-tuning", "",
+                  "The backward pass still crosses the frozen backbone (it must reach the early adapters); what "
+                  "adapters save is the weight gradients and the optimizer state of the backbone.", "",
+                  "| model | batch | step, adapters (s) | step, full (s) | ratio | peak memory, adapters (MiB) | "
+                  "peak memory, full (MiB) | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, r in tc["models"].items():
+            parts.append(f"| {name} | {r['batch']} | {r['adapters']['step_seconds']:.3f} | "
+                         f"{r['full']['step_seconds']:.3f} | {r['step_time_ratio_adapters_over_full']:.2f} | "
+                         f"{r['adapters']['peak_bytes'] / 2**20:.0f} | {r['full']['peak_bytes'] / 2**20:.0f} | "
+                         f"{r['peak_memory_ratio_adapters_over_full']:.2f} |")
+        parts += ["", "CPU peak memory is the growth of the process's peak resident set during the steps (each "
+                  "configuration in its own process); on CUDA it is `torch.cuda.max_memory_allocated`.", ""]
+    st = _load(results, "storage")
+    if st:
+        parts += ["## 6. Storage per task", "", "Adapters + head, written with safetensors, after each TINA cycle "
+                  "(rho 0.5 to sigma 512), against one full fine-tuned copy of the model.", ""]
+        for name, rows in st["scenarios"].items():
+            parts += [f"**{name}** (full model: {rows[0]['full_model_bytes'] / 2**20:.1f} MB)", "",
+                      "| trained file | bytes | smaller than the full model | adapters left |", "|---|---:|---:|---:|"]
+            parts += [f"| {r['model']} | {r['bytes']:,} | {r['smaller_by']:.0f}x | {r['adapters_left']} |"
+                      for r in rows]
+            parts.append("")
+    DOC.write_text("\n".join(parts) + "\n")
+    return DOC
