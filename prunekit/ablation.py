@@ -181,16 +181,20 @@ def _cell_results(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool:
-    """A finished run whose recipe is the one the grid asks for now (a changed grid re-runs the cell)."""
-    from .recipe import recipe_to_dict
+    """A finished run whose recipe is the one the grid asks for now (a changed grid re-runs the cell).
+
+    Both sides go through the current schema, so a key added to prunekit since (with its default) does not make a
+    finished cell stale.
+    """
+    from .recipe import Recipe, parse_section, recipe_to_dict
 
     if not (run_dir / RunDir.DONE).exists():
         return False
     try:
-        done = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        done = recipe_to_dict(parse_section(Recipe, yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())))
+    except (OSError, yaml.YAMLError, PrunekitError):
         return False
-    return done == yaml.safe_load(yaml.safe_dump(recipe_to_dict(load_recipe(base, overrides)), sort_keys=False))
+    return done == recipe_to_dict(load_recipe(base, overrides))
 
 
 def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:

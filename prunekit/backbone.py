@@ -43,16 +43,21 @@ def create_backbone(cfg, num_classes: int, pretrained: bool | None = None) -> nn
     if not default_size or default_size[-1] != cfg.img_size:
         kwargs.setdefault("img_size", cfg.img_size)
     try:
-        model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        if "img_size" in str(e) and "img_size" not in cfg.kwargs:  # CNNs take any input size
-            kwargs.pop("img_size")
-            model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-        else:
-            raise PrunekitError(f"model.kwargs: timm.create_model({cfg.name!r}) refused them: {e}") from None
-    except RuntimeError as e:  # hub unreachable, missing weights ...
+        try:
+            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e) or "img_size" in cfg.kwargs:
+                raise PrunekitError(f"model.kwargs: timm.create_model({cfg.name!r}) refused them: {e}") from None
+            kwargs.pop("img_size")  # CNNs take any input size
+            return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except OSError as e:  # hub unreachable (huggingface_hub's errors are OSErrors), weights not cached
+        raise PrunekitError(
+            f"model.pretrained: could not get hub weights for {cfg.name!r} ({type(e).__name__}: "
+            f"{str(e).split('. ')[0][:200]}); "
+            "run once with internet to cache them, or set model.checkpoint to a local file (or pretrained: false)"
+        ) from None
+    except RuntimeError as e:  # missing weights, bad kwargs ...
         raise PrunekitError(f"model: could not create {cfg.name!r} (pretrained={pretrained}): {e}") from None
-    return model
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -68,14 +73,29 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file to the user
-        raise PrunekitError(f"model.checkpoint: {str(path)!r} is not a readable checkpoint "
-                            f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise PrunekitError(f"model.checkpoint: {str(path)!r} is not a readable checkpoint: "
+                            f"{_load_failure(path, e)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise PrunekitError(f"model.checkpoint: {str(path)!r} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """Why a checkpoint file did not load, in words (torch's own message suggests weights_only=False)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix != ".safetensors" and not head.startswith((b"PK\x03\x04", b"\x80")):
+        return (f"not a torch file (no zip or pickle header; starts with {head.hex(' ')}) nor .safetensors; "
+                "a corrupt or truncated download, or another format")
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0][:200]
+        return (f"it holds Python objects besides tensors ({detail}); prunekit reads torch files with "
+                "weights_only=True: save only the state dict's tensors (or use .safetensors)")
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''} (corrupt or truncated?)"
 
 
 def load_backbone_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,

@@ -53,20 +53,63 @@ SET_HELP = "override a recipe key, e.g. --set train.lr=0.01 --set method.sigma=1
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: output.dir/<recipe name>)")
 @click.option("--dry-run", is_flag=True, help="validate, build the model with random weights, print the plan; "
                                               "no data, no hub, nothing written")
 @click.option("--overwrite", is_flag=True, help="replace an existing run directory")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="continue the unfinished run in this directory from its last finished epoch (its own recipe)")
 @click.option("--quiet", is_flag=True, help="print only the final table")
-def run(recipe, overrides, out, dry_run, overwrite, quiet):
-    """Train and prune as RECIPE says; writes a run directory."""
-    from .runner import dry_run as plan_run, run_recipe
+def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
+    """Train and prune as RECIPE says; writes a run directory.
 
+    \b
+    prunekit run recipes/quickstart.yaml --set train.lr=1e-3
+    prunekit run --resume runs/quickstart          continue after a crash or a kill
+    torchrun --nproc_per_node=2 -m prunekit run RECIPE   data-parallel (see docs/distributed.md)
+    """
+    from .runner import RunFinished, dry_run as plan_run, run_recipe
+
+    if resume_dir is not None:
+        if recipe or overrides or out or dry_run or overwrite:
+            given = [n for n, v in (("RECIPE", recipe), ("--set", overrides), ("--out", out), ("--dry-run", dry_run),
+                                    ("--overwrite", overwrite)) if v]
+            raise PrunekitError(f"--resume: continues the run with the recipe it started with; drop {', '.join(given)}")
+        resolved = Path(resume_dir) / "recipe.resolved.yaml"
+        if not resolved.exists():
+            raise PrunekitError(f"--resume: {resume_dir} is not a prunekit run directory (no recipe.resolved.yaml)")
+        r = load_recipe(resolved)
+        reporter = ProgressReporter(console=make_console(quiet=quiet))
+        try:
+            result = run_recipe(r, out=resume_dir, reporter=reporter, resume=True)
+        except RunFinished as e:
+            click.echo(str(e))
+            return
+    else:
+        if recipe is None:
+            raise click.UsageError("give a RECIPE (or --resume RUN_DIR)")
+        result = _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet, plan_run, run_recipe)
+        if result is None:
+            return
+    from .distributed import is_main, shutdown
+
+    shutdown()
+    if not is_main():
+        return  # under torchrun, rank 0 alone prints the result
+    if quiet:
+        from .report import COLUMNS, cycle_rows, markdown_table
+
+        click.echo(markdown_table(COLUMNS, cycle_rows(result.cycles)))
+    click.echo(f"run directory: {result.run_dir}")
+
+
+def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet, plan_run, run_recipe):
+    """``prunekit run RECIPE``: the run's result, or None after a dry run (which only prints)."""
     r = load_recipe(recipe, list(overrides))
-    console = make_console()
     if dry_run:
+        console = make_console()
         info = plan_run(r)
         console.print(f"[bold]{r.name}[/bold]: recipe valid")
         for k, v in info.items():
@@ -75,14 +118,10 @@ def run(recipe, overrides, out, dry_run, overwrite, quiet):
             elif isinstance(v, float):
                 v = f"{v:.4g}"
             console.print(f"  {k:<22} {v}")
-        return
+        return None
     reporter = ProgressReporter(console=make_console(quiet=quiet))
-    result = run_recipe(r, out=out, overwrite=overwrite, reporter=reporter)
-    if quiet:
-        from .report import COLUMNS, cycle_rows, markdown_table
+    return run_recipe(r, out=out, overwrite=overwrite, reporter=reporter)
 
-        click.echo(markdown_table(COLUMNS, cycle_rows(result.cycles)))
-    click.echo(f"run directory: {result.run_dir}")
 
 
 @main.command()

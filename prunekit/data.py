@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,7 @@ def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset
     def loader(cfg, img_size, mean, std, seed, in_chans):
         root = Path(cfg.root).expanduser() if cfg.root else default_data_root()
         t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
+        existed = root.exists()
         try:
             train, val = build(str(root), cfg.download, (t_train, t_val))
         except RuntimeError as e:
@@ -200,6 +202,14 @@ def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset
                     f"data.name={name}: no dataset files under {root}; set data.download: true on a machine with "
                     f"internet, or copy {TORCHVISION_FILES[name]} into {root} (data.root)") from None
             raise
+        except OSError as e:  # data.download: true without a network (urllib's URLError), a full disk ...
+            if not existed and root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+                shutil.rmtree(root)  # the download made only empty folders: leave nothing behind
+            what = "download into" if cfg.download else "read"
+            raise PrunekitError(
+                f"data.name={name}: could not {what} {root} ({type(e).__name__}: {str(e)[:200]}); copy "
+                f"{TORCHVISION_FILES[name]} into {root} (data.root), or download once where the internet is "
+                "reachable") from None
         return DataBundle(name, train, val, num_classes)
 
     return loader
@@ -241,6 +251,25 @@ _register("flowers102", 102, False, "Oxford Flowers-102 (torchvision; train+val 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def _has_image(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file at any depth (as torchvision's ImageFolder walks it)."""
+    return any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder, followlinks=True) for f in files)
+
+
+def _check_image_split(root: Path, split: Path) -> None:
+    """A clear error for a split folder without class folders, or with class folders that hold no images."""
+    classes = sorted(e.name for e in os.scandir(split) if e.is_dir())
+    if not classes:
+        raise PrunekitError(f"data.root={str(root)!r}: {split.name}/ holds no class folders (expected "
+                            f"{split.name}/<class>/<image>)")
+    empty = [c for c in classes if not _has_image(split / c)]
+    if empty:
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        shown = ", ".join(f"{split.name}/{c}/" for c in empty[:5]) + more
+        raise PrunekitError(f"data.root={str(root)!r}: no images in {shown} (image files end in "
+                            f"{', '.join(IMAGE_EXTENSIONS)})")
+
+
 @_register("imagefolder", None, False, "root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
 def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
     from torchvision.datasets import ImageFolder
@@ -252,13 +281,15 @@ def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
     if not (root / "train").is_dir() or val_dir is None:
         raise PrunekitError(f"data.root={str(root)!r}: expected train/ and val/ (or test/) sub-folders of class "
                             f"folders")
+    for split in (root / "train", val_dir):
+        _check_image_split(root, split)
     t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
     try:
         train = ImageFolder(str(root / "train"), transform=t_train)
         val = ImageFolder(str(val_dir), transform=t_val)
     except FileNotFoundError as e:
-        raise PrunekitError(f"data.root={str(root)!r}: {e} (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})") \
-            from None
+        allowed = "" if "Supported extensions" in str(e) else f" (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})"
+        raise PrunekitError(f"data.root={str(root)!r}: {e}{allowed}") from None
     if train.classes != val.classes:
         raise PrunekitError(f"data.root={str(root)!r}: train/ and {val_dir.name}/ have different class folders")
     return DataBundle("imagefolder", train, val, len(train.classes))

@@ -14,6 +14,9 @@
 The training step is a callback, ``train_fn(model, optimizer, cycle) -> metrics``, so the engine drives any loop
 (prunekit's own, a Lightning module, a hand-written one). Events ``on_cycle_start``, ``on_prune`` and
 ``on_cycle_end`` take callbacks (``engine.add_callback('on_prune', fn)``).
+
+Under ``torch.distributed`` rank 0 scores and selects, the plan is broadcast, and every rank applies the same one.
+``state_dict()`` / ``load_state_dict()`` and ``run(start_cycle=...)`` continue an interrupted run (see resume.py).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .distributed import broadcast_object, is_main
 from .graph import Group, adapter_groups
 from .params import count_parameters
 from .plan import Plan
@@ -69,6 +73,12 @@ class CycleRecord:
         return {"cycle": self.cycle, "widths": self.widths, "sigma": self.sigma,
                 "trainable_params": self.trainable_params, "metrics": self.metrics,
                 "plan": None if self.plan is None else self.plan.to_dict(), "widths_after": self.widths_after}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CycleRecord":
+        return cls(cycle=d["cycle"], widths=dict(d["widths"]), sigma=d["sigma"],
+                   trainable_params=d["trainable_params"], metrics=dict(d["metrics"]),
+                   plan=None if d["plan"] is None else Plan.from_dict(d["plan"]), widths_after=dict(d["widths_after"]))
 
 
 class Engine:
@@ -180,18 +190,38 @@ class Engine:
         return plan
 
     def prune_to(self, target_width: int, cycle: int | None = None) -> Plan:
-        """One prune step: score, select, slice. Returns the applied plan."""
+        """One prune step: score, select, slice. Returns the applied plan.
+
+        In a distributed run only rank 0 scores and selects (weights are identical on every rank after a DDP step);
+        the other ranks receive its plan, so a float tie or a random scorer cannot make them disagree.
+        """
         groups = self.groups()
-        plan = self.plan(target_width, groups)
+        plan = self.plan(target_width, groups) if is_main() else None
+        plan = broadcast_object(plan)
         plan.meta["cycle"] = cycle
         plan.meta["removed_adapters"] = plan.apply(self.model, groups)
         self._emit("on_prune", plan)
         return plan
 
-    def run(self) -> list[CycleRecord]:
-        """Train ``self.cycles`` cycles, pruning per the schedule; returns (and keeps) the history."""
-        self.history = []
-        for cycle in range(self.cycles):
+    def state_dict(self) -> dict[str, Any]:
+        """History of the finished cycles (with their plans) and the scorer's generator."""
+        return {"history": [r.to_dict() for r in self.history], "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the model must already have the plans of that history applied."""
+        self.history = [CycleRecord.from_dict(d) for d in state["history"]]
+        self.generator.set_state(state["generator"])
+
+    def run(self, start_cycle: int = 0) -> list[CycleRecord]:
+        """Train ``self.cycles`` cycles, pruning per the schedule; returns (and keeps) the history.
+
+        ``start_cycle > 0`` continues a run whose first cycles are in ``self.history`` (see :meth:`load_state_dict`).
+        """
+        if len(self.history) < start_cycle or not 0 <= start_cycle <= self.cycles:
+            raise PrunekitError(f"start_cycle: {start_cycle} needs the history of cycles 0..{start_cycle - 1}; "
+                                f"the engine has {len(self.history)} (of {self.cycles} cycles)")
+        self.history = self.history[:start_cycle]
+        for cycle in range(start_cycle, self.cycles):
             self._emit("on_cycle_start", cycle)
             widths = self.widths()
             record = CycleRecord(cycle=cycle, widths=widths, sigma=self.sigma(widths),

@@ -96,7 +96,8 @@ class TrainSection:
     epochs: int = field(**_help("epochs per cycle (the paper: 100)", default=100))
     warmup_epochs: int = field(**_help("linear warm-up epochs at the start of every cycle (the paper: 20)",
                                        default=20))
-    batch_size: int = field(**_help("images per optimisation step (per process)", default=64))
+    batch_size: int = field(**_help("images per optimisation step, over all processes under torchrun (the global "
+                                    "batch: a recipe trains the same on 1 or N GPUs)", default=64))
     eval_batch_size: Optional[int] = field(**_help("images per evaluation step (default: 2 x batch_size)",
                                                    default=None))
     label_smoothing: float = field(**_help("cross-entropy label smoothing", default=0.0))
@@ -121,6 +122,10 @@ class OutputSection:
         "also write the whole model's weights here at the end (how a pretraining recipe produces a backbone); "
         "'~' expands", default=None))
     plot: bool = field(**_help("draw neurons per adapter per cycle (PNG, the paper's Fig. 4)", default=True))
+    save_state: bool = field(**_help(
+        "write resume.pt (trained weights, optimizer, RNG, cycle) after every epoch so `prunekit run --resume "
+        "RUN_DIR` continues an interrupted run; false saves the write (full fine-tuning of a large model)",
+        default=True))
 
 
 @dataclass

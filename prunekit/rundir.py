@@ -9,9 +9,11 @@
       adapters/cycle_K.safetensors   trained parameters (adapters + head) at the end of cycle K
       report.md                  per cycle: trainable params, % of total, sigma, top-1, file size
       plots/neurons_per_adapter.png
+      resume.pt                  while running: the state after the last finished epoch (see resume.py)
       DONE                       written last: the run finished
 
-A finished run is never overwritten unless asked (``overwrite=True``); an unfinished one is not touched either.
+A finished run is never overwritten unless asked (``overwrite=True``); an unfinished one is not touched either
+(``prunekit run --resume`` continues it). In a distributed run only rank 0 holds a writing ``RunDir``.
 """
 from __future__ import annotations
 
@@ -55,10 +57,13 @@ def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: 
 
 
 class RunDir:
+    """Writes of one run. ``write=False`` (non-zero ranks of a distributed run) turns every write into a no-op."""
+
     DONE = "DONE"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, write: bool = True):
         self.path = Path(path)
+        self.write = write
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
@@ -82,13 +87,27 @@ class RunDir:
         return self.path / name
 
     def write_text(self, name: str, text: str) -> Path:
-        atomic_write_text(self.path / name, text)
+        if self.write:
+            atomic_write_text(self.path / name, text)
         return self.path / name
+
+    def save_tensors(self, path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                     ) -> int | None:
+        """``save_safetensors`` into the run directory; returns the size (None when this process does not write)."""
+        return save_safetensors(path, tensors, metadata) if self.write else None
+
+    def save_plans(self, plans) -> None:
+        if self.write:
+            from .plan import Plan
+
+            Plan.save_all(plans, self.path / "plan.json")
 
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_text(name, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
+        if not self.write:
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(dict(record), default=_json_default) + "\n")
             f.flush()

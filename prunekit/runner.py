@@ -5,6 +5,7 @@ and the dry run, so a run directory always rebuilds into the model that wrote it
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -28,13 +29,17 @@ from .progress import ProgressReporter
 from .recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
 from .registry import PrunekitError
 from .report import COLUMNS, cycle_rows, markdown_table, plot_widths, human_bytes
+from . import distributed as dist_utils
+from .resume import STATE_FILE, load_model_state, load_state, model_state, save_state
 from .rundir import RunDir, save_safetensors
 from .schedule import compression
+from .scopes import get_scope
+from .scorers import get_scorer
 from .strategy import get_strategy
 from .train import Trainer, seed_everything, select_device
 
-__all__ = ["RunResult", "check_recipe", "build_model", "run_recipe", "dry_run", "load_run", "evaluate_run",
-           "num_classes_for", "example_inputs"]
+__all__ = ["RunResult", "RunFinished", "check_recipe", "build_model", "run_recipe", "dry_run", "load_run",
+           "evaluate_run", "num_classes_for", "example_inputs"]
 
 
 @dataclass
@@ -54,6 +59,11 @@ def check_recipe(recipe: Recipe):
             strategy = get_strategy(recipe.strategy.name)
         except KeyError as e:
             raise RecipeError(f"strategy.name: {e} (or 'none')") from None
+        for part, get in (("scorer", get_scorer), ("scope", get_scope)):  # a plug-in strategy may name unknown ones
+            try:
+                get(getattr(strategy, part))
+            except KeyError as e:
+                raise RecipeError(f"strategy.name: strategy {strategy.name!r} names an {e}") from None
         if not method.prunable:
             raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
                               "prunable groups; use method adapters or parallel_adapters, or strategy 'none'")
@@ -109,20 +119,19 @@ def _load_weights_and_apply_method(recipe, model, method, method_cfg, strategy, 
 
 
 def _resolve_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressReporter) -> None:
-    """Run ``model.pretrain`` when ``model.checkpoint`` does not exist yet."""
+    """Run ``model.pretrain`` when ``model.checkpoint`` does not exist yet (after checking everything else)."""
     ckpt = recipe.model.checkpoint
     if not ckpt or Path(ckpt).expanduser().exists():
         return
     if not recipe.model.pretrain:
         raise PrunekitError(f"model.checkpoint: no such file {ckpt!r} (set model.pretrain to a recipe that makes it)")
-    base = Path(recipe.source).parent if recipe.source else Path.cwd()
-    pre_path = (base / recipe.model.pretrain).resolve()
-    pre = load_recipe(pre_path, [f"output.save_checkpoint={ckpt}"])
+    pre, pre_path = _check_before_pretraining(recipe)
     name = pre.output.run_name or pre.name
     run_name, i = name, 1
     while (out_parent / run_name).exists():
         i += 1
         run_name = f"{name}-{i}"
+    run_name = dist_utils.broadcast_object(run_name)  # under torchrun, rank 0's choice (it creates the folder)
     reporter.log(f"checkpoint {ckpt} not found: pretraining it with {pre_path.name} (run dir "
                 f"{out_parent / run_name})")
     pre.output.run_name = run_name
@@ -131,32 +140,80 @@ def _resolve_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressRepo
         raise PrunekitError(f"model.pretrain: {pre_path.name} finished without writing {ckpt}")
 
 
+def _check_before_pretraining(recipe: Recipe) -> tuple[Recipe, Path]:
+    """Pretraining writes a run directory and the checkpoint: first check the pretraining recipe, this recipe's
+    data and its schedule (the ``--dry-run`` checks on random weights), so a bad recipe fails in seconds."""
+    ckpt = recipe.model.checkpoint
+    base = Path(recipe.source).parent if recipe.source else Path.cwd()
+    pre_path = (base / recipe.model.pretrain).resolve()
+    if not pre_path.is_file():
+        raise RecipeError(f"model.pretrain: no such recipe {str(pre_path)!r} (paths are relative to the recipe's "
+                          f"folder {str(base)!r}); it runs because model.checkpoint {ckpt!r} does not exist")
+    try:
+        pre = load_recipe(pre_path, [f"output.save_checkpoint={ckpt}"])
+        check_recipe(pre)
+    except PrunekitError as e:
+        raise RecipeError(f"model.pretrain: {pre_path.name}: {e}") from None
+    load_data(recipe.data, recipe.model.img_size, seed=recipe.train.seed, in_chans=recipe.model.in_chans)
+    dry_run(recipe)
+    return pre, pre_path
+
+
 def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _make_loaders(bundle, t, d, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """One process: seeded shuffling loaders. Under torchrun: this rank's slice of the same global batches."""
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    if not dist_utils.is_distributed():
+        return make_loaders(bundle, t.batch_size, eval_bs, d.num_workers, t.seed, pin_memory=device.type == "cuda")
+    world = dist_utils.world_size()
+    g = torch.Generator().manual_seed(t.seed)
+    common = dict(num_workers=d.num_workers, collate_fn=bundle.collate_fn, pin_memory=device.type == "cuda",
+                  persistent_workers=d.num_workers > 0)
+    train = DataLoader(bundle.train, batch_sampler=dist_utils.GlobalBatchSampler(len(bundle.train), t.batch_size, g),
+                       generator=g, **common)
+    val = DataLoader(bundle.val, batch_size=max(1, eval_bs // world), sampler=dist_utils.ShardSampler(len(bundle.val)),
+                     **common)
+    return train, val
+
+
+def _check_world(recipe: Recipe) -> None:
+    world = dist_utils.world_size()
+    if world > 1 and recipe.train.batch_size < world:
+        raise RecipeError(f"train.batch_size: the global batch ({recipe.train.batch_size}) must be at least the "
+                          f"number of processes ({world})")
+
+
 def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = False,
-               reporter: ProgressReporter | None = None) -> RunResult:
+               reporter: ProgressReporter | None = None, resume: bool = False) -> RunResult:
     """Train (and prune) as the recipe says; writes a run directory and returns its per-cycle summary.
 
     Everything that can be wrong with the recipe (names, checkpoint, data, schedule) is found before the run
-    directory is created, so a failed start writes nothing.
+    directory is created, so a failed start writes nothing. ``resume=True`` continues the unfinished run in ``out``
+    from its ``resume.pt`` (see resume.py). Under ``torchrun`` every rank calls this; rank 0 alone writes and prints.
     """
+    t, d = recipe.train, recipe.data
+    device = dist_utils.init_from_env(select_device(t.device).type) or select_device(t.device)
+    main_rank = dist_utils.is_main()
     reporter = reporter or ProgressReporter()
+    if not main_rank:
+        reporter = ProgressReporter(enabled=False)
     method, method_cfg, strategy = check_recipe(recipe)
+    _check_world(recipe)
     run_path = Path(out) if out else Path(recipe.output.dir) / (recipe.output.run_name or recipe.name)
-    if run_path.exists() and any(run_path.iterdir()) and not overwrite:
+    state = _resume_state(run_path) if resume else None
+    if not resume and run_path.exists() and any(run_path.iterdir()) and not overwrite:
         RunDir.create(run_path, overwrite=False)  # raises: says what is there and what to do
     _resolve_checkpoint(recipe, run_path.parent, reporter)
 
-    t, d = recipe.train, recipe.data
-    seed_everything(t.seed, t.deterministic)
-    device = select_device(t.device)
+    seed_everything(t.seed + dist_utils.rank(), t.deterministic)
     bundle = load_data(d, recipe.model.img_size, seed=t.seed, in_chans=recipe.model.in_chans,
                        **_norm_kwargs(recipe))
     model = build_model(recipe, bundle.num_classes).to(device)
-    train_loader, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size,
-                                            d.num_workers, t.seed, pin_memory=device.type == "cuda")
+    train_loader, val_loader = _make_loaders(bundle, t, d, device)
+    rundir = RunDir(run_path, write=main_rank)
     trainer = Trainer(t, train_loader, val_loader, device, reporter,
                       on_epoch_end=lambda m: rundir.append_metrics({"type": "epoch", **m}))
     cycles: list[dict[str, Any]] = []
@@ -166,17 +223,19 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         reporter.start_cycle(cycle, n_cycles, f"trainable {count_parameters(model, True):,}")
         metrics = trainer.train_cycle(model, optimizer, cycle)
         widths = engine.widths() if engine is not None else {}
-        path = rundir.adapter_file(cycle)
-        nbytes = save_safetensors(path, _trained_state(model), {"recipe": recipe.name, "cycle": cycle,
-                                                                "widths": json.dumps(widths)}) \
-            if recipe.output.save_adapters else None
         summary = {"type": "cycle", "cycle": cycle, "widths": widths,
                    "sigma": engine.sigma(widths) if engine is not None else None,
                    "trainable_params": count_parameters(model, trainable_only=True),
                    "total_params": count_parameters(model),
                    "best_top1": metrics["best_top1"], "last_top1": metrics["last_top1"],
-                   "adapter_file": str(path.relative_to(rundir.path)) if nbytes else None, "adapter_bytes": nbytes,
-                   "images_per_s": metrics["images_per_s"]}
+                   "adapter_file": None, "adapter_bytes": None, "images_per_s": metrics["images_per_s"]}
+        if dist_utils.is_distributed():
+            summary["rank_digests"] = _check_ranks_agree(model, widths, cycle)
+        if recipe.output.save_adapters:
+            path = rundir.adapter_file(cycle)
+            nbytes = rundir.save_tensors(path, _trained_state(model), {"recipe": recipe.name, "cycle": cycle,
+                                                                       "widths": json.dumps(widths)})
+            summary.update(adapter_file=str(path.relative_to(rundir.path)), adapter_bytes=nbytes)
         cycles.append(summary)
         rundir.append_metrics(summary)
         return metrics
@@ -188,47 +247,135 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
                                       collate_fn=bundle.collate_fn)
             k = recipe.strategy.calibration_batches
             calib = lambda: (b[0].to(device) for b in itertools.islice(calib_loader, k))  # noqa: E731
-        engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy,
-                        rho=recipe.strategy.rho, sigma_target=recipe.strategy.sigma_target,
-                        sigma_reference=recipe.strategy.sigma_reference, optimizer_factory=trainer.make_optimizer,
-                        calibration=calib, seed=t.seed)
+        with _strategy_keys():
+            engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy,
+                            rho=recipe.strategy.rho, sigma_target=recipe.strategy.sigma_target,
+                            sigma_reference=recipe.strategy.sigma_reference, optimizer_factory=trainer.make_optimizer,
+                            calibration=calib, seed=t.seed)
         n_cycles = engine.cycles
         _check_cycles(recipe, n_cycles)
         engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, rundir, reporter))
     else:
         n_cycles = recipe.strategy.cycles
 
-    rundir = RunDir.create(run_path, overwrite=overwrite)
-    rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    backbone_bytes = _backbone_bytes(model)
-    reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
-                 f"{' (bf16)' if trainer.bf16 else ''}, {n_cycles} cycles -> {run_path}")
-    if engine is not None:
-        engine.run()
-        Plan.save_all(engine.plans, rundir.file("plan.json"))
+    if recipe.output.save_state:
+        trainer.on_checkpoint = lambda tstate: _save_resume_state(rundir, tstate, model, engine, cycles)
+    start_cycle = 0
+    if state is not None:
+        start_cycle = _restore(state, recipe, model, engine, trainer, rundir, cycles)
+        reporter.log(f"resuming {run_path}: cycle {start_cycle}, after epoch {state['trainer']['epoch'] + 1} of "
+                     f"{t.epochs}")
     else:
-        for cycle in range(n_cycles):
+        dist_utils.barrier()  # every rank has checked the run directory before rank 0 creates it
+        if main_rank:
+            RunDir.create(run_path, overwrite=overwrite or resume)
+        rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    backbone_bytes = _backbone_bytes(model)
+    world = dist_utils.world_size()
+    reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
+                 f"{' (bf16)' if trainer.bf16 else ''}{f' x {world} processes' if world > 1 else ''}, "
+                 f"{n_cycles} cycles -> {run_path}")
+    if engine is not None:
+        engine.run(start_cycle)
+        rundir.save_plans(engine.plans)
+    else:
+        for cycle in range(start_cycle, n_cycles):
             train_fn(model, trainer.make_optimizer([p for p in model.parameters() if p.requires_grad]), cycle)
-        Plan.save_all([], rundir.file("plan.json"))
+        rundir.save_plans([])
 
-    if recipe.output.save_checkpoint:
+    if recipe.output.save_checkpoint and main_rank:
         dest = Path(recipe.output.save_checkpoint).expanduser()
         save_safetensors(dest, model.state_dict(), {"recipe": recipe.name, "model": recipe.model.name})
         reporter.log(f"saved checkpoint {dest}")
     result = RunResult(rundir.path, cycles, backbone_bytes)
-    write_report(rundir, recipe, result)
-    if recipe.output.plot and strategy is not None:
-        plot_widths(cycles, rundir.file("plots/neurons_per_adapter.png"), title=f"{recipe.name}: neurons per adapter")
-    rundir.finish()
+    if main_rank:
+        write_report(rundir, recipe, result)
+        if recipe.output.plot and strategy is not None:
+            plot_widths(cycles, rundir.file("plots/neurons_per_adapter.png"),
+                        title=f"{recipe.name}: neurons per adapter")
+        rundir.finish()
+        rundir.file(STATE_FILE).unlink(missing_ok=True)  # DONE is written: nothing left to resume
+    dist_utils.barrier()  # a checkpoint rank 0 wrote is on disk before any rank goes on to use it
     reporter.log(markdown_table(COLUMNS, cycle_rows(cycles)))
     return result
 
 
+def _resume_state(run_path: Path) -> dict[str, Any] | None:
+    """The saved state of an unfinished run (None: it stopped before its first epoch ended; start it again)."""
+    rd = RunDir(run_path)
+    if not rd.file("recipe.resolved.yaml").exists():
+        raise PrunekitError(f"--resume: {run_path} is not a prunekit run directory (no recipe.resolved.yaml)")
+    if rd.finished:
+        raise RunFinished(run_path)
+    return load_state(rd.file(STATE_FILE)) if rd.file(STATE_FILE).exists() else None
+
+
+class RunFinished(PrunekitError):
+    """``--resume`` of a run that already finished: nothing to do."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} already finished (DONE is written); nothing to resume. `prunekit eval {path}` "
+                         "checks it; --overwrite with the recipe runs it again")
+        self.path = path
+
+
+def _save_resume_state(rundir: RunDir, tstate: dict[str, Any], model: nn.Module, engine: Engine | None,
+                       cycles: list[dict[str, Any]]) -> None:
+    rng = dist_utils.all_gather_object(tstate.pop("rng"))  # every rank's RNG, so each continues its own stream
+    if not rundir.write:
+        return
+    save_state(rundir.file(STATE_FILE), {
+        "trainer": tstate, "rng": rng, "model": model_state(model),
+        "engine": None if engine is None else engine.state_dict(), "cycles": cycles,
+        "metrics_bytes": rundir.file("metrics.jsonl").stat().st_size, "world_size": dist_utils.world_size()})
+
+
+def _restore(state: dict[str, Any], recipe: Recipe, model: nn.Module, engine: Engine | None, trainer: Trainer,
+             rundir: RunDir, cycles: list[dict[str, Any]]) -> int:
+    """Bring a freshly built model, engine and trainer to the saved state; returns the cycle to continue."""
+    ts = state["trainer"]
+    if engine is not None:
+        engine.load_state_dict(state["engine"])
+        replay(model, [r.plan for r in engine.history if r.plan is not None], example_inputs(recipe, trainer.device))
+    load_model_state(model, state["model"], rundir.file(STATE_FILE))
+    model.to(trainer.device)
+    rngs = state["rng"]
+    r = dist_utils.rank()
+    trainer.resume_from = {**ts, "rng": rngs[r] if r < len(rngs) else rngs[0]}
+    cycles.extend(state["cycles"])
+    if rundir.write:
+        with open(rundir.file("metrics.jsonl"), "r+b") as f:  # drop what was logged after the saved state
+            f.truncate(state["metrics_bytes"])
+    return ts["cycle"]
+
+
+def _check_ranks_agree(model: nn.Module, widths: dict[str, int], cycle: int) -> list[str]:
+    """Digest of every rank's trained weights and widths; they must be identical after a cycle of DDP training."""
+    digests = dist_utils.all_gather_object(dist_utils.digest_tensors(_trained_state(model)) + ":"
+                                           + json.dumps(widths, sort_keys=True))
+    if len(set(digests)) > 1:
+        raise PrunekitError(f"cycle {cycle}: ranks disagree after training (weight / width digests {digests}); "
+                            "check that every rank runs the same recipe and prunekit version")
+    return [dg.split(":", 1)[0] for dg in digests]
+
+
 def _on_prune(engine: Engine, plan: Plan, rundir: RunDir, reporter: ProgressReporter) -> None:
-    Plan.save_all(engine.plans + [plan], rundir.file("plan.json"))
+    rundir.save_plans(engine.plans + [plan])
     removed = plan.meta.get("removed_adapters")
     reporter.log(f"pruned {plan.n_removed} neurons -> sigma {engine.sigma(engine.widths()):.1f}"
                  + (f"; removed {len(removed)} adapters" if removed else ""))
+
+
+@contextlib.contextmanager
+def _strategy_keys():
+    """Schedule errors name ``sigma_target`` / ``rho``; in a recipe they are ``strategy.*`` keys."""
+    try:
+        yield
+    except PrunekitError as e:
+        msg = str(e)
+        if msg.startswith(("sigma_target:", "rho:")):
+            raise RecipeError(f"strategy.{msg}") from None
+        raise
 
 
 def engine_needs_calibration(strategy) -> bool:
@@ -300,8 +447,9 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
         engine_like = strategy.schedule(recipe.strategy.rho, recipe.strategy.sigma_target,
                                         recipe.strategy.sigma_reference)
         n0, fan = sum(g.width for g in groups), sum(g.fan for g in groups)
-        widths = engine_like.widths(n0, fan)
-        cycles = engine_like.cycles(n0, fan)
+        with _strategy_keys():
+            widths = engine_like.widths(n0, fan)
+            cycles = engine_like.cycles(n0, fan)
         _check_cycles(recipe, cycles)
         info.update(groups=len(groups), sigma0=compression(fan, n0), total_fan=fan, cycles=cycles,
                     widths_after_prunes=widths[1:], sigmas=[compression(fan, w) for w in widths],

@@ -81,7 +81,7 @@ class Schedule:
     def target_width(self, total_fan: int) -> int:
         n = math.floor(total_fan / self.sigma_target + 1e-9)
         if n < 1:
-            raise PrunekitError(f"sigma_target: {self.sigma_target:g} cannot be reached; the adapters' widths add up "
+            raise PrunekitError(f"sigma_target: {self.sigma_target:g} cannot be reached; the adapters' fans add up "
                                 f"to m = {total_fan}, so sigma_target must be at most {total_fan} (one neuron left)")
         return n
 

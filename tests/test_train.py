@@ -75,5 +75,5 @@ def test_non_finite_loss_stops_with_the_step():
     x[20] = float("nan")
     trainer, _ = make_trainer(x=x)
     model = nn.Linear(5, 2)
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at cycle 0, epoch 0, step \d"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at cycle 0, epoch 1, step \d"):
         trainer.train_cycle(model, trainer.make_optimizer(model.parameters()), cycle=0)

@@ -1,0 +1,305 @@
+"""Bad input through the command line: exit code 2, a message that names the key, the value and what is allowed,
+and nothing written.
+
+One table, one test. Every row runs ``prunekit ...`` against a shared workspace holding a finished run directory,
+recipe files and checkpoint files. The test snapshots the workspace (bytes and mtime of every file, mtime of every
+folder) before the command and compares after it, checks that the ``--out`` folder was not created and that nothing
+appeared in the working directory. Nothing is pretrained or downloaded; the one finished run is a single step.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import traceback
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import timm
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from prunekit.cli import main
+from prunekit.strategy import STRATEGIES, Strategy
+
+TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16,
+              "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
+FAN = 2 * 2 * 32  # an adapter after attention and after the MLP of 2 blocks, m = 32 each: sigma_target <= 128
+
+
+def base_recipe(ws: Path) -> dict[str, Any]:
+    """Tiny TINA run (sigma 4 -> 16) on 16 px digits; never trained by this module."""
+    return {"name": "tiny", "model": dict(TINY_MODEL), "method": {"name": "adapters", "sigma": 4},
+            "strategy": {"name": "tina", "rho": 0.5, "sigma_target": 16},
+            "data": {"name": "digits", "limit_train": 16, "limit_val": 16},
+            "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16, "max_steps_per_epoch": 1},
+            "output": {"dir": str(ws / "runs"), "plot": False}}
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any], top: bool = True) -> dict[str, Any]:
+    """``patch`` merged into ``base``; a ``method`` section replaces the base's (its keys depend on its name)."""
+    out = dict(base)
+    for k, v in patch.items():
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and not (top and k == "method")
+        out[k] = merge(out[k], v, top=False) if nested else v
+    return out
+
+
+def raise_offline(*args: Any, **kwargs: Any):
+    raise urllib.error.URLError("[Errno -2] Name or service not known (test: no network)")
+
+
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", raise_offline)
+
+
+def plugin_with_unknown_scorer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third-party strategy (entry point / register_strategy) naming a scorer that is not registered."""
+    monkeypatch.setitem(STRATEGIES._entries, "plugin_typo",
+                        Strategy(name="plugin_typo", scorer="tinna", scope="global", mode="iterative"))
+
+
+@dataclass
+class Row:
+    id: str
+    args: list[str]  # "{recipe}" (the base recipe), "{row_recipe}" (base + patch), "{ws}", "{out}", "{tmp}"
+    expect: list[str]  # substrings of the output, formatted like args
+    patch: dict[str, Any] | None = None  # written to {ws}/rows/<id>.yaml before the snapshot
+    setup: Callable[[pytest.MonkeyPatch], None] | None = None
+    subprocess_env: dict[str, str] | None = None  # run `python -m prunekit` with these variables (read at import)
+    absent: list[str] = field(default_factory=list)  # paths that must not exist afterwards, formatted like args
+
+
+OUT = ["--out", "{out}"]
+PRETRAIN_FIRST = ["--set", "model.checkpoint={ws}/not_yet.safetensors", "--set", "model.pretrain=pretrain.yaml"]
+IMAGE_EXTS = ".jpg, .jpeg, .png"
+
+ROWS = [
+    # 1. malformed YAML
+    Row("malformed-yaml", ["run", "{ws}/bad.yaml", *OUT],
+        ["{ws}/bad.yaml: malformed YAML at line 3, column 6: expected ',' or '}}'"]),  # '}}': a brace, formatted
+    # 2. unknown keys, with did-you-mean and the allowed keys
+    Row("unknown-key", ["run", "{row_recipe}", *OUT],
+        ["train.lrr: unknown key; did you mean 'lr'?", "allowed in train: optimizer, lr, min_lr"],
+        patch={"train": {"lrr": 0.1}}),
+    Row("unknown-section", ["run", "{row_recipe}", *OUT], ["trian: unknown key; did you mean 'train'?"],
+        patch={"trian": {"lr": 0.1}}),
+    Row("unknown-key-set", ["run", "{recipe}", "--set", "strategy.sigma_targt=32", *OUT],
+        ["strategy.sigma_targt: unknown key; did you mean 'sigma_target'"]),
+    # 3. wrong types
+    Row("wrong-type", ["run", "{row_recipe}", *OUT], ["train.lr: expected a float, got 'fast'"],
+        patch={"train": {"lr": "fast"}}),
+    Row("wrong-literal", ["run", "{recipe}", "--set", "train.optimizer=adam", *OUT],
+        ["train.optimizer: expected 'adamw' or 'sgd', got 'adam'; did you mean 'adamw'?"]),
+    # 4. sigma_target at or below the method's sigma (sigma0)
+    Row("sigma-target-equal", ["run", "{row_recipe}", *OUT],
+        ["strategy.sigma_target: expected more than method.sigma=4", "got 4"], patch={"strategy": {"sigma_target": 4}}),
+    Row("sigma-target-below", ["run", "{recipe}", "--set", "strategy.sigma_target=2", *OUT],
+        ["strategy.sigma_target: expected more than method.sigma=4", "got 2"]),
+    # 5. rho outside (0, 1)
+    Row("rho-zero", ["run", "{row_recipe}", *OUT], ["strategy.rho: expected a fraction in (0, 1), got 0"],
+        patch={"strategy": {"rho": 0}}),
+    Row("rho-above-one", ["run", "{recipe}", "--set", "strategy.rho=1.5", *OUT],
+        ["strategy.rho: expected a fraction in (0, 1), got 1.5"]),
+    # 6. a sigma_target the adapters cannot reach (fewer than one neuron would remain); the model is planned on
+    # random weights before training. With model.pretrain due to run, it must fail before pretraining writes.
+    Row("sigma-target-unreachable", ["run", "{recipe}", "--set", "strategy.sigma_target=1000", *OUT],
+        ["strategy.sigma_target: 1000 cannot be reached", f"m = {FAN}", f"must be at most {FAN}"]),
+    Row("sigma-target-unreachable-before-pretrain",
+        ["run", "{recipe}", *PRETRAIN_FIRST, "--set", "strategy.sigma_target=1000", *OUT],
+        ["strategy.sigma_target: 1000 cannot be reached", f"must be at most {FAN}"],
+        absent=["{ws}/not_yet.safetensors", "{tmp}/pretrain"]),
+    # 7. unknown model
+    Row("unknown-model", ["run", "{recipe}", "--set", "model.name=vit_tiny_patch16", *OUT],
+        ["model.name: unknown timm model 'vit_tiny_patch16'; did you mean", "'vit_tiny_patch16_224'"]),
+    # 8. unknown strategy
+    Row("unknown-strategy", ["run", "{row_recipe}", *OUT],
+        ["strategy.name: unknown strategy 'tian'; did you mean 'tina'?", "allowed: ", "local_l1", "(or 'none')"],
+        patch={"strategy": {"name": "tian"}}),
+    # 9. scorers: a recipe picks one through its strategy (StrategySection has no scorer key, so naming one is an
+    # unknown key); a plug-in strategy may name an unregistered scorer; `prunekit list` refuses a misspelt kind.
+    Row("scorer-in-recipe", ["run", "{row_recipe}", *OUT],
+        ["strategy.scorer: unknown key;", "allowed in strategy: name, rho, sigma_target"],
+        patch={"strategy": {"scorer": "tina"}}),
+    Row("plugin-strategy-unknown-scorer", ["run", "{recipe}", "--set", "strategy.name=plugin_typo", *OUT],
+        ["strategy.name: strategy 'plugin_typo' names an unknown scorer 'tinna'; did you mean 'tina'?",
+         "allowed: coupled_l1"], setup=plugin_with_unknown_scorer),
+    Row("plugin-strategy-unknown-scorer-dry-run", ["run", "{recipe}", "--set", "strategy.name=plugin_typo",
+                                                   "--dry-run"],
+        ["strategy.name: strategy 'plugin_typo' names an unknown scorer 'tinna'"], setup=plugin_with_unknown_scorer),
+    Row("list-unknown-kind", ["list", "scorer"], ["Invalid value", "'scorer' is not one of", "'scorers'"]),
+    # 10. unknown dataset
+    Row("unknown-dataset", ["run", "{recipe}", "--set", "data.name=digit", *OUT],
+        ["data.name: unknown dataset 'digit'; did you mean 'digits'?", "allowed: cifar10"]),
+    # 11. unknown method
+    Row("unknown-method", ["run", "{row_recipe}", *OUT],
+        ["method.name: unknown method 'adaptor'; did you mean 'adapters'", "allowed: adapters"],
+        patch={"method": {"name": "adaptor", "sigma": 4}}),
+    # 12. missing checkpoint (no pretraining recipe to make it; or one that does not exist)
+    Row("missing-checkpoint", ["run", "{recipe}", "--set", "model.checkpoint={ws}/missing.safetensors", *OUT],
+        ["model.checkpoint: no such file '{ws}/missing.safetensors'", "model.pretrain"]),
+    Row("missing-pretrain-recipe",
+        ["run", "{recipe}", "--set", "model.checkpoint={ws}/not_yet.safetensors", "--set", "model.pretrain=nope.yaml",
+         *OUT],
+        ["model.pretrain: no such recipe '{ws}/nope.yaml'", "model.checkpoint '{ws}/not_yet.safetensors'"]),
+    # 13. corrupt checkpoints (random bytes)
+    Row("corrupt-checkpoint-pth", ["run", "{recipe}", "--set", "model.checkpoint={ws}/corrupt.pth", *OUT],
+        ["model.checkpoint: '{ws}/corrupt.pth' is not a readable checkpoint: not a torch file",
+         "corrupt or truncated"]),
+    Row("corrupt-checkpoint-safetensors",
+        ["run", "{recipe}", "--set", "model.checkpoint={ws}/corrupt.safetensors", *OUT],
+        ["model.checkpoint: '{ws}/corrupt.safetensors' is not a readable checkpoint", "SafetensorError"]),
+    # 14. a checkpoint of another architecture: names the file and the keys / shapes that do not fit
+    Row("checkpoint-other-architecture", ["run", "{recipe}", "--set", "model.checkpoint={ws}/resnet.pth", *OUT],
+        ["model.checkpoint: {ws}/resnet.pth is not a checkpoint of VisionTransformer as configured",
+         "model keys missing (e.g. cls_token)", "unknown keys (e.g. conv1."]),
+    Row("checkpoint-other-width", ["run", "{recipe}", "--set", "model.checkpoint={ws}/vit48.pth", *OUT],
+        ["model.checkpoint: {ws}/vit48.pth is not a checkpoint of VisionTransformer as configured",
+         "shape mismatches (e.g. cls_token: checkpoint (1, 1, 48) vs model (1, 1, 32))"]),
+    # 15. a dataset absent offline: what to fetch and where
+    Row("dataset-absent-offline",
+        ["run", "{recipe}", "--set", "data.name=cifar10", "--set", "data.root={ws}/empty_root", *OUT],
+        ["data.name=cifar10: no dataset files under {ws}/empty_root", "data.download: true",
+         "copy cifar-10-batches-py/ (cifar-10-python.tar.gz) into {ws}/empty_root"]),
+    Row("dataset-absent-offline-before-pretrain",
+        ["run", "{recipe}", *PRETRAIN_FIRST, "--set", "data.name=cifar10", "--set", "data.root={ws}/empty_root",
+         *OUT],
+        ["data.name=cifar10: no dataset files under {ws}/empty_root"],
+        absent=["{ws}/not_yet.safetensors", "{tmp}/pretrain"]),
+    Row("dataset-download-without-network",
+        ["run", "{recipe}", "--set", "data.name=cifar10", "--set", "data.root={tmp}/new_root", "--set",
+         "data.download=true", *OUT],
+        ["data.name=cifar10: could not download into {tmp}/new_root (URLError", "copy cifar-10-batches-py/"],
+        setup=no_network, absent=["{tmp}/new_root"]),
+    # 16. image folders without images
+    Row("imagefolder-no-images",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/no_images", *OUT],
+        ["data.root='{ws}/no_images': no images in train/cat/, train/dog/", f"image files end in {IMAGE_EXTS}"]),
+    Row("imagefolder-no-classes",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/no_classes", *OUT],
+        ["data.root='{ws}/no_classes': train/ holds no class folders (expected train/<class>/<image>)"]),
+    Row("imagefolder-no-split",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/empty_root", *OUT],
+        ["data.root='{ws}/empty_root': expected train/ and val/ (or test/)"]),
+    # 17. an existing finished run without --overwrite (the recipe's own run directory)
+    Row("finished-run-no-overwrite", ["run", "{ws}/finished.yaml"],
+        ["output: {ws}/runs/finished already holds a finished run; nothing was changed", "--overwrite"]),
+    Row("finished-run-no-overwrite-out", ["run", "{recipe}", "--out", "{ws}/runs/finished"],
+        ["output: {ws}/runs/finished already holds a finished run; nothing was changed"]),
+    # hub weights while offline: huggingface_hub reads HF_HUB_OFFLINE at import, hence a fresh process
+    Row("hub-weights-offline", ["run", "{recipe}", "--set", "model.pretrained=true", *OUT],
+        ["model.pretrained: could not get hub weights for 'vit_tiny_patch16_224'", "set model.checkpoint"],
+        subprocess_env={"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf_home"}),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run, recipes and checkpoints: what a bad command must leave alone."""
+    ws = tmp_path_factory.mktemp("ws")
+    base = base_recipe(ws)
+    (ws / "recipe.yaml").write_text(yaml.safe_dump(base))
+    (ws / "bad.yaml").write_text("name: bad\nmodel: {name: vit_tiny_patch16_224\ntrain: [1, 2\n")
+    (ws / "rows").mkdir()
+    for row in ROWS:
+        if row.patch is not None:
+            (ws / "rows" / f"{row.id}.yaml").write_text(yaml.safe_dump(merge(base, row.patch)))
+    pretrain = merge(base, {"name": "pretrain", "method": {"name": "full"}, "strategy": {"name": "none"},
+                            "data": {"name": "mnist5k"}})
+    (ws / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    finished = merge(base, {"name": "finished", "method": {"name": "linear"}, "strategy": {"name": "none"}})
+    (ws / "finished.yaml").write_text(yaml.safe_dump(finished))
+    res = CliRunner().invoke(main, ["run", str(ws / "finished.yaml"), "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (ws / "runs" / "finished" / "DONE").is_file()
+
+    torch.manual_seed(0)
+    vit = timm.create_model(TINY_MODEL["name"], img_size=16, num_classes=10, **TINY_MODEL["kwargs"])
+    save_file(vit.state_dict(), str(ws / "backbone.safetensors"))  # a good checkpoint, to be left alone
+    wide = dict(TINY_MODEL["kwargs"], embed_dim=48)
+    torch.save(timm.create_model(TINY_MODEL["name"], img_size=16, num_classes=10, **wide).state_dict(),
+               ws / "vit48.pth")
+    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), ws / "resnet.pth")
+    noise = random.Random(0).randbytes(4096)
+    assert not noise.startswith((b"PK", b"\x80"))  # no zip or pickle header
+    (ws / "corrupt.pth").write_bytes(noise)
+    (ws / "corrupt.safetensors").write_bytes(noise)
+
+    (ws / "empty_root").mkdir()
+    for split in ("train", "val"):
+        (ws / "no_classes" / split).mkdir(parents=True)
+        for cls in ("cat", "dog"):
+            (ws / "no_images" / split / cls).mkdir(parents=True)
+            (ws / "no_images" / split / cls / "README.txt").write_text("not an image\n")
+    return ws
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Path -> (sha256, size, mtime) of every file and mtime of every folder under ``root`` (itself included)."""
+    state: dict[str, tuple] = {".": ("dir", root.stat().st_mtime_ns)}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            state[rel + "/"] = ("dir", st.st_mtime_ns)
+        else:
+            state[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
+    return state
+
+
+def describe_changes(before: dict[str, tuple], after: dict[str, tuple]) -> str:
+    new = sorted(after.keys() - before.keys())
+    gone = sorted(before.keys() - after.keys())
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    return f"new: {new}; removed: {gone}; changed: {changed}"
+
+
+def invoke(row: Row, args: list[str], fmt: dict[str, Any]) -> tuple[int, str]:
+    """Exit code and output (stdout + stderr) of ``prunekit ARGS``, in this process or a fresh one."""
+    if row.subprocess_env is not None:
+        env = {**os.environ, **{k: v.format(**fmt) for k, v in row.subprocess_env.items()}}
+        proc = subprocess.run([sys.executable, "-m", "prunekit", *args], capture_output=True, text=True, env=env,
+                              cwd=Path.cwd(), timeout=300)
+        return proc.returncode, proc.stdout + proc.stderr
+    res = CliRunner().invoke(main, args)
+    output = res.output
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        output += "".join(traceback.format_exception(res.exception))
+    return res.exit_code, output
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input_fails_early_with_a_clear_message(row: Row, workspace: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # a relative path written by mistake lands here, not in the repository
+    out = tmp_path / "out"
+    fmt = {"ws": workspace, "out": out, "tmp": tmp_path, "recipe": workspace / "recipe.yaml",
+           "row_recipe": workspace / "rows" / f"{row.id}.yaml"}
+    args = [a.format(**fmt) for a in row.args]
+    if row.setup is not None:
+        row.setup(monkeypatch)
+    before = snapshot(workspace)
+
+    code, output = invoke(row, args, fmt)
+
+    assert code == 2, f"exit code {code}, expected 2:\n{output}"
+    assert "Traceback" not in output, output
+    for part in row.expect:
+        assert part.format(**fmt) in output, f"{part.format(**fmt)!r} not in:\n{output}"
+    if "--out" in row.args:
+        assert not out.exists(), f"--out folder created: {sorted(p.name for p in out.rglob('*'))}"
+    after = snapshot(workspace)
+    assert after == before, describe_changes(before, after)
+    assert not any(cwd.iterdir()), f"written to the working directory: {sorted(p.name for p in cwd.iterdir())}"
+    for path in row.absent:
+        assert not Path(path.format(**fmt)).exists(), path.format(**fmt)
