@@ -1,0 +1,23 @@
+"""The benchmark scripts run (tiny sizes); their figures live in docs/benchmarks.md, not in tests."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("script,keys", [
+    ("train_throughput.py", {"images_per_s", "ratio", "met"}),
+    ("prune_overhead.py", {"scenarios"}),
+    ("storage.py", {"scenarios"}),
+])
+def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
+    out = tmp_path / "result.json"
+    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--device", "cpu", "--out", str(out)],
+                         capture_output=True, text=True, cwd=BENCH, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert keys <= set(data) and data["machine"]["cores"] >= 1 and data["command"].startswith(script)
