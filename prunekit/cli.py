@@ -70,17 +70,16 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
     prunekit run --resume runs/quickstart          continue after a crash or a kill
     torchrun --nproc_per_node=2 -m prunekit run RECIPE   data-parallel (see docs/distributed.md)
     """
-    from .runner import RunFinished, dry_run as plan_run, run_recipe
+    from .runner import RunFinished, run_recipe
 
     if resume_dir is not None:
         if recipe or overrides or out or dry_run or overwrite:
             given = [n for n, v in (("RECIPE", recipe), ("--set", overrides), ("--out", out), ("--dry-run", dry_run),
                                     ("--overwrite", overwrite)) if v]
             raise PrunekitError(f"--resume: continues the run with the recipe it started with; drop {', '.join(given)}")
-        resolved = Path(resume_dir) / "recipe.resolved.yaml"
-        if not resolved.exists():
-            raise PrunekitError(f"--resume: {resume_dir} is not a prunekit run directory (no recipe.resolved.yaml)")
-        r = load_recipe(resolved)
+        from .rundir import RunDir
+
+        r = load_recipe(RunDir(resume_dir).resolved_recipe("--resume: "))
         reporter = ProgressReporter(console=make_console(quiet=quiet))
         try:
             result = run_recipe(r, out=resume_dir, reporter=reporter, resume=True)
@@ -90,7 +89,7 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
     else:
         if recipe is None:
             raise click.UsageError("give a RECIPE (or --resume RUN_DIR)")
-        result = _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet, plan_run, run_recipe)
+        result = _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet)
         if result is None:
             return
     from .distributed import is_main, shutdown
@@ -105,8 +104,10 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
     click.echo(f"run directory: {result.run_dir}")
 
 
-def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet, plan_run, run_recipe):
+def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
     """``prunekit run RECIPE``: the run's result, or None after a dry run (which only prints)."""
+    from .runner import dry_run as plan_run, run_recipe
+
     r = load_recipe(recipe, list(overrides))
     if dry_run:
         console = make_console()

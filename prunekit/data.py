@@ -359,12 +359,23 @@ def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: in
 
 
 def make_loaders(bundle: DataBundle, batch_size: int, eval_batch_size: int, num_workers: int, seed: int,
-                 pin_memory: bool = False, train_sampler=None, val_sampler=None) -> tuple[DataLoader, DataLoader]:
-    """Seeded loaders: the training order depends only on ``seed`` (and the epoch count)."""
+                 pin_memory: bool = False, distributed: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Seeded loaders: the training order depends only on ``seed`` (and the epoch count).
+
+    ``distributed``: under torchrun, this rank's slice of the same global batches of ``batch_size`` (see
+    distributed.GlobalBatchSampler) and this rank's shard of the validation set.
+    """
     g = torch.Generator().manual_seed(seed)
     common = dict(num_workers=num_workers, collate_fn=bundle.collate_fn, pin_memory=pin_memory,
                   persistent_workers=num_workers > 0)
-    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=train_sampler is None, generator=g,
-                       sampler=train_sampler, drop_last=False, **common)
-    val = DataLoader(bundle.val, batch_size=eval_batch_size, shuffle=False, sampler=val_sampler, **common)
+    if distributed:
+        from .distributed import GlobalBatchSampler, ShardSampler, world_size
+
+        train = DataLoader(bundle.train, batch_sampler=GlobalBatchSampler(len(bundle.train), batch_size, g),
+                           generator=g, **common)
+        val = DataLoader(bundle.val, batch_size=max(1, eval_batch_size // world_size()),
+                         sampler=ShardSampler(len(bundle.val)), **common)
+        return train, val
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g, drop_last=False, **common)
+    val = DataLoader(bundle.val, batch_size=eval_batch_size, shuffle=False, **common)
     return train, val

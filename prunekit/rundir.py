@@ -86,6 +86,13 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def resolved_recipe(self, context: str = "") -> Path:
+        """``recipe.resolved.yaml``; a clear error (prefixed with ``context``) when this is not a run directory."""
+        path = self.path / "recipe.resolved.yaml"
+        if not path.is_file():
+            raise PrunekitError(f"{context}{self.path} is not a prunekit run directory (no recipe.resolved.yaml)")
+        return path
+
     def write_text(self, name: str, text: str) -> Path:
         if self.write:
             atomic_write_text(self.path / name, text)

@@ -163,22 +163,6 @@ def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _make_loaders(bundle, t, d, device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """One process: seeded shuffling loaders. Under torchrun: this rank's slice of the same global batches."""
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
-    if not dist_utils.is_distributed():
-        return make_loaders(bundle, t.batch_size, eval_bs, d.num_workers, t.seed, pin_memory=device.type == "cuda")
-    world = dist_utils.world_size()
-    g = torch.Generator().manual_seed(t.seed)
-    common = dict(num_workers=d.num_workers, collate_fn=bundle.collate_fn, pin_memory=device.type == "cuda",
-                  persistent_workers=d.num_workers > 0)
-    train = DataLoader(bundle.train, batch_sampler=dist_utils.GlobalBatchSampler(len(bundle.train), t.batch_size, g),
-                       generator=g, **common)
-    val = DataLoader(bundle.val, batch_size=max(1, eval_bs // world), sampler=dist_utils.ShardSampler(len(bundle.val)),
-                     **common)
-    return train, val
-
-
 def _check_world(recipe: Recipe) -> None:
     world = dist_utils.world_size()
     if world > 1 and recipe.train.batch_size < world:
@@ -195,7 +179,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
     from its ``resume.pt`` (see resume.py). Under ``torchrun`` every rank calls this; rank 0 alone writes and prints.
     """
     t, d = recipe.train, recipe.data
-    device = dist_utils.init_from_env(select_device(t.device).type) or select_device(t.device)
+    device = select_device(t.device)
+    device = dist_utils.init_from_env(device.type) or device
     main_rank = dist_utils.is_main()
     reporter = reporter or ProgressReporter()
     if not main_rank:
@@ -212,7 +197,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
     bundle = load_data(d, recipe.model.img_size, seed=t.seed, in_chans=recipe.model.in_chans,
                        **_norm_kwargs(recipe))
     model = build_model(recipe, bundle.num_classes).to(device)
-    train_loader, val_loader = _make_loaders(bundle, t, d, device)
+    train_loader, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size,
+                                            d.num_workers, t.seed, pin_memory=device.type == "cuda",
+                                            distributed=dist_utils.is_distributed())
     rundir = RunDir(run_path, write=main_rank)
     trainer = Trainer(t, train_loader, val_loader, device, reporter,
                       on_epoch_end=lambda m: rundir.append_metrics({"type": "epoch", **m}))
@@ -303,8 +290,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
 def _resume_state(run_path: Path) -> dict[str, Any] | None:
     """The saved state of an unfinished run (None: it stopped before its first epoch ended; start it again)."""
     rd = RunDir(run_path)
-    if not rd.file("recipe.resolved.yaml").exists():
-        raise PrunekitError(f"--resume: {run_path} is not a prunekit run directory (no recipe.resolved.yaml)")
+    rd.resolved_recipe("--resume: ")
     if rd.finished:
         raise RunFinished(run_path)
     return load_state(rd.file(STATE_FILE)) if rd.file(STATE_FILE).exists() else None
@@ -463,9 +449,7 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
 def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.Module, dict[str, Any]]:
     """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last)."""
     rd = RunDir(run_dir)
-    if not rd.file("recipe.resolved.yaml").exists():
-        raise PrunekitError(f"{run_dir}: not a prunekit run directory (no recipe.resolved.yaml)")
-    data = yaml.safe_load(rd.file("recipe.resolved.yaml").read_text())
+    data = yaml.safe_load(rd.resolved_recipe().read_text())
     from .recipe import parse_section
 
     recipe = parse_section(Recipe, data)
