@@ -482,12 +482,12 @@ def _check_classes(cfg, bundle: DataBundle) -> None:
     if labels is None:
         return
     present = sorted(set(labels))
-    if len(present) < 2:
+    if len(present) == 1:
         names = _class_names(bundle.train)
-        label = present[0] if present else None
-        shown = repr(names[label]) if names and label is not None and 0 <= label < len(names) else str(label)
-        why = (f"; data.limit_train={cfg.limit_train} keeps the first {len(labels)} images, which all belong to it"
-               if cfg.limit_train is not None else "")
+        label = present[0]
+        shown = repr(names[label]) if names and 0 <= label < len(names) else str(label)
+        why = (f"; data.limit_train={cfg.limit_train} keeps the first {len(labels)} images, which all belong to it "
+               "(raise it or remove it)" if cfg.limit_train is not None else "")
         raise PrunekitError(f"{_source(cfg)}: the training images hold one class ({shown}) of {bundle.num_classes}"
                             f"{why}; a classification task needs at least 2 classes to train on")
 

@@ -39,6 +39,15 @@ def _help(text: str, **kw) -> dict:
     return {"metadata": {"help": text}, **kw}
 
 
+def _check_count(path: str, value: Optional[int], minimum: int, unset: Optional[str] = None) -> None:
+    """``value`` >= ``minimum``; None is allowed (and means ``unset``) only when ``unset`` says what it means."""
+    if value is None and unset is not None:
+        return
+    if value is None or value < minimum:
+        null = f" or null ({unset})" if unset else ""
+        raise RecipeError(f"{path}: expected an integer >= {minimum}{null}, got {value}")
+
+
 @dataclass
 class ModelSection:
     name: str = field(**_help("timm model name, e.g. swin_tiny_patch4_window7_224", default="vit_tiny_patch16_224"))
@@ -59,6 +68,12 @@ class ModelSection:
         "train a method that freezes the backbone (adapters, lora, bitfit, vpt, linear, ...) on randomly "
         "initialised weights (no checkpoint and pretrained: false); refused unless true (tests, smoke runs)",
         default=False))
+
+    def __post_init__(self):
+        _check_count("model.in_chans", self.in_chans, 1)
+        if self.pretrain and not self.checkpoint:
+            raise RecipeError(f"model.pretrain: {self.pretrain!r} runs only to write model.checkpoint, which is not "
+                              "set; set model.checkpoint to the file the pretraining recipe writes")
 
 
 @dataclass
@@ -97,6 +112,11 @@ class DataSection:
         "image files (imagefolder, domainnet) that cannot be read are left out, counted and reported in a "
         "warning; false (default): a run refuses to start and names them", default=False))
 
+    def __post_init__(self):
+        _check_count("data.limit_train", self.limit_train, 1, "every training image")
+        _check_count("data.limit_val", self.limit_val, 1, "every validation image")
+        _check_count("data.num_workers", self.num_workers, 0)
+
 
 @dataclass
 class TrainSection:
@@ -123,6 +143,16 @@ class TrainSection:
     deterministic: bool = field(**_help("use deterministic algorithms (CPU runs repeat exactly)", default=True))
     max_steps_per_epoch: Optional[int] = field(**_help("stop an epoch after N >= 1 steps (smoke tests; null: the "
                                                        "whole training set)", default=None))
+
+    def __post_init__(self):
+        _check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size")
+        _check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1, "the whole training set")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise RecipeError(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
+                              f"seeding takes), got {self.seed}")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise RecipeError(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
+                              f"{self.grad_clip}")
 
     @property
     def eval_batch(self) -> int:
@@ -189,28 +219,8 @@ class Recipe:
             raise RecipeError(f"train.warmup_epochs: expected 0..train.epochs ({t.epochs}), got {t.warmup_epochs}")
         if t.batch_size < 1:
             raise RecipeError(f"train.batch_size: expected an integer >= 1, got {t.batch_size}")
-        if t.grad_clip is not None and not (t.grad_clip > 0 and math.isfinite(t.grad_clip)):
-            raise RecipeError(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got {t.grad_clip}")
-        if not 0 <= t.seed <= SEED_MAX:
-            raise RecipeError(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
-                              f"seeding takes), got {t.seed}")
-        for path, value, minimum, unset in (
-                ("train.eval_batch_size", t.eval_batch_size, 1, "2 x train.batch_size"),
-                ("train.max_steps_per_epoch", t.max_steps_per_epoch, 1, "the whole training set"),
-                ("data.limit_train", d.limit_train, 1, "every training image"),
-                ("data.limit_val", d.limit_val, 1, "every validation image"),
-                ("data.num_workers", d.num_workers, 0, None),
-                ("model.in_chans", self.model.in_chans, 1, None)):
-            if value is None and unset is not None:
-                continue
-            if value < minimum:
-                null = f" or null ({unset})" if unset else ""
-                raise RecipeError(f"{path}: expected an integer >= {minimum}{null}, got {value}")
         if not 0.0 < d.val_fraction < 1.0:
             raise RecipeError(f"data.val_fraction: expected a fraction in (0, 1), got {d.val_fraction}")
-        if self.model.pretrain and not self.model.checkpoint:
-            raise RecipeError(f"model.pretrain: {self.model.pretrain!r} runs only to write model.checkpoint, which is "
-                              "not set; set model.checkpoint to the file the pretraining recipe writes")
         if self.model.img_size < 8:
             raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.model.img_size}")
         if not isinstance(self.method.get("name"), str):

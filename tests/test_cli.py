@@ -120,7 +120,7 @@ def test_overwrite_replaces_a_run(tmp_path):
 def test_missing_checkpoint_is_pretrained_once_then_reused(tmp_path):
     ckpt = tmp_path / "ckpt" / "backbone.safetensors"
     pre = tiny_recipe(tmp_path, name="pre", method={"name": "full"}, strategy={"name": "none", "cycles": 1},
-                      data={"name": "mnist5k", "limit_train": 128, "limit_val": 64},
+                      data={"name": "digits", "limit_train": 128, "limit_val": 64},
                       train={"epochs": 1, "warmup_epochs": 0}, output={"save_adapters": False})
     main_recipe = tiny_recipe(tmp_path, model={"checkpoint": str(ckpt), "pretrain": pre.name},
                               train={"epochs": 1, "warmup_epochs": 0}, strategy={"sigma_target": 8})
