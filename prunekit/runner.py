@@ -522,7 +522,7 @@ def _run_recipe(rd: RunDir) -> Recipe:
     return recipe
 
 
-CYCLE_KEYS = ("cycle", "last_top1")  # what reloading and evaluating a cycle read from its metrics record
+_CYCLE_KEYS = ("cycle", "last_top1")  # what reloading and evaluating a cycle read from its metrics record
 
 
 def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
@@ -547,7 +547,7 @@ def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise PrunekitError(f"{path}: line {i} is not a JSON object: {line[:80]!r}")
         if record.get("type") == "cycle":
-            lacking = [k for k in CYCLE_KEYS if k not in record]
+            lacking = [k for k in _CYCLE_KEYS if k not in record]
             if lacking or not isinstance(record["cycle"], int) or not isinstance(record["last_top1"], (int, float)):
                 raise PrunekitError(f"{path}: line {i}: a cycle record needs an integer 'cycle' and a number "
                                     f"'last_top1', got {line[:120]!r}")
