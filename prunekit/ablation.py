@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .recipe import RecipeError, _help, load_recipe, parse_section
+from .recipe import SEED_MAX, RecipeError, _help, load_recipe, parse_section, read_yaml
 from .registry import PrunekitError
 from .report import markdown_table
 from .rundir import RunDir, atomic_write_text
@@ -92,6 +92,9 @@ class AblationSpec:
                 get_strategy(s)
             except KeyError as e:
                 raise RecipeError(f"grid.strategies: {e}") from None
+        bad_seeds = [s for s in g.seeds if not 0 <= s <= SEED_MAX]
+        if bad_seeds:
+            raise RecipeError(f"grid.seeds: expected integers in 0 .. {SEED_MAX} (as train.seed), got {bad_seeds}")
         bad = [s for s in g.sigma_targets if not s > g.sigma0]
         if bad:
             raise RecipeError(f"grid.sigma_targets: every target must exceed grid.sigma0={g.sigma0:g}, got {bad}")
@@ -100,18 +103,26 @@ class AblationSpec:
 
 
 def is_ablation_file(path: str | Path) -> bool:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """Whether ``path`` is a readable YAML mapping with a ``grid`` (an ablation file rather than a recipe)."""
+    try:
+        data = read_yaml(path, "ablation")
+    except RecipeError:
+        return False
     return isinstance(data, dict) and "grid" in data
 
 
 def load_ablation(path: str | Path) -> AblationSpec:
+    """Read and validate an ablation file (UTF-8 YAML, strict keys, like a recipe)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"ablation: no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: malformed YAML: {e}") from None
+    data = read_yaml(path, "ablation")
+    if data is None:
+        raise RecipeError(f"ablation {str(path)!r} is empty (no YAML document); it names a base recipe and a grid "
+                          "(see recipes/ablation_offline.yaml)")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping (base:, grid:, ...) at the top level, got "
+                          f"{type(data).__name__} {data!r:.60}")
     data.setdefault("name", path.stem)
     spec = parse_section(AblationSpec, data)
     spec.source = str(path.resolve())
@@ -191,8 +202,8 @@ def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool
     if not (run_dir / RunDir.DONE).exists():
         return False
     try:
-        done = recipe_to_dict(parse_section(Recipe, yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())))
-    except (OSError, yaml.YAMLError, PrunekitError):
+        done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")))
+    except PrunekitError:  # unreadable or stale: the cell runs again
         return False
     return done == recipe_to_dict(load_recipe(base, overrides))
 
@@ -218,17 +229,20 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
-    base_recipe = load_recipe(base, list(spec.set))
+    try:
+        base_recipe = load_recipe(base, list(spec.set))
+    except RecipeError as e:
+        raise RecipeError(f"base: {e}") from None
     check_recipe(base_recipe)
+    rho = base_recipe.strategy.rho
+    cells = plan_cells(spec, rho)
+    for c in cells:  # validate every cell's recipe before anything is written or trained
+        check_recipe(load_recipe(base, c.overrides))
     out = Path(out) if out else Path(base_recipe.output.dir) / spec.name
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     # a missing backbone is pretrained once, here, not by every worker at the same time
     _resolve_checkpoint(base_recipe, runs, ProgressReporter(console=make_console(quiet=False)))
-    rho = base_recipe.strategy.rho
-    cells = plan_cells(spec, rho)
-    for c in cells:  # validate every cell's recipe before the first one trains
-        check_recipe(load_recipe(base, c.overrides))
     todo = [c for c in cells if not _finished_as_planned(runs / c.run_id, base, c.overrides)]
     log(f"ablation {spec.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run"
         f" ({jobs} process{'es' if jobs > 1 else ''}) -> {out}")

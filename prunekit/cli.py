@@ -1,6 +1,7 @@
 """``prunekit`` command line: run, inspect, list and eval recipes.
 
 Bad input ends with ``error: <what, where, what is allowed>`` on stderr and exit code 2; nothing is written.
+``prunekit eval`` exits 3 when the re-measured top-1 differs from the recorded one (MISMATCH).
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from .progress import ProgressReporter, make_console
 from .recipe import load_recipe
 from .registry import PrunekitError
 
 LISTABLE = ("strategies", "scorers", "methods", "datasets", "recipes", "scopes")
+EXIT_BAD_INPUT = 2  # a user's mistake: an `error: ...` line, nothing written
+EXIT_MISMATCH = 3  # `prunekit eval`: the re-measured top-1 is not the recorded one
 
 
 def recipe_dirs() -> list[Path]:
@@ -32,7 +34,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except PrunekitError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,9 +183,15 @@ def list_(what):
         for name, info in DATASETS.items():
             click.echo(f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}")
     else:
+        from .recipe import read_yaml
+
         for d in recipe_dirs():
             for p in sorted(d.rglob("*.yaml")):
-                desc = (yaml.safe_load(p.read_text()) or {}).get("description", "")
+                try:
+                    data = read_yaml(p)
+                except PrunekitError as e:
+                    data = {"description": f"(unreadable: {e})"}
+                desc = data.get("description", "") if isinstance(data, dict) else ""
                 click.echo(f"{str(p.relative_to(d.parent)):<40} {str(desc).strip().splitlines()[0] if desc else ''}")
 
 
@@ -238,17 +246,22 @@ def ablate(ablation, out, jobs):
 @click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def eval_(run_dir, cycle, as_json):
-    """Rebuild backbone + adapters of RUN_DIR at a cycle and re-measure validation top-1."""
+    """Rebuild backbone + adapters of RUN_DIR at a cycle and re-measure validation top-1.
+
+    \b
+    Exit codes: 0 the re-measured top-1 matches the recorded one; 3 it does not (MISMATCH; with --json, "match":
+    false); 2 RUN_DIR or its files cannot be used (error: ... says which); 1 an unexpected failure (a bug).
+    """
     from .runner import evaluate_run
 
     res = evaluate_run(run_dir, cycle)
     if as_json:
         click.echo(json.dumps(res))
-        return
-    click.echo(f"cycle {res['cycle']}: top-1 {100 * res['top1']:.2f}% (recorded at the end of training: "
-               f"{100 * res['recorded_last_top1']:.2f}%){'' if res['match'] else '  MISMATCH'}")
+    else:
+        click.echo(f"cycle {res['cycle']}: top-1 {100 * res['top1']:.2f}% (recorded at the end of training: "
+                   f"{100 * res['recorded_last_top1']:.2f}%){'' if res['match'] else '  MISMATCH'}")
     if not res["match"]:
-        sys.exit(1)
+        sys.exit(EXIT_MISMATCH)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import gzip
 import os
 import shutil
 import struct
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from .registry import PrunekitError, Registry
 
 __all__ = ["DataBundle", "DatasetInfo", "DATASETS", "load_data", "make_loaders", "dataset_num_classes",
-           "FASHION_MNIST_SYSTEM_DIR", "default_data_root"]
+           "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -151,7 +153,7 @@ def _find_idx(root: Path, stem: str) -> Path:
 @_register("fashion_mnist", 10, False, "70,000 Fashion-MNIST images from idx files (data.root, or Debian's "
                                        "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
 def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
-    root = Path(cfg.root).expanduser() if cfg.root else FASHION_MNIST_SYSTEM_DIR
+    root = _existing_root(cfg) if cfg.root else FASHION_MNIST_SYSTEM_DIR
     try:
         files = [_find_idx(root, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
@@ -270,13 +272,94 @@ def _check_image_split(root: Path, split: Path) -> None:
                             f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
+def _existing_root(cfg) -> Path:
+    """``data.root`` expanded; a clear error when it does not exist or is not a folder."""
+    root = Path(cfg.root).expanduser()
+    if not root.exists():
+        raise PrunekitError(f"data.root={str(root)!r} does not exist (data.name={cfg.name}); check the path")
+    if not root.is_dir():
+        raise PrunekitError(f"data.root={str(root)!r} is a file, not a folder (data.name={cfg.name})")
+    return root
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Image files left out of a dataset because they cannot be read (``data.skip_unreadable: true``)."""
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        return f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image (None: it can), cheaply where the format allows.
+
+    PNG: every chunk's checksum (``verify``, no decoding). JPEG: the header and the end-of-image marker (a truncated
+    download lacks it). Other formats, or a JPEG without its end marker: decoded once.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG":
+                im.verify()
+                return None
+            if im.format == "JPEG" and _ends_with_jpeg_eoi(path):
+                return None
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... for bad bytes
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+    return None
+
+
+def _readable_samples(samples: list[tuple[str, int]], locate: Callable[[str], Path], limit: int | None, skip: bool
+                      ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Check the image files a split will use before training starts (a bad file would crash it mid-run).
+
+    Only the first ``limit`` samples are used, so only those are checked (with ``skip``: files are checked in order
+    until ``limit`` readable ones are found). Returns the samples without the unreadable ones and the unreadable
+    ``(file, why)`` pairs.
+    """
+    want = len(samples) if limit is None else min(limit, len(samples))
+    kept: list[tuple[str, int]] = []
+    bad: list[tuple[str, str]] = []
+    i, chunk = 0, 256
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        while len(kept) < want and i < len(samples):
+            part = samples[i:i + min(chunk, want - len(kept) if skip else want - i)]
+            for sample, problem in zip(part, pool.map(lambda smp: _image_problem(locate(smp[0])), part)):
+                if problem is None:
+                    kept.append(sample)
+                else:
+                    bad.append((sample[0], problem))
+            i += len(part)
+            if not skip and i >= want:
+                break
+    return kept + samples[i:], bad
+
+
+def _report_unreadable(root: Path, bad: list[tuple[str, str]], skip: bool) -> None:
+    """Refuse to start over unreadable files, or (``data.skip_unreadable``) warn how many were left out."""
+    if not bad:
+        return
+    shown = ", ".join(f"{os.path.relpath(f, root)} ({why})" for f, why in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if skip:
+        warnings.warn(f"data.root={str(root)!r}: left out {len(bad)} unreadable image file(s) "
+                      f"(data.skip_unreadable: true): {shown}{more}", UnreadableImagesWarning, stacklevel=3)
+        return
+    raise PrunekitError(f"data.root={str(root)!r}: {len(bad)} image file(s) cannot be read: {shown}{more}; replace "
+                        "or delete them, or set data.skip_unreadable: true to leave them out")
+
+
 @_register("imagefolder", None, False, "root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
 def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
     from torchvision.datasets import ImageFolder
 
     if not cfg.root:
         raise PrunekitError("data.root: the imagefolder dataset needs a root folder holding train/ and val/")
-    root = Path(cfg.root).expanduser()
+    root = _existing_root(cfg)
     val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:
         raise PrunekitError(f"data.root={str(root)!r}: expected train/ and val/ (or test/) sub-folders of class "
@@ -292,6 +375,12 @@ def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
         raise PrunekitError(f"data.root={str(root)!r}: {e}{allowed}") from None
     if train.classes != val.classes:
         raise PrunekitError(f"data.root={str(root)!r}: train/ and {val_dir.name}/ have different class folders")
+    bad = []
+    for ds, limit in ((train, cfg.limit_train), (val, cfg.limit_val)):
+        ds.samples, found = _readable_samples(ds.samples, Path, limit, cfg.skip_unreadable)
+        ds.imgs, ds.targets = ds.samples, [label for _, label in ds.samples]
+        bad += found
+    _report_unreadable(root, bad, cfg.skip_unreadable)
     return DataBundle("imagefolder", train, val, len(train.classes))
 
 
@@ -320,19 +409,38 @@ def _domainnet(cfg, img_size, mean, std, seed, in_chans):
         raise PrunekitError(f"data.domain: expected one of {', '.join(DOMAINNET_DOMAINS)}, got {cfg.domain!r}")
     if not cfg.root:
         raise PrunekitError("data.root: the domainnet dataset needs the folder holding <domain>_train.txt")
-    root = Path(cfg.root).expanduser()
+    root = _existing_root(cfg)
     t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
-    splits = []
-    for split, tf in (("train", t_train), ("test", t_val)):
+    splits, bad = [], []
+    for split, tf, limit in (("train", t_train, cfg.limit_train), ("test", t_val, cfg.limit_val)):
         listing = root / f"{cfg.domain}_{split}.txt"
         if not listing.is_file():
             raise PrunekitError(f"data.root={str(root)!r}: missing {listing.name} (DomainNet's split files)")
-        rows = (line.split() for line in listing.read_text().splitlines() if line.strip())
-        items = [(path, int(label)) for path, label in rows]
+        items = _read_listing(listing)
         if not items:
             raise PrunekitError(f"{listing}: lists no images")
+        items, found = _readable_samples(items, lambda rel: root / rel, limit, cfg.skip_unreadable)
+        bad += [(str(root / f), why) for f, why in found]
         splits.append(_ListDataset(root, items, tf))
+    _report_unreadable(root, bad, cfg.skip_unreadable)
     return DataBundle("domainnet", splits[0], splits[1], 345)
+
+
+def _read_listing(listing: Path) -> list[tuple[str, int]]:
+    """``<path> <label>`` lines of a DomainNet split file; a malformed line is named."""
+    try:
+        lines = listing.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrunekitError(f"{listing}: not readable ({type(e).__name__}: {e})") from None
+    items = []
+    for i, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise PrunekitError(f"{listing}: line {i}: expected '<image path> <class index>', got {line[:80]!r}")
+        items.append((parts[0], int(parts[1])))
+    return items
 
 
 def dataset_num_classes(name: str, root: str | None = None) -> int | None:
@@ -351,11 +459,56 @@ def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: in
     if len(bundle.train) == 0 or len(bundle.val) == 0:
         raise PrunekitError(f"data.name={cfg.name}: no images found (train {len(bundle.train)}, "
                             f"val {len(bundle.val)})")
-    if cfg.limit_train:
+    if cfg.limit_train is not None:
         bundle.train = Subset(bundle.train, range(min(cfg.limit_train, len(bundle.train))))
-    if cfg.limit_val:
+    if cfg.limit_val is not None:
         bundle.val = Subset(bundle.val, range(min(cfg.limit_val, len(bundle.val))))
+    _check_classes(cfg, bundle)
     return bundle
+
+
+def _source(cfg) -> str:
+    return f"data.name={cfg.name}" + (f", data.root={cfg.root!r}" if cfg.root else "")
+
+
+def _check_classes(cfg, bundle: DataBundle) -> None:
+    """A classification task needs two classes or more, in the set and in the training images actually used."""
+    if bundle.num_classes < 2:
+        names = _class_names(bundle.train)
+        found = f" ({names[0]!r})" if names else ""
+        raise PrunekitError(f"{_source(cfg)}: {bundle.num_classes} class{found}; a classification task needs at least "
+                            f"2 classes (for an image folder: one sub-folder per class in train/ and val/)")
+    labels = _labels(bundle.train)
+    if labels is None:
+        return
+    present = sorted(set(labels))
+    if len(present) == 1:
+        names = _class_names(bundle.train)
+        label = present[0]
+        shown = repr(names[label]) if names and 0 <= label < len(names) else str(label)
+        why = (f"; data.limit_train={cfg.limit_train} keeps the first {len(labels)} images, which all belong to it "
+               "(raise it or remove it)" if cfg.limit_train is not None else "")
+        raise PrunekitError(f"{_source(cfg)}: the training images hold one class ({shown}) of {bundle.num_classes}"
+                            f"{why}; a classification task needs at least 2 classes to train on")
+
+
+def _labels(ds: Dataset) -> list[int] | None:
+    """Labels of a dataset without loading its images (None: this kind of dataset cannot tell)."""
+    if isinstance(ds, Subset):
+        inner = _labels(ds.dataset)
+        return None if inner is None else [inner[i] for i in ds.indices]
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].tolist() if len(ds.tensors) > 1 else None
+    if isinstance(ds, _ListDataset):
+        return [label for _, label in ds.items]
+    targets = getattr(ds, "targets", None)
+    return [int(t) for t in targets] if targets is not None else None
+
+
+def _class_names(ds: Dataset) -> list[str] | None:
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return getattr(ds, "classes", None)
 
 
 def make_loaders(bundle: DataBundle, batch_size: int, eval_batch_size: int, num_workers: int, seed: int,

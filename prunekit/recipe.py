@@ -23,8 +23,12 @@ import yaml
 
 from .registry import PrunekitError, did_you_mean
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_section", "apply_overrides", "recipe_to_dict",
-           "ModelSection", "StrategySection", "DataSection", "TrainSection", "OutputSection"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "read_yaml", "parse_section", "apply_overrides", "recipe_to_dict",
+           "ModelSection", "StrategySection", "DataSection", "TrainSection", "OutputSection", "MAX_YAML_VALUES",
+           "SEED_MAX"]
+
+MAX_YAML_VALUES = 100_000  # a recipe holds a few hundred values; anchors and aliases may not expand beyond this
+SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1; torch takes more
 
 
 class RecipeError(PrunekitError, ValueError):
@@ -33,6 +37,15 @@ class RecipeError(PrunekitError, ValueError):
 
 def _help(text: str, **kw) -> dict:
     return {"metadata": {"help": text}, **kw}
+
+
+def _check_count(path: str, value: Optional[int], minimum: int, unset: Optional[str] = None) -> None:
+    """``value`` >= ``minimum``; None is allowed (and means ``unset``) only when ``unset`` says what it means."""
+    if value is None and unset is not None:
+        return
+    if value is None or value < minimum:
+        null = f" or null ({unset})" if unset else ""
+        raise RecipeError(f"{path}: expected an integer >= {minimum}{null}, got {value}")
 
 
 @dataclass
@@ -48,9 +61,19 @@ class ModelSection:
     reset_head: bool = field(**_help("start the task with a new classifier head even when the checkpoint's head has "
                                      "the right shape", default=True))
     img_size: int = field(**_help("input resolution in pixels (images are resized to it)", default=224))
-    in_chans: int = field(**_help("input channels of the backbone", default=3))
+    in_chans: int = field(**_help("input channels of the backbone (>= 1)", default=3))
     kwargs: dict = field(**_help("extra keyword arguments for timm.create_model (patch_size, embed_dim, depth, ...)",
                                  default_factory=dict))
+    allow_random_backbone: bool = field(**_help(
+        "train a method that freezes the backbone (adapters, lora, bitfit, vpt, linear, ...) on randomly "
+        "initialised weights (no checkpoint and pretrained: false); refused unless true (tests, smoke runs)",
+        default=False))
+
+    def __post_init__(self):
+        _check_count("model.in_chans", self.in_chans, 1)
+        if self.pretrain and not self.checkpoint:
+            raise RecipeError(f"model.pretrain: {self.pretrain!r} runs only to write model.checkpoint, which is not "
+                              "set; set model.checkpoint to the file the pretraining recipe writes")
 
 
 @dataclass
@@ -79,11 +102,20 @@ class DataSection:
     domain: Optional[str] = field(**_help("DomainNet domain (clipart, infograph, painting, quickdraw, real, "
                                           "sketch)", default=None))
     val_fraction: float = field(**_help("share of a bundled set held out for validation", default=0.2))
-    limit_train: Optional[int] = field(**_help("use only the first N training images (smoke tests)", default=None))
-    limit_val: Optional[int] = field(**_help("use only the first N validation images", default=None))
+    limit_train: Optional[int] = field(**_help("use only the first N >= 1 training images (smoke tests; null: all)",
+                                               default=None))
+    limit_val: Optional[int] = field(**_help("use only the first N >= 1 validation images (null: all)", default=None))
     num_workers: int = field(**_help("DataLoader worker processes (0 = load in the main process)", default=0))
     augment: bool = field(**_help("random horizontal flips and crops for natural-image sets; ignored for digits",
                                   default=True))
+    skip_unreadable: bool = field(**_help(
+        "image files (imagefolder, domainnet) that cannot be read are left out, counted and reported in a "
+        "warning; false (default): a run refuses to start and names them", default=False))
+
+    def __post_init__(self):
+        _check_count("data.limit_train", self.limit_train, 1, "every training image")
+        _check_count("data.limit_val", self.limit_val, 1, "every validation image")
+        _check_count("data.num_workers", self.num_workers, 0)
 
 
 @dataclass
@@ -98,17 +130,34 @@ class TrainSection:
                                        default=20))
     batch_size: int = field(**_help("images per optimisation step, over all processes under torchrun (the global "
                                     "batch: a recipe trains the same on 1 or N GPUs)", default=64))
-    eval_batch_size: Optional[int] = field(**_help("images per evaluation step (default: 2 x batch_size)",
+    eval_batch_size: Optional[int] = field(**_help("images per evaluation step, >= 1 (null: 2 x batch_size)",
                                                    default=None))
     label_smoothing: float = field(**_help("cross-entropy label smoothing", default=0.0))
-    grad_clip: Optional[float] = field(**_help("clip the gradient norm to this value", default=None))
+    grad_clip: Optional[float] = field(**_help("clip the gradient norm to this value (> 0; null: no clipping)",
+                                               default=None))
     precision: Literal["auto", "fp32", "bf16"] = field(**_help(
         "bf16 autocast where the device supports it (auto: bf16 on CUDA with bf16 support, else fp32)",
         default="auto"))
     device: str = field(**_help("'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'", default="auto"))
-    seed: int = field(**_help("seeds Python, NumPy, torch and the data order", default=0))
+    seed: int = field(**_help("seeds Python, NumPy, torch and the data order; 0 .. 2**32 - 1", default=0))
     deterministic: bool = field(**_help("use deterministic algorithms (CPU runs repeat exactly)", default=True))
-    max_steps_per_epoch: Optional[int] = field(**_help("stop an epoch after N steps (smoke tests)", default=None))
+    max_steps_per_epoch: Optional[int] = field(**_help("stop an epoch after N >= 1 steps (smoke tests; null: the "
+                                                       "whole training set)", default=None))
+
+    def __post_init__(self):
+        _check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size")
+        _check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1, "the whole training set")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise RecipeError(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
+                              f"seeding takes), got {self.seed}")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise RecipeError(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
+                              f"{self.grad_clip}")
+
+    @property
+    def eval_batch(self) -> int:
+        """Images per evaluation step: ``eval_batch_size``, or twice ``batch_size`` when it is unset (None)."""
+        return 2 * self.batch_size if self.eval_batch_size is None else self.eval_batch_size
 
 
 @dataclass
@@ -272,9 +321,9 @@ def parse_section(cls, data: Any, path: str = ""):
         raise RecipeError(f"{where}: {e}") from None
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, key: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _safe_load_bounded(text, f"--set {key}", key)
     except yaml.YAMLError:
         return text
 
@@ -297,11 +346,105 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise RecipeError(f"--set {'.'.join(parts[:i + 1])}: is {nxt!r}, not a section")
             node = nxt
-        value = _parse_value(raw)
+        value = _parse_value(raw, key.strip())
         if parts == ["method"] and isinstance(value, str):  # --set method=lora: switch the method, keep nothing else
             value = {"name": value}
         node[parts[-1]] = value
     return data
+
+
+def read_yaml(path: str | Path, what: str = "recipe") -> Any:
+    """The YAML document of a file, read strictly: UTF-8 text, well-formed, and no alias bomb.
+
+    Anchors and aliases (``&a`` / ``*a``) are expanded in the counting: a document whose values, aliases expanded,
+    number more than :data:`MAX_YAML_VALUES` ("billion laughs") or that refers to itself is refused before anything
+    is built from it. Returns None for a file holding no document (empty, or only comments).
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages ("recipe", "ablation", ...).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"{what}: cannot read {str(path)!r} ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}, byte offset {e.start}); "
+                          f"save the {what} as UTF-8") from None
+    try:
+        return _safe_load_bounded(text, str(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def _safe_load_bounded(text: str, source: str, prefix: str = "") -> Any:
+    """``yaml.safe_load`` that refuses alias bombs and self-referring aliases.
+
+    Args:
+        text: the YAML text.
+        source: what the text is, for messages (a file name, ``--set KEY``).
+        prefix: the recipe path of the text's top level ('' for a file; the key of a ``--set`` value).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source, prefix)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise RecipeError(f"{source}: YAML nested too deeply to read (thousands of levels of [ or {{)") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str, prefix: str = "") -> None:
+    """Refuse a node graph that refers to itself or whose aliases expand beyond :data:`MAX_YAML_VALUES` values."""
+    sizes: dict[int, int] = {}  # id(node) -> number of values once every alias under it is expanded
+    active: set[int] = set()
+
+    def children(node: yaml.Node, where: str) -> list[tuple[str, yaml.Node]]:
+        if isinstance(node, yaml.SequenceNode):
+            return [(f"{where}[{i}]", c) for i, c in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            out = []
+            for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                out += [(where or "<top level>", k), (f"{where}.{name}" if where else str(name), v)]
+            return out
+        return []
+
+    def size(node: yaml.Node, where: str) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            mark = node.start_mark
+            raise RecipeError(f"{where or source}: a YAML alias refers to the anchor it sits in (line "
+                              f"{mark.line + 1}), a structure that contains itself; write the value out instead")
+        active.add(key)
+        sizes[key] = 1 + sum(size(c, w) for w, c in children(node, where))
+        active.discard(key)
+        return sizes[key]
+
+    total = size(root, prefix)
+    if total <= MAX_YAML_VALUES:
+        return
+    node, where = root, prefix
+    while isinstance(node, yaml.MappingNode):  # the deepest key whose value alone expands beyond the limit
+        big = [(w, c) for w, c in children(node, where) if sizes[id(c)] > MAX_YAML_VALUES]
+        if not big:
+            break
+        where, node = big[-1]
+    raise RecipeError(f"{where or source}: YAML anchors and aliases expand to {sizes[id(node)]:,} values, more than "
+                      f"the {MAX_YAML_VALUES:,} a recipe may hold (an alias bomb, 'billion laughs'?); write the "
+                      f"values out or use fewer aliases")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -309,21 +452,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe: no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, "recipe")
     if data is None:
-        data = {}
+        raise RecipeError(f"recipe {str(path)!r} is empty (no YAML document); a recipe names at least its model, "
+                          f"method and data (see recipes/quickstart.yaml)")
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        raise RecipeError(f"{path}: expected a mapping of sections (model:, method:, data:, ...) at the top level, "
+                          f"got {_kind(data)} {_short(data)}")
     data.setdefault("name", path.stem)
     data = apply_overrides(data, overrides or [])
     recipe = parse_section(Recipe, data)
     recipe.source = str(path.resolve())
     return recipe
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "an integer", float: "a float", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

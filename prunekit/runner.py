@@ -50,7 +50,11 @@ class RunResult:
 
 
 def check_recipe(recipe: Recipe):
-    """Resolve every name in the recipe (with did-you-mean errors) before anything heavy happens."""
+    """Resolve every name in the recipe (with did-you-mean errors) before anything heavy happens.
+
+    Also refuses a method that freezes the backbone (``Method.freezes_backbone``) on random weights unless the recipe
+    says ``model.allow_random_backbone: true``. Returns the method, its config and the strategy (None: 'none').
+    """
     check_model_name(recipe.model.name)
     method, method_cfg = build_method(recipe.method)
     strategy = None
@@ -75,6 +79,13 @@ def check_recipe(recipe: Recipe):
         DATASETS.get(recipe.data.name)
     except KeyError as e:
         raise RecipeError(f"data.name: {e}") from None
+    m = recipe.model
+    if method.freezes_backbone and not (m.checkpoint or m.pretrained or m.allow_random_backbone):
+        raise RecipeError(
+            f"model: method {method.name!r} freezes the backbone, but {m.name!r} would keep its random initial "
+            "weights (no model.checkpoint, model.pretrained: false): training on frozen random features is "
+            "meaningless. Set model.checkpoint (with model.pretrain to make it) or model.pretrained: true; or "
+            "model.allow_random_backbone: true to do it on purpose (tests, smoke runs)")
     return method, method_cfg, strategy
 
 
@@ -447,13 +458,14 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.Module, dict[str, Any]]:
-    """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last)."""
-    rd = RunDir(run_dir)
-    data = yaml.safe_load(rd.resolved_recipe().read_text())
-    from .recipe import parse_section
+    """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last).
 
-    recipe = parse_section(Recipe, data)
-    done = [m for m in rd.read_metrics() if m.get("type") == "cycle"]
+    A damaged run directory (a truncated or edited ``recipe.resolved.yaml``, ``metrics.jsonl`` or ``plan.json``, a
+    missing or corrupt adapter file) raises :class:`PrunekitError` naming the file and what is wrong with it.
+    """
+    rd = RunDir(run_dir)
+    recipe = _run_recipe(rd)
+    done = [m for m in _run_metrics(rd) if m.get("type") == "cycle"]
     if not done:
         raise PrunekitError(f"{run_dir}: no finished cycle recorded in metrics.jsonl")
     cycle = done[-1]["cycle"] if cycle is None else cycle
@@ -462,13 +474,27 @@ def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.
         raise PrunekitError(f"--cycle: {cycle} not recorded in {run_dir}; recorded: {[m['cycle'] for m in done]}")
     if not rec.get("adapter_file"):
         raise PrunekitError(f"{run_dir}: cycle {cycle} saved no trained parameters (output.save_adapters: false)")
-    model = build_model(recipe, _classes_from_file(rd.path / rec["adapter_file"], recipe))
-    plans = Plan.load_all(rd.file("plan.json"))[:cycle]
-    replay(model, plans, example_inputs(recipe))
-    from safetensors.torch import load_file
-
-    trained = load_file(str(rd.path / rec["adapter_file"]))
-    result = model.load_state_dict(trained, strict=False)
+    adapter_path = rd.path / rec["adapter_file"]
+    trained = _read_adapter_file(adapter_path, cycle)
+    model = build_model(recipe, _classes_from_tensors(trained, recipe))
+    plan_path = rd.file("plan.json")
+    try:
+        plans = Plan.load_all(plan_path)[:cycle]
+    except FileNotFoundError:
+        raise PrunekitError(f"{plan_path}: missing; the run directory is incomplete (plan.json records the prunes "
+                            "that cycles after the first need)") from None
+    except (OSError, ValueError, PrunekitError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PrunekitError(f"{plan_path}: not a readable plan file ({type(e).__name__}: {str(e)[:200]}); "
+                            "truncated or edited?") from None
+    if len(plans) < cycle:
+        raise PrunekitError(f"{plan_path}: holds {len(plans)} plans, cycle {cycle} needs {cycle}; truncated or from "
+                            "another run?")
+    try:
+        replay(model, plans, example_inputs(recipe))
+        result = model.load_state_dict(trained, strict=False)
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:
+        raise PrunekitError(f"{run_dir}: plan.json and {rec['adapter_file']} do not fit the model of "
+                            f"recipe.resolved.yaml ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if result.unexpected_keys:
         raise PrunekitError(f"{rec['adapter_file']} does not fit the rebuilt model: unexpected "
                             f"{result.unexpected_keys[:3]}")
@@ -478,13 +504,76 @@ def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.
     return recipe, model, rec
 
 
-def _classes_from_file(path: Path, recipe: Recipe) -> int:
-    from safetensors import safe_open
+def _run_recipe(rd: RunDir) -> Recipe:
+    """The recipe a run directory was trained with, validated as any recipe is."""
+    from .recipe import parse_section, read_yaml
 
-    with safe_open(str(path), "pt") as f:
-        for key in f.keys():
-            if key.split(".")[0] in ("head", "fc", "classifier") and key.endswith("bias"):
-                return f.get_slice(key).get_shape()[0]
+    path = rd.resolved_recipe()
+    data = read_yaml(path, "resolved recipe")
+    if not isinstance(data, dict):
+        raise PrunekitError(f"{path}: expected a mapping of sections, got {'nothing' if data is None else data!r:.60}"
+                            "; truncated or edited?")
+    try:
+        recipe = parse_section(Recipe, data)
+    except RecipeError as e:
+        raise PrunekitError(f"{path}: {e}") from None
+    # The run has trained already: refusing a random frozen backbone is for starting runs, not for reloading one.
+    recipe.model.allow_random_backbone = True
+    return recipe
+
+
+_CYCLE_KEYS = ("cycle", "last_top1")  # what reloading and evaluating a cycle read from its metrics record
+
+
+def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, every line checked: a truncated or edited line is named (file, line) instead of crashing."""
+    path = rd.file("metrics.jsonl")
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrunekitError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            last = " (the last line: a write cut short by a crash?)" if i == len(lines) else ""
+            raise PrunekitError(f"{path}: line {i} is not a JSON record{last}: {e.msg} at column {e.colno}: "
+                                f"{line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise PrunekitError(f"{path}: line {i} is not a JSON object: {line[:80]!r}")
+        if record.get("type") == "cycle":
+            lacking = [k for k in _CYCLE_KEYS if k not in record]
+            if lacking or not isinstance(record["cycle"], int) or not isinstance(record["last_top1"], (int, float)):
+                raise PrunekitError(f"{path}: line {i}: a cycle record needs an integer 'cycle' and a number "
+                                    f"'last_top1', got {line[:120]!r}")
+        records.append(record)
+    return records
+
+
+def _read_adapter_file(path: Path, cycle: int) -> dict[str, torch.Tensor]:
+    """The trained parameters of a cycle; a missing or unreadable file is a named error."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise PrunekitError(f"{path}: missing; metrics.jsonl records it as cycle {cycle}'s trained parameters "
+                            "(deleted or moved?)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError) on bad bytes
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PrunekitError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {detail}); corrupt "
+                            "or truncated") from None
+
+
+def _classes_from_tensors(trained: dict[str, torch.Tensor], recipe: Recipe) -> int:
+    for key, value in trained.items():
+        if key.split(".")[0] in ("head", "fc", "classifier") and key.endswith("bias"):
+            return value.shape[0]
     return num_classes_for(recipe)
 
 
@@ -496,9 +585,9 @@ def evaluate_run(run_dir: str | Path, cycle: int | None = None) -> dict[str, Any
     device = select_device(t.device)
     bundle = load_data(recipe.data, recipe.model.img_size, seed=t.seed, in_chans=recipe.model.in_chans,
                        **_norm_kwargs(recipe))
-    _, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size, 0, t.seed)
+    _, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch, 0, t.seed)
     trainer = Trainer(t, None, val_loader, device)
     top1 = trainer.evaluate(model)["top1"]
-    epochs = [m for m in RunDir(run_dir).read_metrics() if m.get("type") == "epoch" and m["cycle"] == rec["cycle"]]
+    epochs = [m for m in _run_metrics(RunDir(run_dir)) if m.get("type") == "epoch" and m.get("cycle") == rec["cycle"]]
     return {"cycle": rec["cycle"], "top1": top1, "recorded_last_top1": rec["last_top1"],
             "recorded_epochs": len(epochs), "match": math.isclose(top1, rec["last_top1"], abs_tol=1e-9)}

@@ -120,7 +120,7 @@ class Trainer:
 
     def steps_per_epoch(self) -> int:
         n = len(self.train_loader)
-        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+        return n if self.cfg.max_steps_per_epoch is None else min(n, self.cfg.max_steps_per_epoch)
 
     @property
     def loader_generator(self) -> torch.Generator | None:
@@ -208,7 +208,7 @@ class Trainer:
                     "train.lr (or set train.grad_clip) and start again, or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.cfg.grad_clip:
+            if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             optimizer.step()
             scheduler.step()

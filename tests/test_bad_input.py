@@ -9,8 +9,10 @@ appeared in the working directory. Nothing is pretrained or downloaded; the one 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import traceback
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -30,7 +33,7 @@ from safetensors.torch import save_file
 from prunekit.cli import main
 from prunekit.strategy import STRATEGIES, Strategy
 
-TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16,
+TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,  # no weights offline
               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
 FAN = 2 * 2 * 32  # an adapter after attention and after the MLP of 2 blocks, m = 32 each: sigma_target <= 128
 
@@ -78,7 +81,16 @@ class Row:
     absent: list[str] = field(default_factory=list)  # paths that must not exist afterwards, formatted like args
 
 
+def alias_bomb(levels: int) -> str:
+    """A YAML flow mapping ``{a: &a [1 x 10], b: &b [*a x 10], ...}``; its last key expands to > 10**levels values."""
+    keys = "abcdefghij"[:levels]
+    parts = [f"a: &a [{', '.join(['1'] * 10)}]"]
+    parts += [f"{k}: &{k} [{', '.join([f'*{prev}'] * 10)}]" for prev, k in zip(keys, keys[1:])]
+    return "{" + ", ".join(parts) + "}"
+
+
 OUT = ["--out", "{out}"]
+ALIAS_BOMB_6 = alias_bomb(6).replace("{", "{{").replace("}", "}}")  # braces doubled: args are formatted
 PRETRAIN_FIRST = ["--set", "model.checkpoint={ws}/not_yet.safetensors", "--set", "model.pretrain=pretrain.yaml"]
 IMAGE_EXTS = ".jpg, .jpeg, .png"
 
@@ -198,6 +210,90 @@ ROWS = [
     Row("hub-weights-offline", ["run", "{recipe}", "--set", "model.pretrained=true", *OUT],
         ["model.pretrained: could not get hub weights for 'vit_tiny_patch16_224'", "set model.checkpoint"],
         subprocess_env={"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf_home"}),
+    # 18. the recipe file itself: not UTF-8, empty, not a mapping, an alias bomb
+    Row("recipe-not-utf8", ["run", "{ws}/latin1.yaml", *OUT],
+        ["{ws}/latin1.yaml: not UTF-8 text (byte 0xe9 at line 1", "save the recipe as UTF-8"]),
+    Row("ablation-not-utf8", ["ablate", "{ws}/latin1_ablation.yaml", *OUT],
+        ["{ws}/latin1_ablation.yaml: not UTF-8 text (byte 0xe9 at line 1", "save the ablation as UTF-8"]),
+    Row("ablation-base-not-utf8", ["ablate", "{ws}/ablation_latin1_base.yaml", *OUT],
+        ["base: {ws}/latin1.yaml: not UTF-8 text (byte 0xe9"]),
+    Row("recipe-empty", ["run", "{ws}/empty.yaml", *OUT], ["recipe '{ws}/empty.yaml' is empty"]),
+    Row("recipe-only-comments", ["run", "{ws}/comments.yaml", "--dry-run"], ["recipe '{ws}/comments.yaml' is empty"]),
+    Row("ablation-empty", ["ablate", "{ws}/empty.yaml", *OUT], ["ablation '{ws}/empty.yaml' is empty"]),
+    Row("recipe-top-level-list", ["run", "{ws}/top_list.yaml", *OUT],
+        ["{ws}/top_list.yaml: expected a mapping of sections (model:, method:, data:, ...) at the top level, got a "
+         "list ['model', 'train']"]),
+    Row("ablation-top-level-list", ["ablate", "{ws}/top_list.yaml", *OUT],
+        ["{ws}/top_list.yaml: expected a mapping (base:, grid:, ...) at the top level, got list"]),
+    Row("yaml-alias-bomb", ["run", "{ws}/bomb.yaml", *OUT],
+        ["model.kwargs.lol: YAML anchors and aliases expand to 1,111,111,111 values, more than the 100,000",
+         "alias bomb"]),
+    Row("yaml-alias-bomb-set", ["run", "{recipe}", "--set", "model.kwargs=" + ALIAS_BOMB_6, *OUT],
+        ["model.kwargs.f: YAML anchors and aliases expand to 1,111,111 values"]),
+    Row("yaml-recursive-alias", ["run", "{ws}/recursive.yaml", *OUT],
+        ["model.kwargs.again: a YAML alias refers to the anchor it sits in"]),
+    # 19. numbers out of range; 0 is a value, not "unset"
+    Row("seed-negative", ["run", "{recipe}", "--set", "train.seed=-1", *OUT],
+        ["train.seed: expected an integer in 0 .. 4294967295 (2**32 - 1", "got -1"]),
+    Row("seed-too-large", ["run", "{row_recipe}", *OUT],
+        ["train.seed: expected an integer in 0 .. 4294967295", f"got {2**70}"], patch={"train": {"seed": 2**70}}),
+    Row("ablation-seed-negative", ["ablate", "{ws}/ablation_bad_seed.yaml", *OUT],
+        ["grid.seeds: expected integers in 0 .. 4294967295 (as train.seed), got [-1]"]),
+    Row("limit-train-negative", ["run", "{recipe}", "--set", "data.limit_train=-1", *OUT],
+        ["data.limit_train: expected an integer >= 1 or null (every training image), got -1"]),
+    Row("limit-train-zero", ["run", "{row_recipe}", *OUT],
+        ["data.limit_train: expected an integer >= 1 or null (every training image), got 0"],
+        patch={"data": {"limit_train": 0}}),
+    Row("num-workers-negative", ["run", "{recipe}", "--set", "data.num_workers=-1", *OUT],
+        ["data.num_workers: expected an integer >= 0, got -1"]),
+    Row("max-steps-zero", ["run", "{recipe}", "--set", "train.max_steps_per_epoch=0", *OUT],
+        ["train.max_steps_per_epoch: expected an integer >= 1 or null (the whole training set), got 0"]),
+    Row("eval-batch-size-zero", ["run", "{recipe}", "--set", "train.eval_batch_size=0", *OUT],
+        ["train.eval_batch_size: expected an integer >= 1 or null (2 x train.batch_size), got 0"]),
+    Row("in-chans-zero", ["run", "{recipe}", "--set", "model.in_chans=0", *OUT],
+        ["model.in_chans: expected an integer >= 1, got 0"]),
+    Row("in-chans-zero-dry-run", ["run", "{recipe}", "--set", "model.in_chans=0", "--dry-run"],
+        ["model.in_chans: expected an integer >= 1, got 0"]),
+    # 20. data: a missing root, unreadable image files, one class
+    Row("data-root-missing",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/nowhere", *OUT],
+        ["data.root='{ws}/nowhere' does not exist (data.name=imagefolder)"]),
+    Row("data-root-missing-domainnet",
+        ["run", "{recipe}", "--set", "data.name=domainnet", "--set", "data.domain=clipart", "--set",
+         "data.root={ws}/nowhere", *OUT], ["data.root='{ws}/nowhere' does not exist (data.name=domainnet)"]),
+    Row("imagefolder-unreadable-images",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/broken_images", *OUT],
+        ["data.root='{ws}/broken_images': 2 image file(s) cannot be read: train/cat/garbage.png (",
+         "train/dog/truncated.jpg (OSError: image file is truncated", "set data.skip_unreadable: true"]),
+    Row("imagefolder-one-class",
+        ["run", "{recipe}", "--set", "data.name=imagefolder", "--set", "data.root={ws}/one_class", *OUT],
+        ["data.name=imagefolder, data.root='{ws}/one_class': 1 class ('cat'); a classification task needs at least "
+         "2 classes"]),
+    # 21. a method that freezes the backbone, on random weights, without model.allow_random_backbone
+    Row("frozen-random-backbone-adapters", ["run", "{recipe}", "--set", "model.allow_random_backbone=false", *OUT],
+        ["model: method 'adapters' freezes the backbone, but 'vit_tiny_patch16_224' would keep its random initial "
+         "weights", "model.allow_random_backbone: true"]),
+    Row("frozen-random-backbone-linear",
+        ["run", "{recipe}", "--set", "model.allow_random_backbone=false", "--set", "method=linear", "--set",
+         "strategy.name=none", *OUT], ["model: method 'linear' freezes the backbone"]),
+    Row("frozen-random-backbone-dry-run",
+        ["run", "{recipe}", "--set", "model.allow_random_backbone=false", "--set", "method=lora", "--set",
+         "strategy.name=none", "--dry-run"], ["model: method 'lora' freezes the backbone"]),
+    Row("pretrain-without-checkpoint", ["run", "{recipe}", "--set", "model.pretrain=pretrain.yaml", *OUT],
+        ["model.pretrain: 'pretrain.yaml' runs only to write model.checkpoint, which is not set"]),
+    # 22. eval of a damaged run directory (copies of the finished run)
+    Row("eval-truncated-adapter", ["eval", "{ws}/damaged/truncated_adapter"],
+        ["{ws}/damaged/truncated_adapter/adapters/cycle_0.safetensors: not a readable .safetensors file",
+         "corrupt or truncated"]),
+    Row("eval-garbage-adapter", ["eval", "{ws}/damaged/garbage_adapter"],
+        ["{ws}/damaged/garbage_adapter/adapters/cycle_0.safetensors: not a readable .safetensors file"]),
+    Row("eval-deleted-adapter", ["eval", "{ws}/damaged/deleted_adapter"],
+        ["{ws}/damaged/deleted_adapter/adapters/cycle_0.safetensors: missing; metrics.jsonl records it as cycle 0's"]),
+    Row("eval-truncated-plan", ["eval", "{ws}/damaged/truncated_plan"],
+        ["{ws}/damaged/truncated_plan/plan.json: not a readable plan file (JSONDecodeError", "truncated or edited?"]),
+    Row("eval-truncated-metrics-line", ["eval", "{ws}/damaged/truncated_metrics", "--json"],
+        ["{ws}/damaged/truncated_metrics/metrics.jsonl: line 2 is not a JSON record (the last line: a write cut "
+         "short by a crash?)"]),
 ]
 
 
@@ -239,7 +335,73 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for cls in ("cat", "dog"):
             (ws / "no_images" / split / cls).mkdir(parents=True)
             (ws / "no_images" / split / cls / "README.txt").write_text("not an image\n")
+    write_recipe_files(ws, base)
+    write_image_folders(ws, noise)
+    write_damaged_runs(ws, ws / "runs" / "finished", noise)
     return ws
+
+
+def write_recipe_files(ws: Path, base: dict[str, Any]) -> None:
+    """Recipe and ablation files that are wrong as files: encoding, emptiness, shape, aliases."""
+    (ws / "latin1.yaml").write_bytes("# caf\u00e9\n".encode("latin-1") + yaml.safe_dump(base).encode())
+    ablation = {"base": "recipe.yaml", "grid": {"strategies": ["tina"], "sigma_targets": [8], "seeds": [0],
+                                                "sigma0": 4}}
+    (ws / "latin1_ablation.yaml").write_bytes("# caf\u00e9\n".encode("latin-1") + yaml.safe_dump(ablation).encode())
+    (ws / "ablation_latin1_base.yaml").write_text(yaml.safe_dump({**ablation, "base": "latin1.yaml"}))
+    (ws / "ablation_bad_seed.yaml").write_text(yaml.safe_dump(merge(ablation, {"grid": {"seeds": [-1]}})))
+    (ws / "empty.yaml").write_text("")
+    (ws / "comments.yaml").write_text("# a recipe, some day\n")
+    (ws / "top_list.yaml").write_text("- model\n- train\n")
+    level: list[Any] = ["lol"] * 10
+    for _ in range(8):  # 10 + 10**2 + ... + 10**9 values once expanded, in a file of a few hundred bytes
+        level = [level] * 10
+    bomb = yaml.safe_dump(merge(base, {"model": {"kwargs": {"lol": level}}}))
+    assert len(bomb) < 4000 and "*id" in bomb  # PyYAML writes the shared lists as anchors and aliases
+    (ws / "bomb.yaml").write_text(bomb)
+    (ws / "recursive.yaml").write_text("name: recursive\nmodel:\n  name: vit_tiny_patch16_224\n"
+                                       "  kwargs: &loop {again: *loop}\n")
+
+
+def write_image_folders(ws: Path, noise: bytes) -> None:
+    """Image folders with a garbage PNG and a truncated JPEG, and one with a single class."""
+    from PIL import Image
+
+    def image(path: Path, value: int, fmt: str = "PNG") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((12, 12, 3), value, dtype=np.uint8)).save(path, format=fmt)
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("cat", "dog")):
+            for i in range(2):
+                image(ws / "broken_images" / split / cls / f"{i}.png", 40 * c + 10 * i)
+        for i in range(2):
+            image(ws / "one_class" / split / "cat" / f"{i}.png", 10 * i)
+    (ws / "broken_images" / "train" / "cat" / "garbage.png").write_bytes(noise[:1000])
+    jpeg = ws / "broken_images" / "train" / "dog" / "truncated.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    jpeg.write_bytes(jpeg.read_bytes()[:len(jpeg.read_bytes()) // 2])
+
+
+def write_damaged_runs(ws: Path, finished: Path, noise: bytes) -> None:
+    """Copies of the finished run, each with one file truncated, replaced by noise or deleted."""
+    def copy(name: str) -> Path:
+        dest = ws / "damaged" / name
+        shutil.copytree(finished, dest)
+        return dest
+
+    adapter = Path("adapters") / "cycle_0.safetensors"
+    d = copy("truncated_adapter")
+    (d / adapter).write_bytes((d / adapter).read_bytes()[:300])
+    d = copy("garbage_adapter")
+    (d / adapter).write_bytes(noise)
+    d = copy("deleted_adapter")
+    (d / adapter).unlink()
+    d = copy("truncated_plan")
+    (d / "plan.json").write_bytes((d / "plan.json").read_bytes()[:20])
+    d = copy("truncated_metrics")
+    metrics = (d / "metrics.jsonl").read_bytes()
+    assert metrics.count(b"\n") == 2  # one epoch line, one cycle line
+    (d / "metrics.jsonl").write_bytes(metrics[:-40])
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -303,3 +465,23 @@ def test_bad_input_fails_early_with_a_clear_message(row: Row, workspace: Path, t
     assert not any(cwd.iterdir()), f"written to the working directory: {sorted(p.name for p in cwd.iterdir())}"
     for path in row.absent:
         assert not Path(path.format(**fmt)).exists(), path.format(**fmt)
+
+
+def test_eval_mismatch_has_its_own_exit_code(workspace: Path, tmp_path: Path):
+    """A run that reloads but re-measures another top-1 than it recorded: MISMATCH and exit 3 (2 is bad input)."""
+    finished = workspace / "runs" / "finished"
+    assert CliRunner().invoke(main, ["eval", str(finished)]).exit_code == 0  # as recorded
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    cycle = json.loads(lines[-1])
+    cycle["last_top1"] = cycle["last_top1"] + 0.25 if cycle["last_top1"] < 0.5 else cycle["last_top1"] - 0.25
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(cycle)]) + "\n")
+
+    res = CliRunner().invoke(main, ["eval", str(run)])
+    assert res.exit_code == 3, res.output
+    assert "  MISMATCH" in res.output and "error:" not in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["eval", str(run), "--json"])
+    assert res.exit_code == 3 and json.loads(res.output)["match"] is False
+    help_text = CliRunner().invoke(main, ["eval", "--help"]).output
+    assert "3 it does not (MISMATCH" in help_text and "2 RUN_DIR or its files cannot be used" in help_text

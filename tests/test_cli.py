@@ -17,7 +17,7 @@ from prunekit.recipe import load_recipe
 from prunekit.runner import build_model, example_inputs, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16,
+TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,  # no weights offline
               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
 
 
@@ -120,7 +120,7 @@ def test_overwrite_replaces_a_run(tmp_path):
 def test_missing_checkpoint_is_pretrained_once_then_reused(tmp_path):
     ckpt = tmp_path / "ckpt" / "backbone.safetensors"
     pre = tiny_recipe(tmp_path, name="pre", method={"name": "full"}, strategy={"name": "none", "cycles": 1},
-                      data={"name": "mnist5k", "limit_train": 128, "limit_val": 64},
+                      data={"name": "digits", "limit_train": 128, "limit_val": 64},
                       train={"epochs": 1, "warmup_epochs": 0}, output={"save_adapters": False})
     main_recipe = tiny_recipe(tmp_path, model={"checkpoint": str(ckpt), "pretrain": pre.name},
                               train={"epochs": 1, "warmup_epochs": 0}, strategy={"sigma_target": 8})
@@ -183,6 +183,15 @@ def test_paper_recipes_follow_the_protocol():
     assert (swin.train.optimizer, swin.train.epochs, swin.train.warmup_epochs) == ("adamw", 100, 20)
     res = invoke("run", ROOT / "recipes" / "tina_swin.yaml", "--dry-run")
     assert "cycles                 5" in res.output and "groups                 24" in res.output
+
+
+def test_dry_run_and_inspect_build_random_weights_whatever_the_recipe_names(tmp_path):
+    """A recipe with weights (a checkpoint not made yet) dry-runs and inspects on random weights, offline."""
+    recipe = tiny_recipe(tmp_path, model={"allow_random_backbone": False, "checkpoint": str(tmp_path / "later.pth"),
+                                          "pretrain": "pre.yaml"})
+    assert "recipe valid" in invoke("run", recipe, "--dry-run").output
+    assert "groups: 4" in invoke("inspect", recipe).output
+    assert not (tmp_path / "later.pth").exists() and not (tmp_path / "runs").exists()
 
 
 def test_inspect_and_list():

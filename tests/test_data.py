@@ -1,12 +1,13 @@
 import gzip
 import struct
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from prunekit.data import FASHION_MNIST_SYSTEM_DIR, load_data, make_loaders
+from prunekit.data import FASHION_MNIST_SYSTEM_DIR, UnreadableImagesWarning, load_data, make_loaders
 from prunekit.recipe import DataSection
 from prunekit.registry import PrunekitError
 
@@ -113,3 +114,75 @@ def test_domainnet_split_files(tmp_path):
     assert x.shape == (3, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 344]  # shuffled
     with pytest.raises(PrunekitError, match="data.domain: expected one of clipart"):
         load_data(DataSection(name="domainnet", root=str(tmp_path), domain="clip"), img_size=16)
+
+
+def break_images(folder):
+    """A truncated JPEG and a PNG of noise among good images: what an interrupted copy leaves."""
+    jpeg = folder / "cat" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:400])
+    (folder / "dog" / "noise.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+
+
+def test_imagefolder_unreadable_files_refuse_to_start_or_are_skipped_with_a_count(tmp_path):
+    make_images(tmp_path / "train", ["cat", "dog"])
+    make_images(tmp_path / "val", ["cat", "dog"], per_class=1)
+    break_images(tmp_path / "train")
+    with pytest.raises(PrunekitError, match=r"2 image file\(s\) cannot be read: train/cat/cut.jpg \(OSError: .*"
+                                            r"train/dog/noise.png \(UnidentifiedImageError.*data.skip_unreadable: "):
+        load_data(DataSection(name="imagefolder", root=str(tmp_path)), img_size=16)
+    with pytest.warns(UnreadableImagesWarning, match=r"left out 2 unreadable image file\(s\).*train/cat/cut.jpg"):
+        bundle = load_data(DataSection(name="imagefolder", root=str(tmp_path), skip_unreadable=True), img_size=16)
+    assert (len(bundle.train), len(bundle.val)) == (6, 2)
+    assert all(not p.endswith(("cut.jpg", "noise.png")) for p, _ in bundle.train.samples)
+    assert batch(bundle, 6)[0].shape == (6, 3, 16, 16)  # every image left loads
+
+
+def test_only_the_images_a_run_uses_are_checked(tmp_path):
+    make_images(tmp_path / "train", ["cat", "dog"])
+    make_images(tmp_path / "val", ["cat", "dog"], per_class=1)
+    (tmp_path / "train" / "dog" / "z.png").write_bytes(b"not a png")  # the 7th image in ImageFolder's order
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle = load_data(DataSection(name="imagefolder", root=str(tmp_path), limit_train=6), img_size=16)
+    assert len(bundle.train) == 6
+    with pytest.raises(PrunekitError, match=r"1 image file\(s\) cannot be read: train/dog/z.png"):
+        load_data(DataSection(name="imagefolder", root=str(tmp_path), limit_train=7), img_size=16)
+    with pytest.warns(UnreadableImagesWarning, match=r"left out 1 unreadable image file\(s\).*train/dog/z.png"):
+        bundle = load_data(DataSection(name="imagefolder", root=str(tmp_path), limit_train=7, skip_unreadable=True),
+                           img_size=16)
+    assert len(bundle.train) == 6 and not any(p.endswith("z.png") for p, _ in bundle.train.dataset.samples)
+
+
+def test_a_good_jpeg_passes_without_decoding_and_a_truncated_one_is_named(tmp_path):
+    from prunekit.data import _image_problem
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(good)
+    assert _image_problem(good) is None
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[:-200])
+    assert "truncated" in _image_problem(cut)
+    assert _image_problem(tmp_path / "absent.png").startswith("FileNotFoundError")
+
+
+def test_a_training_set_of_one_class_is_refused(tmp_path):
+    make_images(tmp_path / "train", ["cat", "dog"])
+    make_images(tmp_path / "val", ["cat", "dog"], per_class=1)
+    with pytest.raises(PrunekitError, match=r"the training images hold one class \('cat'\) of 2; data.limit_train=2 "
+                                            r"keeps the first 2 images, which all belong to it"):
+        load_data(DataSection(name="imagefolder", root=str(tmp_path), limit_train=2), img_size=16)
+    with pytest.raises(PrunekitError, match=r"data.name=digits: the training images hold one class \(0\) of 10"):
+        load_data(DataSection(name="digits", limit_train=1), img_size=16)
+
+
+def test_domainnet_listing_errors_name_the_line_and_missing_files(tmp_path):
+    make_images(tmp_path / "clipart", ["a", "b"], per_class=1)
+    (tmp_path / "clipart_train.txt").write_text("clipart/a/0.png 0\nclipart/b/0.png one\n")
+    (tmp_path / "clipart_test.txt").write_text("clipart/b/0.png 1\n")
+    with pytest.raises(PrunekitError, match=r"clipart_train.txt: line 2: expected '<image path> <class index>'"):
+        load_data(DataSection(name="domainnet", root=str(tmp_path), domain="clipart"), img_size=16)
+    (tmp_path / "clipart_train.txt").write_text("clipart/a/0.png 0\nclipart/b/gone.png 1\n")
+    with pytest.raises(PrunekitError, match=r"1 image file\(s\) cannot be read: clipart/b/gone.png "
+                                            r"\(FileNotFoundError"):
+        load_data(DataSection(name="domainnet", root=str(tmp_path), domain="clipart"), img_size=16)

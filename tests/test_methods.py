@@ -164,6 +164,27 @@ def test_tina_prunes_other_prunable_methods(method, tmp_path):
     assert "| 2 | " in res.output  # three cycles: two prunes
 
 
+def test_every_method_but_full_fine_tuning_freezes_the_backbone():
+    assert [name for name, m in METHODS.items() if not m.freezes_backbone] == ["full"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS.names()))
+def test_frozen_backbone_methods_refuse_random_weights_unless_allowed(method, tmp_path):
+    from prunekit.recipe import RecipeError, load_recipe
+    from prunekit.runner import check_recipe
+    from test_cli import tiny_recipe
+
+    path = tiny_recipe(tmp_path, strategy={"name": "none"}, model={"allow_random_backbone": False})
+    recipe = load_recipe(path, [f"method={method}"])
+    if METHODS.get(method).freezes_backbone:
+        with pytest.raises(RecipeError, match=rf"model: method '{method}' freezes the backbone, but .* random"):
+            check_recipe(recipe)
+    else:
+        check_recipe(recipe)  # full fine-tuning of random weights: how a backbone is pretrained
+    for opt_in in ("model.allow_random_backbone=true", "model.pretrained=true", "model.checkpoint=backbone.pth"):
+        check_recipe(load_recipe(path, [f"method={method}", opt_in]))
+
+
 def test_pruning_a_method_without_groups_is_refused(tmp_path):
     from click.testing import CliRunner
 

@@ -32,6 +32,35 @@ def test_bad_values_name_the_path(tmp_path, text, message):
         load_recipe(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("section,kwargs,message", [
+    ("DataSection", {"limit_train": 0}, "data.limit_train: expected an integer >= 1 or null (every training image)"),
+    ("DataSection", {"limit_val": -3}, "data.limit_val: expected an integer >= 1 or null"),
+    ("DataSection", {"num_workers": -1}, "data.num_workers: expected an integer >= 0, got -1"),
+    ("TrainSection", {"max_steps_per_epoch": 0}, "train.max_steps_per_epoch: expected an integer >= 1 or null"),
+    ("TrainSection", {"eval_batch_size": 0}, "train.eval_batch_size: expected an integer >= 1 or null"),
+    ("TrainSection", {"seed": 2**32}, "train.seed: expected an integer in 0 .. 4294967295"),
+    ("TrainSection", {"grad_clip": 0.0}, "train.grad_clip: expected a finite number > 0 or null"),
+    ("ModelSection", {"in_chans": 0}, "model.in_chans: expected an integer >= 1, got 0"),
+    ("ModelSection", {"pretrain": "pre.yaml"}, "model.pretrain: 'pre.yaml' runs only to write model.checkpoint"),
+])
+def test_sections_check_their_ranges_from_python_too(section, kwargs, message):
+    import prunekit.recipe as recipe_module
+
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        getattr(recipe_module, section)(**kwargs)
+
+
+def test_zero_is_a_value_and_only_null_is_unset(tmp_path):
+    r = load_recipe(write(tmp_path, "train: {batch_size: 8, eval_batch_size: null, max_steps_per_epoch: 1}"))
+    assert (r.train.eval_batch, r.train.max_steps_per_epoch) == (16, 1)
+    assert load_recipe(write(tmp_path, "train: {batch_size: 8, eval_batch_size: 3}")).train.eval_batch == 3
+
+
+def test_yaml_aliases_within_the_limit_are_fine(tmp_path):
+    r = load_recipe(write(tmp_path, "model: {kwargs: {a: &a [1, 2], b: *a}}\ntrain: &t {epochs: 3, warmup_epochs: 1}"))
+    assert r.model.kwargs == {"a": [1, 2], "b": [1, 2]} and r.train.epochs == 3
+
+
 def test_malformed_yaml_gives_the_line(tmp_path):
     with pytest.raises(RecipeError, match=r"malformed YAML at line 3, column 2"):
         load_recipe(write(tmp_path, "train:\n  lr: 0.1\n epochs: 3\n"))

@@ -20,6 +20,11 @@ class Method:
         apply: ``apply(model, config)`` changes the model in place and sets ``requires_grad``.
         prunable: whether it creates groups a pruning strategy can shrink (adapters).
         description: one line for ``prunekit list methods``.
+        freezes_backbone: whether backbone weights stay as loaded while the method trains (every
+            parameter-efficient method: adapters, LoRA, BitFit, prompts, a linear probe ...). Such a method learns
+            nothing useful on random weights, so a recipe must give it weights (``model.checkpoint``,
+            ``model.pretrained``, ``model.pretrain``) or opt in with ``model.allow_random_backbone: true``.
+            False for full fine-tuning, which is also how a backbone is pretrained from scratch.
     """
 
     name: str
@@ -27,6 +32,7 @@ class Method:
     apply: Callable[[nn.Module, Any], None]
     prunable: bool = False
     description: str = ""
+    freezes_backbone: bool = True
 
     def parse_config(self, section: Mapping[str, Any], path: str = "method") -> Any:
         return parse_section(self.config_cls, {k: v for k, v in section.items() if k != "name"}, path)

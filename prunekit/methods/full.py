@@ -13,4 +13,5 @@ def apply(model, config: FullConfig) -> None:
     model.requires_grad_(True)
 
 
-FULL = register_method(Method("full", FullConfig, apply, description="train every parameter"))
+FULL = register_method(Method("full", FullConfig, apply, description="train every parameter",
+                              freezes_backbone=False))
