@@ -38,6 +38,11 @@ more than ``x`` or reshape with the input width) is refused by :func:`head_group
 :class:`UnsupportedAttentionError` naming the module and the reason, before anything is modified; pass its name in
 ``ignore=`` to prune the rest.
 
+**Norms.** ``q_norm`` / ``k_norm`` act on one head's ``head_dim`` and are shared by all heads: head pruning leaves
+them alone, head-dim pruning is not offered with them. timm's ``scale_norm`` normalises all heads' outputs together:
+its weight and bias are sliced per head, so the module stays well formed, but removing a head then changes the other
+heads' normalisation, and masking no longer equals slicing there.
+
 **Forwards that read the input width.** Some forwards end with ``x.transpose(1, 2).reshape(B, N, C)``, C being the
 *input* width, which only works while ``num_heads * head_dim == C``. timm 1.0.31's ``Attention`` reshapes with
 ``self.attn_dim`` and Swin's with ``-1``, so both keep working; PVT-v2's reads C, so its layout names an equivalent

@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 from hypothesis import given, settings, strategies as st
+from timm.layers.attention import Attention
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
@@ -211,6 +212,27 @@ def test_head_dim_group_shapes_and_fused_path_match_the_manual_path():
     fused = model(x)
     m.fused_attn = False  # the manual path reads self.scale; both must agree after the temperature fold
     torch.testing.assert_close(model(x), fused, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,equivalent,head_dim", [
+    ({"gated": True}, True, True),
+    ({"qk_norm": True, "norm_layer": nn.LayerNorm}, True, False),
+    ({"scale_norm": True, "norm_layer": nn.LayerNorm}, False, True),  # a norm over all heads: not output-preserving
+])
+def test_timm_attention_options(kwargs, equivalent, head_dim):
+    torch.manual_seed(0)
+    model = nn.Sequential(Attention(32, num_heads=4, qkv_bias=True, **kwargs)).eval()
+    x = torch.randn(2, 5, 32)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked[0].proj.weight[:, 8:16] = 0
+    (g,) = head_groups(model)
+    total, unit = n_params(model), g.unit_params()
+    g.prune([1])
+    assert_well_formed(g)
+    assert total - n_params(model) == unit and model(x).shape == (2, 5, 32)
+    assert torch.allclose(model(x), masked(x), atol=1e-6) == equivalent
+    assert len(head_dim_groups(model)) == int(head_dim)
 
 
 def test_l1_scorers_score_heads_out_of_the_box():
