@@ -1,8 +1,9 @@
 """prunekit: structured pruning for PyTorch; flagship strategy TINA (Tiny Adapters for Vision Transformers).
 
-The pieces, one module each: ``graph`` (coupled groups via torch-pruning), ``adapters`` (injection), ``scorers``
-(neuron importance), ``scopes`` (local / global selection), ``plan`` (selection as data), ``schedule`` (cycle
-count), ``engine`` (the iterative loop), ``strategy`` (named combinations; built-ins in ``strategies/``).
+The pieces, one module each: ``graph`` (coupled groups via torch-pruning), ``heads`` (attention heads as groups),
+``adapters`` (injection), ``scorers`` (neuron importance), ``scopes`` (local / global selection), ``plan`` (selection
+as data), ``schedule`` (cycle count), ``engine`` (the iterative loop), ``strategy`` (named combinations; built-ins in
+``strategies/``).
 """
 from .adapters import (
     Adapter,
@@ -14,6 +15,7 @@ from .adapters import (
 )
 from .engine import CycleRecord, Engine
 from .graph import Group, adapter_groups, find_groups
+from .heads import HeadDimGroup, HeadGroup, UnsupportedAttentionError, attention_modules, head_dim_groups, head_groups
 from .params import count_parameters, mark_trainable
 from .plan import Plan, replay
 from .registry import PrunekitError, UnknownNameError
@@ -26,7 +28,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "AdapterConfig", "NoMatchingModuleError", "find_adapters", "inject_adapters", "remove_empty_adapters",
-    "CycleRecord", "Engine", "Group", "adapter_groups", "find_groups", "count_parameters", "mark_trainable",
+    "CycleRecord", "Engine", "Group", "adapter_groups", "find_groups", "HeadGroup", "HeadDimGroup",
+    "UnsupportedAttentionError", "attention_modules", "head_groups", "head_dim_groups", "count_parameters",
+    "mark_trainable",
     "Plan", "replay", "PrunekitError", "UnknownNameError", "Schedule", "num_prunes", "oneshot_sigma0",
     "paper_cycle_count", "SCOPES", "global_scope", "local_scope", "register_scope", "SCORERS", "ScoreStats",
     "collect_activations", "combine", "register_scorer", "scaled", "STRATEGIES", "Strategy", "get_strategy",

@@ -17,13 +17,30 @@ an injected model with ``load_state_dict(sd, strict=False)`` (only the adapter k
 
 An adapter pruned to zero neurons is removed: its wrapper is replaced by the bare sub-layer, which is exactly the
 identity adapter at zero parameters and zero runtime cost (:func:`remove_empty_adapters`).
+
+**Output layouts.** A transformer sub-layer outputs channels last, ``(B, N, C)``: down and up are ``nn.Linear``. A CNN
+sub-layer (a ConvNeXt block, a conv) outputs channels first, ``(B, C, H, W)``: down and up are then 1x1 convolutions,
+``Conv2d(C, n, 1)`` and ``Conv2d(n, C, 1)``, the same map applied at every pixel, pruned by torch-pruning as the same
+``down.out <-> up.in`` group. :func:`inject_adapters` picks the layout per target:
+
+- with ``example_inputs``: one forward with hooks on the targets records each output's shape; the adapter is
+  channels-last when the last axis has the target's width C, channels-first when a 4-D output has C on axis 1 (a tie,
+  ``(B, C, H, C)``, falls back to the type rule);
+- without: by module type. Every layer inside is ``nn.Linear``: channels-last. Every layer inside is ``nn.Conv2d`` and
+  no timm-style ``flatten=True`` / non-NCHW ``output_fmt`` says otherwise: channels-first. Linear and conv layers
+  mixed (ConvNeXt's ``conv_mlp=False`` blocks run a channels-last Linear MLP between two permutes, so the last layer
+  does not tell the output layout): refused, asking for ``example_inputs``.
+
+Anything else (a 3-D ``(B, C, L)`` conv output, a tuple, an output without a C-wide axis, a parallel adapter whose
+input layout differs from the output's) raises :class:`AdapterLayoutError` naming the module and its layout, before
+the model is touched.
 """
 from __future__ import annotations
 
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +55,10 @@ __all__ = [
     "SeriesAdapterLayer",
     "ParallelAdapterLayer",
     "NoMatchingModuleError",
+    "AdapterLayoutError",
+    "Conv1x1",
+    "layout_by_type",
+    "trace_shapes",
     "inject_adapters",
     "find_adapters",
     "remove_empty_adapters",
@@ -61,6 +82,38 @@ class NoMatchingModuleError(PrunekitError, ValueError):
     """No module of the model matches the requested target patterns."""
 
 
+class AdapterLayoutError(PrunekitError, ValueError):
+    """A target sub-layer whose output layout cannot carry an adapter (the message names it and its layout)."""
+
+
+Layout = Literal["channels_last", "channels_first"]
+
+
+class Conv1x1(nn.Conv2d):
+    """The channels-first counterpart of ``nn.Linear(in_channels, out_channels)``: a 1x1 ``Conv2d`` on
+    ``(B, C, H, W)`` that, like ``nn.Linear``, also runs with zero input or output channels (``F.conv2d`` refuses
+    them), so an adapter pruned to zero neurons still computes ``x + up.bias`` until it is removed."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels and self.out_channels:
+            return super().forward(x)
+        B, _, H, W = x.shape
+        if self.bias is None:
+            return x.new_zeros(B, self.out_channels, H, W)
+        return self.bias.view(1, -1, 1, 1).expand(B, -1, H, W)
+
+
+def _in_width(layer: nn.Module) -> int:
+    return layer.in_features if hasattr(layer, "in_features") else layer.in_channels
+
+
+def _out_width(layer: nn.Module) -> int:
+    return layer.out_features if hasattr(layer, "out_features") else layer.out_channels
+
+
 def hidden_size(dim: int, sigma: float | None = None, hidden: int | None = None) -> int:
     """Hidden width of an adapter on a ``dim``-wide sub-layer: fixed ``hidden``, or ``round(dim / sigma)`` (>= 1)."""
     if (sigma is None) == (hidden is None):
@@ -77,6 +130,9 @@ def hidden_size(dim: int, sigma: float | None = None, hidden: int | None = None)
 class Adapter(nn.Module):
     """Bottleneck ``up(act(down(x)))``, plus ``x`` when ``residual`` (series), times ``scale`` otherwise (parallel).
 
+    ``x`` is channels-last ``(..., m)`` with Linear down / up, or channels-first ``(B, m, H, W)`` with 1x1 convs
+    (``linear_layer=Conv1x1``).
+
     Args:
         dim: input and output width m.
         hidden: bottleneck width n.
@@ -84,7 +140,8 @@ class Adapter(nn.Module):
         bias: whether down and up have biases.
         residual: add the input to the output (Houlsby series adapter).
         scale: factor on the bottleneck's output (AdaptFormer's s; 1 for plain adapters).
-        linear_layer: ``fn(in_features, out_features, bias=...)`` for down and up (PHM layers for Compacter).
+        linear_layer: ``fn(in_features, out_features, bias=...)`` for down and up (PHM layers for Compacter,
+            :class:`Conv1x1` for channels-first inputs).
     """
 
     def __init__(
@@ -119,20 +176,24 @@ class Adapter(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.down.in_features
+        return _in_width(self.down)
 
     @property
     def hidden(self) -> int:
-        return self.down.out_features
+        return _out_width(self.down)
+
+    @property
+    def layout(self) -> Layout:
+        return "channels_first" if isinstance(self.down, nn.Conv2d) else "channels_last"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.up(self.act(self.down(x)))  # (..., m)
+        r = self.up(self.act(self.down(x)))  # (..., m) or (B, m, H, W)
         if self.scale != 1.0:
             r = r * self.scale
         return x + r if self.residual else r
 
     def extra_repr(self) -> str:
-        return f"residual={self.residual}, scale={self.scale}"
+        return f"residual={self.residual}, scale={self.scale}, layout={self.layout}"
 
 
 class AdapterLayer(BaseLayerWrapper):
@@ -221,18 +282,122 @@ def match_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     return outer
 
 
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def layout_by_type(name: str, module: nn.Module) -> Layout:
+    """Output layout of a sub-layer from its layer types alone (module docstring); raises
+    :class:`AdapterLayoutError` when the types do not settle it."""
+    layers = [m for m in module.modules() if isinstance(m, _LAYERS)]
+    kind = type(module).__name__
+    if layers and all(isinstance(m, nn.Linear) for m in layers):
+        return "channels_last"
+    if layers and all(isinstance(m, nn.Conv2d) for m in layers):
+        fmt = str(getattr(module, "output_fmt", "NCHW")).rpartition(".")[2]  # timm's Format enum or a string
+        if getattr(module, "flatten", False) is True or fmt.upper() != "NCHW":
+            raise AdapterLayoutError(
+                f"targets: {name!r} ({kind}) ends in a Conv2d but flattens or permutes its output "
+                f"(flatten={getattr(module, 'flatten', False)}, output_fmt={fmt}); pass example_inputs= to "
+                "inject_adapters so its output layout is traced")
+        return "channels_first"
+    found = sorted({type(m).__name__ for m in layers})
+    raise AdapterLayoutError(
+        f"targets: {name!r} ({kind}) has layers {found}; its output layout (channels-last (..., C) or channels-first "
+        "(B, C, H, W)) cannot be told from types (a permute may follow its last layer, as in ConvNeXt blocks with "
+        "conv_mlp=False); pass example_inputs= to inject_adapters so it is traced")
+
+
+def _layout_of_shape(name: str, module: nn.Module, dim: int, shape: tuple[int, ...], what: str) -> Layout:
+    last = len(shape) >= 2 and shape[-1] == dim
+    first = len(shape) == 4 and shape[1] == dim
+    if last and first:  # (B, C, H, C): the types decide
+        return layout_by_type(name, module)
+    if last:
+        return "channels_last"
+    if first:
+        return "channels_first"
+    raise AdapterLayoutError(
+        f"targets: {name!r} ({type(module).__name__}) {what} shape {tuple(shape)}; an adapter of width {dim} needs "
+        f"channels last (..., {dim}) (Linear) or channels first (B, {dim}, H, W) (1x1 Conv2d)")
+
+
+def _call(model: nn.Module, example_inputs: Any) -> None:
+    if isinstance(example_inputs, dict):
+        model(**example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        model(*example_inputs)
+    else:
+        model(example_inputs)
+
+
+@torch.no_grad()
+def trace_shapes(model: nn.Module, names: Sequence[str], example_inputs: Any) -> dict[str, tuple[object, object]]:
+    """Name -> (first positional input, output) of each named sub-layer on one forward of ``example_inputs``
+    (tensors replaced by their shapes; anything else by its type name). Eval mode, no grad; hooks always removed."""
+    seen: dict[str, tuple[object, object]] = {}
+
+    def describe(v):
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    def make_hook(name: str):
+        def hook(_module, args, output):
+            seen.setdefault(name, (describe(args[0]) if args else "nothing", describe(output)))
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        _call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return seen
+
+
+def _layouts(model: nn.Module, names: Sequence[str], dims: dict[str, int], kind: str,
+             example_inputs: Any) -> dict[str, Layout]:
+    if example_inputs is None:
+        return {n: layout_by_type(n, model.get_submodule(n)) for n in names}
+    shapes = trace_shapes(model, names, example_inputs)
+    layouts = {}
+    for n in names:
+        sub = model.get_submodule(n)
+        if n not in shapes:
+            raise AdapterLayoutError(f"targets: {n!r} ({type(sub).__name__}) was not called by the forward on "
+                                     "example_inputs, so its output layout is unknown")
+        inp, out = shapes[n]
+        if not isinstance(out, tuple):
+            raise AdapterLayoutError(f"targets: {n!r} ({type(sub).__name__}) returns a {out}, not a tensor; an "
+                                     "adapter wraps a sub-layer with one tensor output")
+        layouts[n] = _layout_of_shape(n, sub, dims[n], out, "outputs")
+        if kind == "parallel":  # the branch reads the input: same width, same layout
+            if not isinstance(inp, tuple) or _layout_of_shape(n, sub, dims[n], inp, "takes an input of") != layouts[n]:
+                raise AdapterLayoutError(f"targets: {n!r} ({type(sub).__name__}) takes {inp} and outputs {out}; a "
+                                         f"parallel adapter needs its input in the output's layout ({layouts[n]})")
+    return layouts
+
+
 def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, *,
-                    linear_layer: Callable[..., nn.Module] = nn.Linear, **kwargs) -> list[str]:
+                    linear_layer: Callable[..., nn.Module] = nn.Linear, example_inputs: Any = None,
+                    **kwargs) -> list[str]:
     """Wrap every target sub-layer of ``model`` with an adapter, in place; returns the wrapped names.
 
-    Every target is resolved and checked before the model is touched, so a bad pattern leaves it unchanged.
-    ``linear_layer`` builds down and up (default ``nn.Linear``; PHM layers for PHM-Adapter / Compacter).
-    New adapters are created on the device and in the dtype of the sub-layer they wrap.
+    Every target is resolved and checked before the model is touched, so a bad pattern or an output layout that
+    cannot carry an adapter leaves it unchanged. Channels-last outputs get Linear adapters, channels-first (NCHW)
+    outputs 1x1-conv adapters; the layout is traced on ``example_inputs`` when given (a tensor, a tuple of positional
+    inputs or a dict of keyword inputs; one forward in eval mode), else decided by layer types (module docstring).
+    ``linear_layer`` builds down and up of channels-last adapters (default ``nn.Linear``; PHM layers for PHM-Adapter
+    / Compacter). New adapters are created on the device and in the dtype of the sub-layer they wrap.
 
     Example::
 
         model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=True, num_classes=100)
-        names = inject_adapters(model, AdapterConfig(sigma=32))   # 24 adapters
+        names = inject_adapters(model, AdapterConfig(sigma=32))   # 24 Linear adapters
+        cnn = timm.create_model('convnext_atto', num_classes=100)
+        inject_adapters(cnn, AdapterConfig(sigma=8, targets=['stages.*.blocks.*']),
+                        example_inputs=torch.randn(1, 3, 224, 224))   # 1x1-conv adapters on (B, C, H, W)
     """
     if config is not None and kwargs:
         raise TypeError(f"pass an AdapterConfig or keyword arguments, not both (got {sorted(kwargs)})")
@@ -241,17 +406,24 @@ def inject_adapters(model: nn.Module, config: AdapterConfig | None = None, *,
     already = [n for n in names if isinstance(model.get_submodule(n), AdapterLayer)]
     if already:
         raise PrunekitError(f"targets: {already[:3]} already carry an adapter; inject once per model")
-    todo = []
-    for name in names:
-        sub = model.get_submodule(name)
-        dim = output_dim(sub)
-        todo.append((name, sub, dim, hidden_size(dim, config.sigma, config.hidden)))
+    dims = {n: output_dim(model.get_submodule(n)) for n in names}
+    layouts = _layouts(model, names, dims, config.kind, example_inputs)
+    conv_targets = [n for n in names if layouts[n] == "channels_first"]
+    if conv_targets and linear_layer is not nn.Linear:
+        raise AdapterLayoutError(
+            f"targets: {conv_targets[:3]} output channels first (B, C, H, W) and get 1x1-conv adapters, but "
+            f"linear_layer={getattr(linear_layer, '__name__', linear_layer)!r} builds channels-last layers; allowed: "
+            "the default nn.Linear, or targets with channels-last outputs")
+
+    hidden = {n: hidden_size(dims[n], config.sigma, config.hidden) for n in names}
 
     wrapper = SeriesAdapterLayer if config.kind == "series" else ParallelAdapterLayer
-    for name, sub, dim, hidden in todo:
+    for name in names:
+        sub, dim = model.get_submodule(name), dims[name]
+        layer = Conv1x1 if layouts[name] == "channels_first" else linear_layer
         ref = next(sub.parameters(), None)
-        adapter = Adapter(dim, hidden, act_layer=config.act_layer, bias=config.bias,
-                          residual=config.kind == "series", scale=config.scale, linear_layer=linear_layer)
+        adapter = Adapter(dim, hidden[name], act_layer=config.act_layer,
+                          bias=config.bias, residual=config.kind == "series", scale=config.scale, linear_layer=layer)
         if ref is not None:
             adapter.to(device=ref.device, dtype=ref.dtype)
         set_submodule(model, name, wrapper(sub, adapter))
