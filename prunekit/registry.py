@@ -65,6 +65,10 @@ class Registry(Generic[T]):
             return
         self._loaded_entry_points = True
         for ep in metadata.entry_points(group=self.entry_point_group):
+            if ep.dist is not None and ep.dist.name == "prunekit":
+                # prunekit imports its own built-ins by their package name; the entries of a stale install (0.1
+                # declared them as a top-level `strategies` package) would import a working directory's folder.
+                continue
             # Loading the module runs its register() call; a broken plug-in must not hide the built-in entries.
             try:
                 ep.load()
