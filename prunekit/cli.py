@@ -180,7 +180,7 @@ def list_(what):
             click.echo(f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}")
     else:
         click.echo("built-in (`prunekit run NAME` from any folder):")
-        for name, p in builtin_recipes().items():
+        for p in builtin_recipes().values():
             click.echo(f"  {p.name:<38} {_description(p)}")
         local = Path("recipes")
         if local.is_dir() and local.resolve() != builtin_recipes_dir():

@@ -150,8 +150,8 @@ def check_provenance(state: dict[str, Any], path: Path, recipe: dict[str, Any], 
         problems.append("its recipe differs from recipe.resolved.yaml: " + ("; ".join(diff) if diff else
                                                                              "(digest differs)"))
     if problems:
-        raise ResumeMismatchError(f"--resume: {path} does not belong to this run: {' and '.join(problems)}. Nothing "
-                                  "was changed; resuming would mix two runs. Start again with the recipe and "
+        raise ResumeMismatchError(f"--resume: {path} does not belong to this run: {' and '.join(problems)}; nothing "
+                                  "was changed (resuming would mix two runs). Start again with the recipe and "
                                   "--overwrite, or resume the run that wrote it")
     want = state["metrics_bytes"]
     if metrics_size is None:

@@ -284,9 +284,10 @@ class RunDir:
                                 "--out / output.run_name writes elsewhere")
         foreign = rd.foreign_entries(m)
         if foreign:
-            raise PrunekitError(f"output: {path} holds files prunekit did not write: {describe_contents(path, foreign)};"
-                                " nothing was changed. --overwrite only replaces what prunekit wrote: move those "
-                                "files out, or write elsewhere with --out / output.run_name")
+            raise PrunekitError(f"output: {path} holds files prunekit did not write: "
+                                f"{describe_contents(path, foreign)}; nothing was changed. --overwrite only replaces "
+                                "what prunekit wrote: move those files out, or write elsewhere with --out / "
+                                "output.run_name")
         if not os.access(path, os.W_OK | os.X_OK):
             raise RunWriteError(f"output: cannot replace the run in {path}: not writable (read-only file system or "
                                 "no permission); nothing was changed")
@@ -347,8 +348,9 @@ class RunDir:
                 rel = f if rel_top == "." else f"{rel_top}/{f}"
                 if rel in own or _is_temp_of(rel, own):
                     (self.path / rel).unlink()
-        dirs = {PurePath(f).parent for f in own} - {PurePath(".")}
-        for d in sorted(dirs | {p for d in dirs for p in d.parents} - {PurePath(".")}, key=lambda p: -len(p.parts)):
+        parents = {PurePath(f).parent for f in own}
+        parents |= {p for d in parents for p in d.parents}
+        for d in sorted(parents - {PurePath(".")}, key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
                 (self.path / d).rmdir()  # only when empty
 

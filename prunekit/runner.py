@@ -34,14 +34,15 @@ from . import distributed as dist_utils
 from .resume import (STATE_FILE, check_provenance, load_model_state, load_state, model_state, recipe_digest,
                      save_state)
 from .rundir import RunDir, RunWriteError, check_run_name, run_directory, save_safetensors, written_by_prunekit
-from .runlock import describe_holder
+from .runlock import RunLockedError, describe_holder, holder_of
 from .schedule import compression
 from .scopes import get_scope
 from .scorers import get_scorer
 from .strategy import get_strategy
 from .train import Trainer, seed_everything, select_device
 
-__all__ = ["RunResult", "RunFinished", "NothingToResume", "check_recipe", "build_model", "run_recipe", "dry_run", "load_run",
+__all__ = ["RunResult", "RunFinished", "NothingToResume", "check_recipe", "build_model", "run_recipe", "dry_run",
+           "load_run",
            "evaluate_run", "num_classes_for", "example_inputs"]
 
 
@@ -335,9 +336,9 @@ def _check_checkpoint_target(recipe: Recipe) -> None:
         raise RecipeError(f"output.save_checkpoint: {str(dest)!r} is a folder; expected a file path, e.g. "
                           f"{str(dest / 'model.safetensors')!r}")
     if dest.exists() and not recipe.output.replace_checkpoint and not written_by_prunekit(dest):
-        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} exists and prunekit did not write it (its safetensors "
-                          "metadata carries no prunekit mark); nothing was changed. Choose another path, or set "
-                          "output.replace_checkpoint: true to replace it")
+        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} exists and prunekit did not write it (its "
+                          "safetensors metadata carries no prunekit mark); nothing was changed. Choose another path, "
+                          "or set output.replace_checkpoint: true to replace it")
     where = dest.parent.absolute()
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -366,21 +367,33 @@ def _save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter:
 def _resume_state(rundir: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
     """The saved state of the unfinished run in ``rundir``, checked against its recipe and its files.
 
-    Rank 0 checks and locks the run directory first; nothing is changed when a check fails.
+    Rank 0 checks (reading only, so a refusal changes nothing, not even the lock file), then locks the run directory
+    and makes sure nothing changed in between.
     """
     state_path = rundir.file(STATE_FILE)
+    metrics = rundir.file("metrics.jsonl")
+
+    def stamp() -> list[tuple[int, int] | None]:
+        return [(p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                for p in (state_path, metrics, rundir.file(RunDir.DONE))]
 
     def open_and_check() -> dict[str, Any]:
         rundir.require_run("--resume: ")
         if rundir.finished:
             raise RunFinished(rundir.path)
-        rundir.open_for_resume()
+        holder = holder_of(rundir.path)
+        if holder is not None:
+            raise RunLockedError(rundir.path, holder)
         if not state_path.exists():
             raise NothingToResume(rundir)
+        before = stamp()
         state = load_state(state_path)
-        metrics = rundir.file("metrics.jsonl")
         check_provenance(state, state_path, resolved, rundir.run_id,
                          metrics.stat().st_size if metrics.is_file() else None, rundir.metrics_digest)
+        rundir.open_for_resume()
+        if stamp() != before:
+            raise PrunekitError(f"--resume: {rundir.path} changed while it was being checked (another process wrote "
+                                "it); nothing was changed. Try again")
         return state
 
     state = _on_main_rank(open_and_check, rundir.path)

@@ -84,7 +84,7 @@ def _load_builtins() -> None:
     except BaseException:
         del sys.modules[BUILTINS]
         raise
-    setattr(sys.modules[__package__], "strategies", module)
+    sys.modules[__package__].strategies = module
 
 
 def get_strategy(name: str) -> Strategy:
