@@ -194,7 +194,8 @@ def _description(path: Path) -> str:
         desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
     except (OSError, yaml.YAMLError, AttributeError):
         return "(unreadable)"
-    return str(desc).strip().splitlines()[0] if desc else ""
+    first = str(desc).strip().splitlines()[0] if desc else ""
+    return first if len(first) <= 90 else first[:87].rstrip() + "..."
 
 
 @main.command()

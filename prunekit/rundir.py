@@ -206,7 +206,7 @@ class RunDir:
         if (self.path / MARKER).exists():
             why = f"its {MARKER} is unreadable or not prunekit's"
         elif (self.path / "recipe.resolved.yaml").exists():
-            why = f"it has a recipe.resolved.yaml but no {MARKER} (made by another tool or a prunekit before 0.2)"
+            why = f"no {MARKER}: its recipe.resolved.yaml was written by another tool or an older prunekit"
         else:
             why = f"no {MARKER}"
         entries = describe_contents(self.path) if any(self.path.iterdir()) else "nothing"
