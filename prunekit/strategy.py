@@ -46,7 +46,8 @@ class Strategy:
         return sigma0 if self.mode == "iterative" else oneshot_sigma0(sigma_target, rho)
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategy", entry_point_group="prunekit.strategies")
+STRATEGIES: Registry[Strategy] = Registry("strategy", entry_point_group="prunekit.strategies",
+                                          load_builtins=lambda: _load_builtins())
 
 
 def register_strategy(strategy: Strategy, *, overwrite: bool = False) -> Strategy:
@@ -86,12 +87,9 @@ def _load_builtins() -> None:
         raise
     sys.modules[__package__].strategies = module
 
-
 def get_strategy(name: str) -> Strategy:
-    _load_builtins()
     return STRATEGIES.get(name)
 
 
 def list_strategies() -> list[Strategy]:
-    _load_builtins()
     return [s for _, s in STRATEGIES.items()]
