@@ -42,8 +42,7 @@ from .strategy import get_strategy
 from .train import Trainer, seed_everything, select_device
 
 __all__ = ["RunResult", "RunFinished", "NothingToResume", "check_recipe", "build_model", "run_recipe", "dry_run",
-           "load_run",
-           "evaluate_run", "num_classes_for", "example_inputs"]
+           "load_run", "evaluate_run", "num_classes_for", "example_inputs"]
 
 
 @dataclass
@@ -349,8 +348,9 @@ def _check_checkpoint_target(recipe: Recipe) -> None:
 
 def _save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter: ProgressReporter
                      ) -> PrunekitError | None:
-    """Write ``output.save_checkpoint``; when a foreign file appeared there while the run trained, keep the weights
-    in the run directory instead and return the error to raise once the run is finished."""
+    """Write ``output.save_checkpoint``. When it became impossible while the run trained (a foreign file appeared
+    there, the folder became read-only), keep the weights in the run directory instead and return the error to raise
+    once the run is finished."""
     dest = Path(recipe.output.save_checkpoint).expanduser()
     meta = {"recipe": recipe.name, "model": recipe.model.name, "run_id": rundir.run_id or ""}
     try:
@@ -358,7 +358,8 @@ def _save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter:
     except PrunekitError as e:
         kept = rundir.file("checkpoint.safetensors")
         rundir.save_tensors(kept, model.state_dict(), meta)
-        return PrunekitError(f"{e} (it appeared while the run trained); the weights were saved to {kept} instead")
+        return PrunekitError(f"{e} (found when the run finished: the path was fine when it started); the weights "
+                             f"were saved to {kept} instead")
     save_safetensors(dest, model.state_dict(), meta)
     reporter.log(f"saved checkpoint {dest}")
     return None

@@ -444,3 +444,26 @@ def test_overwrite_removes_only_the_manifest_and_keeps_the_folder(tmp_path: Path
     assert second["run_id"] != first["run_id"]
     assert not (out / ".plan.json.tmp12345").exists()
     assert yaml.safe_load((out / "recipe.resolved.yaml").read_text())["train"]["seed"] == 5
+
+
+def test_a_checkpoint_path_taken_while_training_keeps_the_weights_in_the_run(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """A foreign file appearing at output.save_checkpoint mid-run is kept; the weights land in the run directory."""
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny(tmp_path))
+    out, dest = tmp_path / "run", tmp_path / "ck.safetensors"
+    original = RunDir.save_plans
+
+    def save_plans_then_take_the_path(self, plans):
+        original(self, plans)
+        if not dest.exists():
+            save_file({"user": torch.ones(1)}, str(dest))
+
+    monkeypatch.setattr(RunDir, "save_plans", save_plans_then_take_the_path)
+    res = cli("run", recipe, "--set", f"output.save_checkpoint={dest}", "--out", out, "--quiet")
+    assert res.exit_code == 2, res.output
+    assert f"output.save_checkpoint: '{dest}' exists and prunekit did not write it" in res.output
+    assert f"the weights were saved to {out / 'checkpoint.safetensors'} instead" in res.output
+    assert load_file(str(dest)).keys() == {"user"}  # the user's file, untouched
+    assert written_by_prunekit(out / "checkpoint.safetensors") and (out / "DONE").is_file()
