@@ -14,16 +14,11 @@ import click
 from .progress import ProgressReporter, make_console
 from .recipe import load_recipe
 from .registry import PrunekitError
+from .shipped import builtin_recipes, builtin_recipes_dir, find_recipe
 
 LISTABLE = ("strategies", "scorers", "methods", "datasets", "recipes", "scopes")
 EXIT_BAD_INPUT = 2  # a user's mistake: an `error: ...` line, nothing written
 EXIT_MISMATCH = 3  # `prunekit eval`: the re-measured top-1 is not the recorded one
-
-
-def recipe_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parents[1] / "recipes"
-    dirs = [Path.cwd() / "recipes", here]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs[:i]]]
 
 
 class _Group(click.Group):
@@ -43,8 +38,8 @@ def main():
     """prunekit: structured pruning for PyTorch; TINA (Tiny Adapters for Vision Transformers) by default.
 
     \b
-    prunekit run recipes/quickstart.yaml          train + prune on the offline default
-    prunekit run recipes/tina_swin.yaml --dry-run validate and print the plan, no data or hub needed
+    prunekit run quickstart                       train + prune on the offline default (a built-in recipe)
+    prunekit run tina_swin --dry-run              validate and print the plan, no data or hub needed
     prunekit inspect RECIPE                       adapters / groups, widths, parameters
     prunekit list strategies                      what can be named in a recipe
     prunekit eval runs/quickstart --cycle 2       reload a cycle's adapters and re-measure top-1
@@ -55,20 +50,21 @@ SET_HELP = "override a recipe key, e.g. --set train.lr=0.01 --set method.sigma=1
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
+@click.argument("recipe", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: output.dir/<recipe name>)")
 @click.option("--dry-run", is_flag=True, help="validate, build the model with random weights, print the plan; "
                                               "no data, no hub, nothing written")
-@click.option("--overwrite", is_flag=True, help="replace an existing run directory")
+@click.option("--overwrite", is_flag=True, help="replace an existing prunekit run directory (only the files prunekit "
+                                                "wrote; a folder holding anything else is refused)")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="continue the unfinished run in this directory from its last finished epoch (its own recipe)")
 @click.option("--quiet", is_flag=True, help="print only the final table")
 def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
-    """Train and prune as RECIPE says; writes a run directory.
+    """Train and prune as RECIPE says (a file, or a built-in recipe by name); writes a run directory.
 
     \b
-    prunekit run recipes/quickstart.yaml --set train.lr=1e-3
+    prunekit run quickstart --set train.lr=1e-3
     prunekit run --resume runs/quickstart          continue after a crash or a kill
     torchrun --nproc_per_node=2 -m prunekit run RECIPE   data-parallel (see docs/distributed.md)
     """
@@ -81,7 +77,9 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
             raise PrunekitError(f"--resume: continues the run with the recipe it started with; drop {', '.join(given)}")
         from .rundir import RunDir
 
-        r = load_recipe(RunDir(resume_dir).resolved_recipe("--resume: "))
+        run_dir = RunDir(resume_dir)
+        run_dir.require_run("--resume: ")  # before reading anything in a folder prunekit did not make
+        r = load_recipe(run_dir.resolved_recipe("--resume: "))
         reporter = ProgressReporter(console=make_console(quiet=quiet))
         try:
             result = run_recipe(r, out=resume_dir, reporter=reporter, resume=True)
@@ -110,7 +108,7 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
     """``prunekit run RECIPE``: the run's result, or None after a dry run (which only prints)."""
     from .runner import dry_run as plan_run, run_recipe
 
-    r = load_recipe(recipe, list(overrides))
+    r = load_recipe(find_recipe(recipe), list(overrides))
     if dry_run:
         console = make_console()
         info = plan_run(r)
@@ -128,7 +126,7 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def inspect(recipe, overrides):
     """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
@@ -139,7 +137,7 @@ def inspect(recipe, overrides):
     from .report import short_group_name
     from .runner import build_model, check_recipe, example_inputs, num_classes_for
 
-    r = load_recipe(recipe, list(overrides))
+    r = load_recipe(find_recipe(recipe), list(overrides))
     check_recipe(r)
     model = build_model(r, num_classes_for(r), random_weights=True)
     groups = adapter_groups(model, example_inputs(r))
@@ -183,16 +181,26 @@ def list_(what):
         for name, info in DATASETS.items():
             click.echo(f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}")
     else:
-        from .recipe import read_yaml
+        click.echo("built-in (`prunekit run NAME` from any folder):")
+        for p in builtin_recipes().values():
+            click.echo(f"  {p.name:<38} {_description(p)}")
+        local = Path("recipes")
+        if local.is_dir() and local.resolve() != builtin_recipes_dir():
+            click.echo("in ./recipes:")
+            for p in sorted(local.rglob("*.yaml")):
+                click.echo(f"  {str(p):<38} {_description(p)}")
 
-        for d in recipe_dirs():
-            for p in sorted(d.rglob("*.yaml")):
-                try:
-                    data = read_yaml(p)
-                except PrunekitError as e:
-                    data = {"description": f"(unreadable: {e})"}
-                desc = data.get("description", "") if isinstance(data, dict) else ""
-                click.echo(f"{str(p.relative_to(d.parent)):<40} {str(desc).strip().splitlines()[0] if desc else ''}")
+
+def _description(path: Path) -> str:
+    from .recipe import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except PrunekitError as e:
+        return f"(unreadable: {e})"
+    desc = data.get("description", "") if isinstance(data, dict) else ""
+    first = str(desc).strip().splitlines()[0] if desc else ""
+    return first if len(first) <= 90 else first[:87].rstrip() + "..."
 
 
 @main.command()

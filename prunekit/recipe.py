@@ -170,6 +170,10 @@ class OutputSection:
     save_checkpoint: Optional[str] = field(**_help(
         "also write the whole model's weights here at the end (how a pretraining recipe produces a backbone); "
         "'~' expands", default=None))
+    replace_checkpoint: bool = field(**_help(
+        "let save_checkpoint replace an existing file prunekit did not write (without it such a file is refused "
+        "before training; files prunekit wrote carry a mark in their safetensors metadata and are replaced)",
+        default=False))
     plot: bool = field(**_help("draw neurons per adapter per cycle (PNG, the paper's Fig. 4)", default=True))
     save_state: bool = field(**_help(
         "write resume.pt (trained weights, optimizer, RNG, cycle) after every epoch so `prunekit run --resume "

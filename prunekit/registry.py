@@ -39,13 +39,17 @@ class Registry(Generic[T]):
         kind: what the registry holds, e.g. ``'scorer'``.
         entry_point_group: optional ``importlib.metadata`` entry-point group; its entries are imported the first time
             the registry is read, so a third-party package can add entries by being installed.
+        load_builtins: optional callable that registers the built-in entries, called the first time the registry is
+            read (before the entry points).
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 load_builtins: Callable[[], None] | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self._load_builtins = load_builtins
         self._entries: dict[str, T] = {}
-        self._loaded_entry_points = entry_point_group is None
+        self._loaded_entry_points = entry_point_group is None and load_builtins is None
 
     def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
         """Register ``obj`` under ``name``; used bare or as a decorator (``@registry.register('name')``)."""
@@ -64,7 +68,15 @@ class Registry(Generic[T]):
         if self._loaded_entry_points:
             return
         self._loaded_entry_points = True
+        if self._load_builtins is not None:
+            self._load_builtins()
+        if self.entry_point_group is None:
+            return
         for ep in metadata.entry_points(group=self.entry_point_group):
+            if ep.dist is not None and ep.dist.name == "prunekit":
+                # prunekit imports its own built-ins by their package name; the entries of a stale install (0.1
+                # declared them as a top-level `strategies` package) would import a working directory's folder.
+                continue
             # Loading the module runs its register() call; a broken plug-in must not hide the built-in entries.
             try:
                 ep.load()

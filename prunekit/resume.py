@@ -7,7 +7,10 @@ After every epoch the run directory gets ``resume.pt`` (atomically: temp file + 
   structure by replaying the plans of the finished cycles, as ``prunekit eval`` does);
 - optimizer and LR-scheduler state, the engine's history (plans, widths) and its scorer generator;
 - RNG states of every rank (python, numpy, torch, CUDA) and of the data loader's shuffling generator;
-- the size of ``metrics.jsonl`` at that point (lines written after it are dropped on resume).
+- the size of ``metrics.jsonl`` at that point (lines written after it are dropped on resume) and a digest of it;
+- provenance: the resolved recipe (and its digest) and the run id of the run directory that saved it. ``--resume``
+  refuses a state whose recipe differs from ``recipe.resolved.yaml`` (naming the keys), one saved by another run
+  directory, or a ``metrics.jsonl`` that no longer starts with what was logged when the state was saved.
 
 A kill at any point (mid-epoch, mid-prune, while writing) leaves the previous ``resume.pt`` intact; resuming
 repeats at most one epoch and, on CPU with ``train.deterministic``, ends with the same weights and metrics as a run
@@ -15,7 +18,9 @@ that was never interrupted.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,15 @@ from torch import nn
 from .registry import PrunekitError
 from .rundir import atomic_write_bytes
 
-__all__ = ["STATE_FILE", "FORMAT", "capture_rng", "restore_rng", "save_state", "load_state", "model_state",
-           "load_model_state"]
+__all__ = ["STATE_FILE", "FORMAT", "ResumeMismatchError", "capture_rng", "restore_rng", "save_state", "load_state",
+           "model_state", "load_model_state", "recipe_digest", "recipe_differences", "check_provenance"]
 
 STATE_FILE = "resume.pt"
-FORMAT = "prunekit.resume/1"
+FORMAT = "prunekit.resume/2"
+
+
+class ResumeMismatchError(PrunekitError):
+    """A resume state that does not belong to the run directory it sits in, or to its recipe."""
 
 
 def capture_rng(loader_generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -88,6 +97,69 @@ def load_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise PrunekitError(f"{path}: cannot read the resume state ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(state, dict) and state.get("format") == "prunekit.resume/1":
+        raise PrunekitError(f"{path}: written by an older prunekit without the recipe it was saved with, so it cannot "
+                            "be checked against this run; nothing was changed. Start the run again (--overwrite)")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PrunekitError(f"{path}: not a prunekit resume state (expected format {FORMAT!r})")
     return state
+
+
+def recipe_digest(recipe: dict[str, Any]) -> str:
+    """sha256 of the resolved recipe (keys sorted), as stored in a resume state."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, path) if isinstance(v, dict) and v else {path: v})
+    return out
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``train.seed: 0 in resume.pt, 1 in recipe.resolved.yaml`` for every key whose value differs."""
+    a, b = _flatten(saved), _flatten(current)
+    missing = object()
+    return [f"{k}: {a.get(k, missing)!r} in resume.pt, {b.get(k, missing)!r} in recipe.resolved.yaml"
+            .replace(repr(missing), "(absent)") for k in sorted(a.keys() | b.keys())
+            if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_provenance(state: dict[str, Any], path: Path, recipe: dict[str, Any], run_id: str | None,
+                     metrics_size: int | None, metrics_digest) -> None:
+    """Refuse a state saved by another run directory, with another recipe, or for another ``metrics.jsonl``.
+
+    Args:
+        state: the loaded resume state.
+        path: its file (for messages).
+        recipe: the resolved recipe of the run directory now (``recipe_to_dict`` of recipe.resolved.yaml).
+        run_id: the run directory's id (``.prunekit-run.json``).
+        metrics_size: bytes in ``metrics.jsonl`` now (None: the file is missing).
+        metrics_digest: callable ``nbytes -> sha256`` of the first bytes of ``metrics.jsonl``.
+    """
+    problems = []
+    if state.get("run_id") != run_id:
+        problems.append(f"it was saved by run {state.get('run_id')}, but this directory is run {run_id} (a resume.pt "
+                        "copied from another run?)")
+    if state.get("recipe_digest") != recipe_digest(recipe) or state.get("recipe") != recipe:
+        diff = recipe_differences(state.get("recipe") or {}, recipe)
+        problems.append("its recipe differs from recipe.resolved.yaml: " + ("; ".join(diff) if diff else
+                                                                             "(digest differs)"))
+    if problems:
+        raise ResumeMismatchError(f"--resume: {path} does not belong to this run: {' and '.join(problems)}; nothing "
+                                  "was changed (resuming would mix two runs). Start again with the recipe and "
+                                  "--overwrite, or resume the run that wrote it")
+    want = state["metrics_bytes"]
+    if metrics_size is None:
+        raise ResumeMismatchError(f"--resume: {path.parent / 'metrics.jsonl'} is missing, but resume.pt expects its "
+                                  f"first {want} bytes (the epochs and cycles logged so far); nothing was changed. "
+                                  "Restore the file, or start again with --overwrite")
+    if metrics_size < want or metrics_digest(want) != state.get("metrics_sha256"):
+        raise ResumeMismatchError(f"--resume: {path.parent / 'metrics.jsonl'} no longer starts with what was logged "
+                                  f"when resume.pt was saved (its first {want} bytes; it holds {metrics_size}): it "
+                                  "was edited or truncated; nothing was changed. Restore it, or start again with "
+                                  "--overwrite")

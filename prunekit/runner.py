@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,18 @@ from .recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
 from .registry import PrunekitError
 from .report import COLUMNS, cycle_rows, markdown_table, plot_widths, human_bytes
 from . import distributed as dist_utils
-from .resume import STATE_FILE, load_model_state, load_state, model_state, save_state
-from .rundir import RunDir, save_safetensors
+from .resume import (STATE_FILE, check_provenance, load_model_state, load_state, model_state, recipe_digest,
+                     save_state)
+from .rundir import RunDir, RunWriteError, check_run_name, run_directory, save_safetensors, written_by_prunekit
+from .runlock import RunLockedError, describe_holder, holder_of
 from .schedule import compression
 from .scopes import get_scope
 from .scorers import get_scorer
 from .strategy import get_strategy
 from .train import Trainer, seed_everything, select_device
 
-__all__ = ["RunResult", "RunFinished", "check_recipe", "build_model", "run_recipe", "dry_run", "load_run",
-           "evaluate_run", "num_classes_for", "example_inputs"]
+__all__ = ["RunResult", "RunFinished", "NothingToResume", "check_recipe", "build_model", "run_recipe", "dry_run",
+           "load_run", "evaluate_run", "num_classes_for", "example_inputs"]
 
 
 @dataclass
@@ -138,6 +141,10 @@ def _resolve_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressRepo
         raise PrunekitError(f"model.checkpoint: no such file {ckpt!r} (set model.pretrain to a recipe that makes it)")
     pre, pre_path = _check_before_pretraining(recipe)
     name = pre.output.run_name or pre.name
+    try:
+        check_run_name(name, "output.run_name" if pre.output.run_name else "name")
+    except PrunekitError as e:
+        raise RecipeError(f"model.pretrain: {pre_path.name}: {e}") from None
     run_name, i = name, 1
     while (out_parent / run_name).exists():
         i += 1
@@ -185,10 +192,19 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
                reporter: ProgressReporter | None = None, resume: bool = False) -> RunResult:
     """Train (and prune) as the recipe says; writes a run directory and returns its per-cycle summary.
 
-    Everything that can be wrong with the recipe (names, checkpoint, data, schedule) is found before the run
-    directory is created, so a failed start writes nothing. ``resume=True`` continues the unfinished run in ``out``
-    from its ``resume.pt`` (see resume.py). Under ``torchrun`` every rank calls this; rank 0 alone writes and prints.
+    Everything that can be wrong with the recipe (names, checkpoint, data, schedule, the run directory and the
+    checkpoint path) is found before the run directory is created, so a failed start writes nothing. The run
+    directory is locked while this runs (see rundir.py, runlock.py); ``overwrite`` replaces only a prunekit run
+    directory. ``resume=True`` continues the unfinished run in ``out`` from its ``resume.pt`` (see resume.py), after
+    checking that it belongs to that run. Under ``torchrun`` every rank calls this; rank 0 alone writes, locks and
+    prints.
     """
+    with contextlib.ExitStack() as cleanup:
+        return _run_recipe(recipe, out, overwrite, reporter, resume, cleanup)
+
+
+def _run_recipe(recipe: Recipe, out: str | Path | None, overwrite: bool, reporter: ProgressReporter | None,
+                resume: bool, cleanup: contextlib.ExitStack) -> RunResult:
     t, d = recipe.train, recipe.data
     device = select_device(t.device)
     device = dist_utils.init_from_env(device.type) or device
@@ -198,10 +214,16 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         reporter = ProgressReporter(enabled=False)
     method, method_cfg, strategy = check_recipe(recipe)
     _check_world(recipe)
-    run_path = Path(out) if out else Path(recipe.output.dir) / (recipe.output.run_name or recipe.name)
-    state = _resume_state(run_path) if resume else None
-    if not resume and run_path.exists() and any(run_path.iterdir()) and not overwrite:
-        RunDir.create(run_path, overwrite=False)  # raises: says what is there and what to do
+    resolved = recipe_to_dict(recipe)
+    run_path = Path(out) if out else run_directory(recipe.output.dir, recipe.output.run_name, recipe.name)
+    rundir = RunDir(run_path, write=main_rank)
+    cleanup.callback(rundir.close)  # removes temporary files of a failed write, releases the lock
+    if resume:
+        state = _resume_state(rundir, resolved)
+    else:
+        state = None
+        _on_main_rank(lambda: RunDir.check_target(run_path, overwrite), run_path)  # says what is there, what to do
+    _check_checkpoint_target(recipe)
     _resolve_checkpoint(recipe, run_path.parent, reporter)
 
     seed_everything(t.seed + dist_utils.rank(), t.deterministic)
@@ -211,7 +233,6 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
     train_loader, val_loader = make_loaders(bundle, t.batch_size, t.eval_batch_size or 2 * t.batch_size,
                                             d.num_workers, t.seed, pin_memory=device.type == "cuda",
                                             distributed=dist_utils.is_distributed())
-    rundir = RunDir(run_path, write=main_rank)
     trainer = Trainer(t, train_loader, val_loader, device, reporter,
                       on_epoch_end=lambda m: rundir.append_metrics({"type": "epoch", **m}))
     cycles: list[dict[str, Any]] = []
@@ -257,7 +278,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         n_cycles = recipe.strategy.cycles
 
     if recipe.output.save_state:
-        trainer.on_checkpoint = lambda tstate: _save_resume_state(rundir, tstate, model, engine, cycles)
+        trainer.on_checkpoint = lambda tstate: _save_resume_state(rundir, tstate, model, engine, cycles, resolved)
     start_cycle = 0
     if state is not None:
         start_cycle = _restore(state, recipe, model, engine, trainer, rundir, cycles)
@@ -265,9 +286,10 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
                      f"{t.epochs}")
     else:
         dist_utils.barrier()  # every rank has checked the run directory before rank 0 creates it
-        if main_rank:
-            RunDir.create(run_path, overwrite=overwrite or resume)
-        rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        _on_main_rank(lambda: rundir.create(overwrite=overwrite), run_path)
+        rundir.write_text("recipe.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if rundir.stale_lock:
+        reporter.log(f"took over the lock of a writer that no longer runs ({describe_holder(rundir.stale_lock)})")
     backbone_bytes = _backbone_bytes(model)
     world = dist_utils.world_size()
     reporter.log(f"run {recipe.name}: {recipe.model.name} + {method.name}, data {bundle!r}, device {device}"
@@ -281,30 +303,127 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
             train_fn(model, trainer.make_optimizer([p for p in model.parameters() if p.requires_grad]), cycle)
         rundir.save_plans([])
 
+    checkpoint_error = None
     if recipe.output.save_checkpoint and main_rank:
-        dest = Path(recipe.output.save_checkpoint).expanduser()
-        save_safetensors(dest, model.state_dict(), {"recipe": recipe.name, "model": recipe.model.name})
-        reporter.log(f"saved checkpoint {dest}")
+        checkpoint_error = _save_checkpoint(recipe, model, rundir, reporter)
     result = RunResult(rundir.path, cycles, backbone_bytes)
     if main_rank:
         write_report(rundir, recipe, result)
         if recipe.output.plot and strategy is not None:
-            plot_widths(cycles, rundir.file("plots/neurons_per_adapter.png"),
-                        title=f"{recipe.name}: neurons per adapter")
+            with rundir.writing("plots/neurons_per_adapter.png") as plot_path:
+                plot_widths(cycles, plot_path, title=f"{recipe.name}: neurons per adapter")
         rundir.finish()
-        rundir.file(STATE_FILE).unlink(missing_ok=True)  # DONE is written: nothing left to resume
+        rundir.remove(STATE_FILE)  # DONE is written: nothing left to resume
     dist_utils.barrier()  # a checkpoint rank 0 wrote is on disk before any rank goes on to use it
     reporter.log(markdown_table(COLUMNS, cycle_rows(cycles)))
+    if checkpoint_error is not None:
+        raise checkpoint_error
     return result
 
 
-def _resume_state(run_path: Path) -> dict[str, Any] | None:
-    """The saved state of an unfinished run (None: it stopped before its first epoch ended; start it again)."""
-    rd = RunDir(run_path)
-    rd.resolved_recipe("--resume: ")
-    if rd.finished:
-        raise RunFinished(run_path)
-    return load_state(rd.file(STATE_FILE)) if rd.file(STATE_FILE).exists() else None
+def _on_main_rank(fn, run_path: Path):
+    """``fn()`` on rank 0 alone; an error it raises is raised on every rank, so no rank waits for the others."""
+    result, error = None, None
+    if dist_utils.is_main():
+        try:
+            result = fn()
+        except PrunekitError as e:
+            error = e
+    failed = dist_utils.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise RunFinished(run_path) if failed[0] == "RunFinished" else PrunekitError(failed[1])
+    return result
+
+
+def _check_checkpoint_target(recipe: Recipe) -> None:
+    """``output.save_checkpoint`` may replace only a file prunekit wrote, unless ``output.replace_checkpoint``."""
+    if not recipe.output.save_checkpoint:
+        return
+    dest = Path(recipe.output.save_checkpoint).expanduser()
+    if dest.is_dir():
+        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} is a folder; expected a file path, e.g. "
+                          f"{str(dest / 'model.safetensors')!r}")
+    if dest.exists() and not recipe.output.replace_checkpoint and not written_by_prunekit(dest):
+        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} exists and prunekit did not write it (its "
+                          "safetensors metadata carries no prunekit mark); nothing was changed. Choose another path, "
+                          "or set output.replace_checkpoint: true to replace it")
+    where = dest.parent.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise RunWriteError(f"output.save_checkpoint: cannot write {str(dest)!r}: {where} is not writable (read-only "
+                            "file system or no permission); nothing was changed")
+
+
+def _save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter: ProgressReporter
+                     ) -> PrunekitError | None:
+    """Write ``output.save_checkpoint``. When it became impossible while the run trained (a foreign file appeared
+    there, the folder became read-only), keep the weights in the run directory instead and return the error to raise
+    once the run is finished."""
+    dest = Path(recipe.output.save_checkpoint).expanduser()
+    meta = {"recipe": recipe.name, "model": recipe.model.name, "run_id": rundir.run_id or ""}
+    try:
+        _check_checkpoint_target(recipe)
+    except PrunekitError as e:
+        kept = rundir.file("checkpoint.safetensors")
+        rundir.save_tensors(kept, model.state_dict(), meta)
+        return PrunekitError(f"{e} (found when the run finished: the path was fine when it started); the weights "
+                             f"were saved to {kept} instead")
+    save_safetensors(dest, model.state_dict(), meta)
+    reporter.log(f"saved checkpoint {dest}")
+    return None
+
+
+def _resume_state(rundir: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The saved state of the unfinished run in ``rundir``, checked against its recipe and its files.
+
+    Rank 0 checks (reading only, so a refusal changes nothing, not even the lock file), then locks the run directory
+    and makes sure nothing changed in between.
+    """
+    state_path = rundir.file(STATE_FILE)
+    metrics = rundir.file("metrics.jsonl")
+
+    def stamp() -> list[tuple[int, int] | None]:
+        return [(p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                for p in (state_path, metrics, rundir.file(RunDir.DONE))]
+
+    def open_and_check() -> dict[str, Any]:
+        rundir.require_run("--resume: ")
+        if rundir.finished:
+            raise RunFinished(rundir.path)
+        holder = holder_of(rundir.path)
+        if holder is not None:
+            raise RunLockedError(rundir.path, holder)
+        if not state_path.exists():
+            raise NothingToResume(rundir)
+        before = stamp()
+        state = load_state(state_path)
+        check_provenance(state, state_path, resolved, rundir.run_id,
+                         metrics.stat().st_size if metrics.is_file() else None, rundir.metrics_digest)
+        rundir.open_for_resume()
+        if stamp() != before:
+            raise PrunekitError(f"--resume: {rundir.path} changed while it was being checked (another process wrote "
+                                "it); nothing was changed. Try again")
+        return state
+
+    state = _on_main_rank(open_and_check, rundir.path)
+    return state if dist_utils.is_main() else load_state(state_path)
+
+
+class NothingToResume(PrunekitError):
+    """``--resume`` of an unfinished run without ``resume.pt``: everything is kept, and the message says how far the
+    run got."""
+
+    def __init__(self, rundir: RunDir):
+        path = rundir.path
+        super().__init__(f"--resume: {path} has no {STATE_FILE} (output.save_state was false, or the file was "
+                         f"removed), so it cannot continue; nothing was changed. It got this far: {rundir.progress()}. "
+                         f"`prunekit eval {path} --cycle K` checks a finished cycle; `prunekit run "
+                         f"{path / 'recipe.resolved.yaml'} --out {path} --overwrite` starts it again from the "
+                         "beginning")
+        self.path = path
 
 
 class RunFinished(PrunekitError):
@@ -317,14 +436,18 @@ class RunFinished(PrunekitError):
 
 
 def _save_resume_state(rundir: RunDir, tstate: dict[str, Any], model: nn.Module, engine: Engine | None,
-                       cycles: list[dict[str, Any]]) -> None:
+                       cycles: list[dict[str, Any]], resolved: dict[str, Any]) -> None:
     rng = dist_utils.all_gather_object(tstate.pop("rng"))  # every rank's RNG, so each continues its own stream
     if not rundir.write:
         return
-    save_state(rundir.file(STATE_FILE), {
-        "trainer": tstate, "rng": rng, "model": model_state(model),
-        "engine": None if engine is None else engine.state_dict(), "cycles": cycles,
-        "metrics_bytes": rundir.file("metrics.jsonl").stat().st_size, "world_size": dist_utils.world_size()})
+    metrics_bytes = rundir.file("metrics.jsonl").stat().st_size
+    with rundir.writing(STATE_FILE) as path:
+        save_state(path, {
+            "trainer": tstate, "rng": rng, "model": model_state(model),
+            "engine": None if engine is None else engine.state_dict(), "cycles": cycles,
+            "metrics_bytes": metrics_bytes, "metrics_sha256": rundir.metrics_digest(metrics_bytes),
+            "world_size": dist_utils.world_size(), "recipe": resolved, "recipe_digest": recipe_digest(resolved),
+            "run_id": rundir.run_id})
 
 
 def _restore(state: dict[str, Any], recipe: Recipe, model: nn.Module, engine: Engine | None, trainer: Trainer,
@@ -340,9 +463,7 @@ def _restore(state: dict[str, Any], recipe: Recipe, model: nn.Module, engine: En
     r = dist_utils.rank()
     trainer.resume_from = {**ts, "rng": rngs[r] if r < len(rngs) else rngs[0]}
     cycles.extend(state["cycles"])
-    if rundir.write:
-        with open(rundir.file("metrics.jsonl"), "r+b") as f:  # drop what was logged after the saved state
-            f.truncate(state["metrics_bytes"])
+    rundir.truncate_metrics(state["metrics_bytes"])  # drop what was logged after the saved state
     return ts["cycle"]
 
 
