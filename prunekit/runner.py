@@ -585,7 +585,7 @@ def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.
     missing or corrupt adapter file) raises :class:`PrunekitError` naming the file and what is wrong with it.
     """
     rd = RunDir(run_dir)
-    recipe = _run_recipe(rd)
+    recipe = _recipe_of_run(rd)
     done = [m for m in _run_metrics(rd) if m.get("type") == "cycle"]
     if not done:
         raise PrunekitError(f"{run_dir}: no finished cycle recorded in metrics.jsonl")
@@ -625,7 +625,7 @@ def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.
     return recipe, model, rec
 
 
-def _run_recipe(rd: RunDir) -> Recipe:
+def _recipe_of_run(rd: RunDir) -> Recipe:
     """The recipe a run directory was trained with, validated as any recipe is."""
     from .recipe import parse_section, read_yaml
 
