@@ -40,7 +40,7 @@ from prunekit.rundir import MARKER, RunDir, save_safetensors, written_by_pruneki
 from prunekit.runlock import LOCK_FILE, RunLockedError, holder_of
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16,
+TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,
               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
 
 
