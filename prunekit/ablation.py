@@ -22,6 +22,9 @@ smaller cells; ``tests/test_ablation.py`` checks that a shorter run equals the p
 
 Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
 again (resume), and ``--jobs N`` runs cells in N processes.
+
+Over 300 lines: the grid file, its cells, running them and the tables they fill are one command (plots are in
+ablation_plots.py).
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ from typing import Any, Optional
 
 import yaml
 
-from .recipe import SEED_MAX, RecipeError, _help, load_recipe, parse_section, read_yaml
+from .config import option, parse_section
+from .errors import RecipeError
+from .recipe import SEED_MAX, Recipe, load_recipe, read_yaml, recipe_to_dict
 from .registry import PrunekitError
 from .report import markdown_table
 from .rundir import RunDir, atomic_write_text
@@ -50,37 +55,38 @@ VANILLA = "vanilla_adapters"
 
 @dataclass
 class GridSection:
-    strategies: list[str] = field(**_help("strategies to compare (rows)", default_factory=lambda: ["tina"]))
-    sigma_targets: list[float] = field(**_help("compression targets (columns)", default_factory=lambda: [64.0]))
-    seeds: list[int] = field(**_help("seeds; tables show mean +- std over them", default_factory=lambda: [0]))
-    sigma0: float = field(**_help("starting compression of iterative strategies (method.sigma)", default=32.0))
-    vanilla_adapters: bool = field(**_help("add the 'vanilla adapters' row: adapters at sigma, no pruning",
-                                           default=True))
+    strategies: list[str] = field(**option("strategies to compare (rows)", default_factory=lambda: ["tina"]))
+    sigma_targets: list[float] = field(**option("compression targets (columns)", default_factory=lambda: [64.0]))
+    seeds: list[int] = field(**option("seeds; tables show mean +- std over them", default_factory=lambda: [0]))
+    sigma0: float = field(**option("starting compression of iterative strategies (method.sigma)", default=32.0))
+    vanilla_adapters: bool = field(**option("add the 'vanilla adapters' row: adapters at sigma, no pruning",
+                                            default=True))
 
 
 @dataclass
 class BaselineSection:
-    label: str = field(**_help("row label", default="baseline"))
-    method: dict = field(**_help("the method section of the cell's recipe", default_factory=lambda: {"name": "linear"}))
+    label: str = field(**option("row label", default="baseline"))
+    method: dict = field(**option("the method section of the cell's recipe",
+                                  default_factory=lambda: {"name": "linear"}))
 
 
 @dataclass
 class PlotSection:
-    widths_sigma: Optional[float] = field(**_help("sigma of the local-vs-global neurons-per-adapter plot (default: "
-                                                  "the largest target)", default=None))
-    local_strategy: str = field(**_help("strategy shown as 'local' in that plot", default="local_l1"))
-    global_strategy: str = field(**_help("strategy shown as 'global' in that plot", default="tina"))
+    widths_sigma: Optional[float] = field(**option("sigma of the local-vs-global neurons-per-adapter plot (default: "
+                                                   "the largest target)", default=None))
+    local_strategy: str = field(**option("strategy shown as 'local' in that plot", default="local_l1"))
+    global_strategy: str = field(**option("strategy shown as 'global' in that plot", default="tina"))
 
 
 @dataclass
 class AblationSpec:
-    name: str = field(**_help("ablation name (default: the file name)", default="ablation"))
-    description: str = field(**_help("free text", default=""))
-    base: str = field(**_help("recipe every cell starts from, relative to this file", default="quickstart.yaml"))
-    set: list[str] = field(**_help("key=value overrides for every cell", default_factory=list))
-    grid: GridSection = field(**_help("the strategies x sigma x seeds grid", default_factory=GridSection))
-    baselines: list[dict] = field(**_help("parameter-matched baselines: label + method", default_factory=list))
-    plots: dict = field(**_help("which strategies the neurons-per-adapter plot compares", default_factory=dict))
+    name: str = field(**option("ablation name (default: the file name)", default="ablation"))
+    description: str = field(**option("free text", default=""))
+    base: str = field(**option("recipe every cell starts from, relative to this file", default="quickstart.yaml"))
+    set: list[str] = field(**option("key=value overrides for every cell", default_factory=list))
+    grid: GridSection = field(**option("the strategies x sigma x seeds grid", default_factory=GridSection))
+    baselines: list[dict] = field(**option("parameter-matched baselines: label + method", default_factory=list))
+    plots: dict = field(**option("which strategies the neurons-per-adapter plot compares", default_factory=dict))
     source: Optional[str] = field(default=None, metadata={"help": "file read", "internal": True})
 
     def __post_init__(self):
@@ -197,15 +203,13 @@ def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool
     Both sides go through the current schema, so a key added to prunekit since (with its default) does not make a
     finished cell stale.
     """
-    from .recipe import Recipe, parse_section, recipe_to_dict
-
     if not (run_dir / RunDir.DONE).exists():
         return False
     try:
-        done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")))
+        done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")), resolved=False)
     except PrunekitError:  # unreadable or stale: the cell runs again
         return False
-    return done == recipe_to_dict(load_recipe(base, overrides))
+    return done == recipe_to_dict(load_recipe(base, overrides), resolved=False)  # `resolved` follows from the rest
 
 
 def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
@@ -213,7 +217,7 @@ def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
     import torch
 
     from .progress import ProgressReporter, make_console
-    from .runner import run_recipe
+    from .run import run_recipe
 
     if threads:
         torch.set_num_threads(threads)
@@ -225,7 +229,7 @@ def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
 def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> dict[str, Any]:
     """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots."""
     from .progress import ProgressReporter, make_console
-    from .runner import _resolve_checkpoint, check_recipe
+    from .run import check_recipe, ensure_checkpoint, run_recipe
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
@@ -242,7 +246,7 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     # a missing backbone is pretrained once, here, not by every worker at the same time
-    _resolve_checkpoint(base_recipe, runs, ProgressReporter(console=make_console(quiet=False)))
+    ensure_checkpoint(base_recipe, runs, ProgressReporter(console=make_console(quiet=False)), run=run_recipe)
     todo = [c for c in cells if not _finished_as_planned(runs / c.run_id, base, c.overrides)]
     log(f"ablation {spec.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run"
         f" ({jobs} process{'es' if jobs > 1 else ''}) -> {out}")

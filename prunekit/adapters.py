@@ -34,6 +34,9 @@ sub-layer (a ConvNeXt block, a conv) outputs channels first, ``(B, C, H, W)``: d
 Anything else (a 3-D ``(B, C, L)`` conv output, a tuple, an output without a C-wide axis, a parallel adapter whose
 input layout differs from the output's) raises :class:`AdapterLayoutError` naming the module and its layout, before
 the model is touched.
+
+Over 300 lines on purpose: injection, the two layouts and the removal of emptied adapters share the ``Adapter``
+class and its invariants (state-dict keys unchanged, an empty adapter is the identity).
 """
 from __future__ import annotations
 

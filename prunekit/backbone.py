@@ -1,34 +1,96 @@
-"""Backbones: any timm model, with hub weights (``pretrained: true``) or a checkpoint file, head sized for the task."""
+"""Backbones: any timm model or registered model builder, hub or checkpoint weights, a head sized for the task.
+
+``model.name`` is looked up in the model-builder registry first, then in timm, so timm's names stay the default and a
+package adds a model family with one :func:`register_model` call (or a ``prunekit.models`` entry point)::
+
+    register_model("tiny_mixer", build_tiny_mixer, description="4-block MLP-Mixer for 32 px images")
+
+    def build_tiny_mixer(cfg, num_classes, pretrained):   # cfg: the recipe's model section
+        return MyMixer(img_size=cfg.img_size, in_chans=cfg.in_chans, num_classes=num_classes, **cfg.kwargs)
+"""
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .params import head_names
-from .registry import PrunekitError
+from .registry import PrunekitError, Registry
 
-__all__ = ["check_model_name", "create_backbone", "load_checkpoint_file", "load_backbone_weights", "normalization"]
+__all__ = ["ModelBuilder", "MODELS", "register_model", "check_model_name", "create_backbone", "load_checkpoint_file",
+           "load_backbone_weights", "normalization"]
+
+BuildFn = Callable[[Any, int, bool], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """A model family that ``model.name`` can name besides timm's.
+
+    Attributes:
+        name: the name recipes use.
+        build: ``build(cfg, num_classes, pretrained) -> nn.Module``; ``cfg`` is the recipe's ``model`` section
+            (``img_size``, ``in_chans``, ``kwargs`` ...), the classifier head has ``num_classes`` outputs, and
+            ``pretrained`` asks for the builder's own pretrained weights (raise :class:`PrunekitError` if it has none).
+        description: one line for ``prunekit list models``.
+        mean, std: per-channel normalisation the model expects (the data is normalised with it).
+    """
+
+    name: str
+    build: BuildFn
+    description: str = ""
+    mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
+
+
+MODELS: Registry[ModelBuilder] = Registry("model builder", entry_point_group="prunekit.models")
+
+
+def register_model(name: str, build: BuildFn | None = None, *, description: str = "",
+                   mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN),
+                   std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD), overwrite: bool = False):
+    """Let ``model.name: <name>`` build with ``build`` (used bare or as a decorator); see :class:`ModelBuilder`."""
+    def deco(fn: BuildFn) -> BuildFn:
+        MODELS.register(name, ModelBuilder(name, fn, description, tuple(mean), tuple(std)), overwrite=overwrite)
+        return fn
+
+    return deco if build is None else deco(build)
 
 
 def _unknown_model(name: str) -> PrunekitError:
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    builders = MODELS.names()
+    close = difflib.get_close_matches(name, builders + timm.list_models(), n=3, cutoff=0.6)
     hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return PrunekitError(f"model.name: unknown timm model {name!r};{hint} see timm.list_models()")
+    extra = f", or a registered model builder ({', '.join(builders)})" if builders else ""
+    return PrunekitError(f"model.name: unknown timm model {name!r};{hint} see timm.list_models(){extra}")
 
 
 def check_model_name(name: str) -> None:
-    """Raise a did-you-mean error for a name timm does not know."""
-    if not timm.is_model(name):
+    """Raise a did-you-mean error for a name that is neither a registered builder nor a timm model."""
+    if name not in MODELS and not timm.is_model(name):
         raise _unknown_model(name)
 
 
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) model ``name`` expects: its builder's, timm's pretrained config's, or ImageNet's."""
+    if name in MODELS:
+        builder = MODELS.get(name)
+        return builder.mean, builder.std
+    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None:
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def create_backbone(cfg, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """``timm.create_model`` for a recipe's ``model`` section; weights from the hub or ``cfg.checkpoint``.
+    """The model of a recipe's ``model`` section: its registered builder's, else ``timm.create_model``'s (weights
+    from the hub; ``cfg.checkpoint`` is loaded by the caller).
 
     Args:
         cfg: the recipe's model section.
@@ -37,6 +99,8 @@ def create_backbone(cfg, num_classes: int, pretrained: bool | None = None) -> nn
     """
     check_model_name(cfg.name)
     pretrained = cfg.pretrained if pretrained is None else pretrained
+    if cfg.name in MODELS:
+        return _build_registered(MODELS.get(cfg.name), cfg, num_classes, pretrained)
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     kwargs.setdefault("in_chans", cfg.in_chans)
     default_size = timm.get_pretrained_cfg_value(cfg.name, "input_size")
@@ -126,7 +190,9 @@ def load_backbone_weights(model: nn.Module, state_dict: dict[str, torch.Tensor],
     model.load_state_dict(sd, strict=False)
 
 
-def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the backbone expects (timm's pretrained config; ImageNet's otherwise)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+def _build_registered(builder: ModelBuilder, cfg, num_classes: int, pretrained: bool) -> nn.Module:
+    model = builder.build(cfg, num_classes, pretrained)
+    if not isinstance(model, nn.Module):
+        raise PrunekitError(f"model.name: builder {builder.name!r} returned a {type(model).__name__}, not an "
+                            "nn.Module")
+    return model

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
+from .errors import PrunekitError
 from .progress import ProgressReporter, make_console
 from .recipe import load_recipe
-from .registry import PrunekitError
 from .shipped import builtin_recipes, builtin_recipes_dir, find_recipe
 
-LISTABLE = ("strategies", "scorers", "methods", "datasets", "recipes", "scopes")
+LISTABLE = ("strategies", "scorers", "scopes", "methods", "datasets", "models", "recipes")
 EXIT_BAD_INPUT = 2  # a user's mistake: an `error: ...` line, nothing written
 EXIT_MISMATCH = 3  # `prunekit eval`: the re-measured top-1 is not the recorded one
 
@@ -68,18 +68,14 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
     prunekit run --resume runs/quickstart          continue after a crash or a kill
     torchrun --nproc_per_node=2 -m prunekit run RECIPE   data-parallel (see docs/distributed.md)
     """
-    from .runner import RunFinished, run_recipe
+    from .run import RunFinished, end_processes, recipe_to_resume, run_recipe
 
     if resume_dir is not None:
         if recipe or overrides or out or dry_run or overwrite:
             given = [n for n, v in (("RECIPE", recipe), ("--set", overrides), ("--out", out), ("--dry-run", dry_run),
                                     ("--overwrite", overwrite)) if v]
             raise PrunekitError(f"--resume: continues the run with the recipe it started with; drop {', '.join(given)}")
-        from .rundir import RunDir
-
-        run_dir = RunDir(resume_dir)
-        run_dir.require_run("--resume: ")  # before reading anything in a folder prunekit did not make
-        r = load_recipe(run_dir.resolved_recipe("--resume: "))
+        r = recipe_to_resume(resume_dir)
         reporter = ProgressReporter(console=make_console(quiet=quiet))
         try:
             result = run_recipe(r, out=resume_dir, reporter=reporter, resume=True)
@@ -92,21 +88,16 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
         result = _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet)
         if result is None:
             return
-    from .distributed import is_main, shutdown
-
-    shutdown()
-    if not is_main():
+    if not end_processes():
         return  # under torchrun, rank 0 alone prints the result
     if quiet:
-        from .report import COLUMNS, cycle_rows, markdown_table
-
-        click.echo(markdown_table(COLUMNS, cycle_rows(result.cycles)))
+        click.echo(result.table())
     click.echo(f"run directory: {result.run_dir}")
 
 
 def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
     """``prunekit run RECIPE``: the run's result, or None after a dry run (which only prints)."""
-    from .runner import dry_run as plan_run, run_recipe
+    from .run import dry_run as plan_run, run_recipe
 
     r = load_recipe(find_recipe(recipe), list(overrides))
     if dry_run:
@@ -132,54 +123,35 @@ def inspect(recipe, overrides):
     """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
     from rich.table import Table
 
-    from .graph import adapter_groups
-    from .params import count_parameters
-    from .report import short_group_name
-    from .runner import build_model, check_recipe, example_inputs, num_classes_for
+    from .run import inspect_recipe
 
     r = load_recipe(find_recipe(recipe), list(overrides))
-    check_recipe(r)
-    model = build_model(r, num_classes_for(r), random_weights=True)
-    groups = adapter_groups(model, example_inputs(r))
+    info = inspect_recipe(r)
     table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}")
     for col in ("#", "adapter", "m (fan)", "n (width)", "sigma_i", "params"):
         table.add_column(col, justify="right" if col != "adapter" else "left")
-    for i, g in enumerate(groups):
-        params = sum(p.numel() for m in g.modules for p in m.parameters(recurse=False))
-        table.add_row(str(i), short_group_name(g.name), str(g.fan), str(g.width), f"{g.fan / g.width:.1f}",
-                      f"{params:,}")
+    for i, g in enumerate(info.groups):
+        table.add_row(str(i), g.name, str(g.fan), str(g.width), f"{g.fan / g.width:.1f}", f"{g.params:,}")
     console = make_console()
     console.print(table)
-    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    console.print(f"groups: {len(groups)}  neurons: {sum(g.width for g in groups)}  "
+    total, trainable = info.total_params, info.trainable_params
+    console.print(f"groups: {len(info.groups)}  neurons: {sum(g.width for g in info.groups)}  "
                   f"trainable: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
 
 @main.command("list")
 @click.argument("what", type=click.Choice(LISTABLE))
 def list_(what):
-    """What can be named in a recipe: strategies, scorers, scopes, methods, datasets, recipes."""
-    from .data import DATASETS
-    from .methods import METHODS
-    from .scopes import SCOPES
-    from .scorers import SCORERS
-    from .strategy import list_strategies
+    """What can be named in a recipe: strategies, scorers, scopes, methods, datasets, models, recipes.
 
-    if what == "strategies":
-        for s in list_strategies():
-            click.echo(f"{s.name:<28} {s.scorer} / {s.scope} / {s.mode}: {s.description}")
-    elif what == "scorers":
-        for name, fn in SCORERS.items():
-            click.echo(f"{name:<22} {(fn.__doc__ or '').strip().splitlines()[0]}")
-    elif what == "scopes":
-        for name, fn in SCOPES.items():
-            click.echo(f"{name:<10} {(fn.__doc__ or '').strip().splitlines()[0]}")
-    elif what == "methods":
-        for name, m in METHODS.items():
-            click.echo(f"{name:<20} {'prunable' if m.prunable else '        '}  {m.description}")
-    elif what == "datasets":
-        for name, info in DATASETS.items():
-            click.echo(f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}")
+    Entries that installed packages add (entry points prunekit.strategies, .scorers, .scopes, .methods, .datasets,
+    .models) are listed with the built-in ones.
+    """
+    from .run import catalog
+
+    if what != "recipes":
+        for line in catalog(what):
+            click.echo(line)
     else:
         click.echo("built-in (`prunekit run NAME` from any folder):")
         for p in builtin_recipes().values():
@@ -215,12 +187,9 @@ def params(model_name, classes, methods, img_size, paper):
     """Trainable parameters and % of the total of every method on one backbone."""
     from rich.table import Table
 
-    from .methods import METHODS
-    from .methods.table import param_table
+    from .run import param_rows
 
-    for m in methods:
-        METHODS.get(m)  # did-you-mean for a typo
-    rows = param_table(model_name, classes, list(methods) or None, img_size, int(paper) if paper else None)
+    rows = param_rows(model_name, classes, list(methods), img_size, int(paper) if paper else None)
     table = Table(title=f"{model_name}, {classes} classes: trainable parameters")
     for col in ("method", "name", "trainable", "% of total") + (("paper (M)",) if paper else ()):
         table.add_column(col, justify="left" if col in ("method", "name") else "right", no_wrap=True)
@@ -260,7 +229,7 @@ def eval_(run_dir, cycle, as_json):
     Exit codes: 0 the re-measured top-1 matches the recorded one; 3 it does not (MISMATCH; with --json, "match":
     false); 2 RUN_DIR or its files cannot be used (error: ... says which); 1 an unexpected failure (a bug).
     """
-    from .runner import evaluate_run
+    from .run import evaluate_run
 
     res = evaluate_run(run_dir, cycle)
     if as_json:

@@ -1,35 +1,25 @@
-"""Name -> object registries with did-you-mean errors.
+"""Name -> object registries with did-you-mean errors, open to other packages through entry points.
 
-Scorers, scopes and strategies are registered by name so that recipes and the CLI can refer to them as strings, and
-so that a user can add their own with one call. A duplicate name raises instead of silently replacing an entry, and an
-unknown name raises with the closest registered names (unlike timm's bare ``Unknown model (%s)``).
+Scorers, scopes, strategies, methods, datasets and model builders are registered by name so that recipes and the CLI
+can refer to them as strings, and so that a user can add their own with one ``register_*`` call (or, from an
+installed package, an entry point in the matching ``prunekit.*`` group). A duplicate name raises instead of silently
+replacing an entry, and an unknown name raises with the closest registered names (unlike timm's bare
+``Unknown model (%s)``). Where a recipe may name a function, :func:`import_object` also takes a
+``package.module:function`` path to the user's own code.
+
+The error types live in :mod:`prunekit.errors` (re-exported here, where they used to be defined).
 """
 from __future__ import annotations
 
-import difflib
+import importlib
 from importlib import metadata
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from .errors import PrunekitError, UnknownNameError, did_you_mean
+
+__all__ = ["Registry", "import_object", "is_import_path", "PrunekitError", "UnknownNameError", "did_you_mean"]
 
 T = TypeVar("T")
-
-
-class PrunekitError(Exception):
-    """Base class of the errors prunekit raises on bad input."""
-
-
-class UnknownNameError(PrunekitError, KeyError):
-    """A name that is not registered; the message lists close matches and everything allowed."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
-    """A ``did you mean 'x'?`` clause for an error message, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
-    if not close:
-        return ""
-    return " did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 class Registry(Generic[T]):
@@ -41,11 +31,14 @@ class Registry(Generic[T]):
             the registry is read, so a third-party package can add entries by being installed.
         load_builtins: optional callable that registers the built-in entries, called the first time the registry is
             read (before the entry points).
+        import_paths: whether :meth:`get` also takes a ``package.module:function`` path (registries of functions:
+            scorers, scopes), importing it with :func:`import_object`.
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None,
-                 load_builtins: Callable[[], None] | None = None):
+                 load_builtins: Callable[[], None] | None = None, import_paths: bool = False):
         self.kind = kind
+        self.import_paths = import_paths
         self.entry_point_group = entry_point_group
         self._load_builtins = load_builtins
         self._entries: dict[str, T] = {}
@@ -86,7 +79,10 @@ class Registry(Generic[T]):
                 warnings.warn(f"could not load {self.kind} entry point {ep.name!r} ({ep.value}): {e}", stacklevel=2)
 
     def get(self, name: str) -> T:
-        """The entry called ``name``; raises :class:`UnknownNameError` with close matches."""
+        """The entry called ``name`` (or, with ``import_paths``, the function at a ``module:function`` path); raises
+        :class:`UnknownNameError` with close matches, or :class:`PrunekitError` for a path that does not import."""
+        if self.import_paths and is_import_path(name):
+            return import_object(name, self.kind)
         self._load_entry_points()
         try:
             return self._entries[name]
@@ -114,8 +110,41 @@ class Registry(Generic[T]):
         return [(n, self._entries[n]) for n in self.names()]
 
 
-def resolve(value: str | Callable, registry: Registry) -> Callable:
-    """A registered name or a callable given directly (the user's own function)."""
-    if callable(value):
-        return value
-    return registry.get(value)
+def is_import_path(value: object) -> bool:
+    """Whether ``value`` is a ``package.module:attribute`` path rather than a registered name."""
+    return isinstance(value, str) and ":" in value
+
+
+def import_object(path: str, kind: str = "object") -> Any:
+    """The callable at ``package.module:attribute`` (``attribute`` may be dotted); imports the module.
+
+    Args:
+        path: the path, e.g. ``'my_pkg.scores:weight_norm'``.
+        kind: what the object is for, in messages (``scorer``).
+
+    Raises:
+        PrunekitError: naming the path and why it failed (no such module, no such attribute, an error while
+            importing, not callable); the caller prefixes the key that held it (``strategy.scorer: ...``).
+    """
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise PrunekitError(f"{path!r} is not a 'package.module:function' path (a module and a {kind} joined by ':')")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = f"no module named {e.name!r}" if e.name else str(e)
+        raise PrunekitError(f"cannot import {kind} {path!r}: {missing} (is its package installed, or its folder on "
+                            "PYTHONPATH?)") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so, in one line
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PrunekitError(f"cannot import {kind} {path!r}: importing {module_name!r} raised "
+                            f"{type(e).__name__}: {detail}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n))]
+            raise PrunekitError(f"cannot import {kind} {path!r}: {module_name!r} has no attribute {part!r};"
+                                f"{did_you_mean(part, names)}".rstrip(";"))
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise PrunekitError(f"{kind} {path!r} is a {type(obj).__name__}, not a callable")
+    return obj

@@ -19,6 +19,9 @@ prunekit deletes or replaces only what it can prove it wrote. A folder is a run 
 their temporary files); any other file inside makes it refuse. A folder without the marker (a project folder, a run
 of an older prunekit) is never written into unless it is empty. In a distributed run only rank 0 holds a writing
 ``RunDir``.
+
+One module of some 500 lines on purpose: the marker, the manifest, the lock and the atomic writes are one safety
+rule, and every write path goes through the same checks only while they live together.
 """
 from __future__ import annotations
 

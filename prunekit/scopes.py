@@ -30,7 +30,7 @@ class Scope(Protocol):
     def __call__(self, scores: Mapping[str, torch.Tensor], fraction: float) -> Plan: ...
 
 
-SCOPES: Registry[Scope] = Registry("scope")
+SCOPES: Registry[Scope] = Registry("scope", entry_point_group="prunekit.scopes", import_paths=True)
 
 
 def register_scope(name: str, fn: Scope | None = None, *, overwrite: bool = False):

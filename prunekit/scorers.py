@@ -61,7 +61,7 @@ class Scorer(Protocol):
     def __call__(self, group: Group, stats: ScoreStats) -> torch.Tensor: ...
 
 
-SCORERS: Registry[Scorer] = Registry("scorer")
+SCORERS: Registry[Scorer] = Registry("scorer", entry_point_group="prunekit.scorers", import_paths=True)
 
 
 def register_scorer(name: str, fn: Scorer | None = None, *, overwrite: bool = False):

@@ -136,11 +136,22 @@ ROWS = [
     Row("unknown-strategy", ["run", "{row_recipe}", *OUT],
         ["strategy.name: unknown strategy 'tian'; did you mean 'tina'?", "allowed: ", "local_l1", "(or 'none')"],
         patch={"strategy": {"name": "tian"}}),
-    # 9. scorers: a recipe picks one through its strategy (StrategySection has no scorer key, so naming one is an
-    # unknown key); a plug-in strategy may name an unregistered scorer; `prunekit list` refuses a misspelt kind.
-    Row("scorer-in-recipe", ["run", "{row_recipe}", *OUT],
-        ["strategy.scorer: unknown key;", "allowed in strategy: name, rho, sigma_target"],
-        patch={"strategy": {"scorer": "tina"}}),
+    # 9. scorers and scopes: a recipe may replace its strategy's (a registered name or a module:function path,
+    # imported while checking); a plug-in strategy may name an unregistered scorer; `prunekit list` refuses a
+    # misspelt kind.
+    Row("scorer-unknown-in-recipe", ["run", "{row_recipe}", *OUT],
+        ["strategy.scorer: unknown scorer 'tinna'; did you mean 'tina'?", "allowed: coupled_l1"],
+        patch={"strategy": {"scorer": "tinna"}}),
+    Row("scorer-path-not-importable",
+        ["run", "{recipe}", "--set", "strategy.scorer=no_such_pkg.scores:weight_norm", *OUT],
+        ["strategy.scorer: cannot import scorer 'no_such_pkg.scores:weight_norm': no module named 'no_such_pkg'"]),
+    Row("scorer-path-no-function", ["run", "{recipe}", "--set", "strategy.scorer=prunekit.scorers:tinna", "--dry-run"],
+        ["strategy.scorer: cannot import scorer 'prunekit.scorers:tinna': 'prunekit.scorers' has no attribute "
+         "'tinna'; did you mean 'tina'?"]),
+    Row("scope-unknown-in-recipe", ["run", "{recipe}", "--set", "strategy.scope=globl", *OUT],
+        ["strategy.scope: unknown scope 'globl'; did you mean 'global'", "allowed: global, local"]),
+    Row("mode-unknown-in-recipe", ["run", "{recipe}", "--set", "strategy.mode=oneshoot", *OUT],
+        ["strategy.mode: expected 'iterative' or 'oneshot', got 'oneshoot'; did you mean 'oneshot'?"]),
     Row("plugin-strategy-unknown-scorer", ["run", "{recipe}", "--set", "strategy.name=plugin_typo", *OUT],
         ["strategy.name: strategy 'plugin_typo' names an unknown scorer 'tinna'; did you mean 'tina'?",
          "allowed: coupled_l1"], setup=plugin_with_unknown_scorer),

@@ -75,7 +75,7 @@ def unfinished_run(recipe: Path, out: Path) -> None:
         def stop(*args, **kwargs):
             raise Stop()
 
-        mp.setattr("prunekit.runner.write_report", stop)
+        mp.setattr("prunekit.run.record.write_report", stop)
         res = cli("run", recipe, "--out", out, "--quiet")
     assert isinstance(res.exception, Stop), res.output
     assert (out / STATE_FILE).is_file() and not (out / "DONE").exists()
@@ -348,9 +348,9 @@ HOLD = textwrap.dedent("""
     # `prunekit run` that stops after the first resume.pt until the file GO exists (READY says it got there)
     import sys, time
     from pathlib import Path
-    import prunekit.runner as runner
+    import prunekit.run.resuming as resuming
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
-    original = runner.save_state
+    original = resuming.save_state
     def save_state(path, state):
         n = original(path, state)
         if not ready.exists():
@@ -359,7 +359,7 @@ HOLD = textwrap.dedent("""
             while not go.exists() and time.time() < deadline:
                 time.sleep(0.05)
         return n
-    runner.save_state = save_state
+    resuming.save_state = save_state
     from prunekit.cli import main
     main(sys.argv[3:], prog_name="prunekit")
 """)

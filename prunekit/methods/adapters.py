@@ -8,20 +8,20 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..adapters import DEFAULT_TARGETS, AdapterConfig, inject_adapters
+from ..config import option
 from ..params import mark_trainable
-from ..recipe import _help
 from .base import Method, register_method
 
 
 @dataclass
 class AdaptersConfig:
-    sigma: Optional[float] = field(**_help("compression m_i / n_i of every adapter (TINA starts at 32)", default=32.0))
-    hidden: Optional[int] = field(**_help("a fixed width n_i for every adapter instead of sigma (47, 23, 1 in the "
-                                          "paper)", default=None))
-    targets: list[str] = field(**_help("glob patterns of the sub-layers to wrap", default_factory=lambda: list(
+    sigma: Optional[float] = field(**option("compression m_i / n_i of every adapter (TINA starts at 32)", default=32.0))
+    hidden: Optional[int] = field(**option("a fixed width n_i for every adapter instead of sigma (47, 23, 1 in the "
+                                           "paper)", default=None))
+    targets: list[str] = field(**option("glob patterns of the sub-layers to wrap", default_factory=lambda: list(
         DEFAULT_TARGETS)))
-    act_layer: str = field(**_help("activation inside the adapter", default="gelu"))
-    bias: bool = field(**_help("biases in down and up", default=True))
+    act_layer: str = field(**option("activation inside the adapter", default="gelu"))
+    bias: bool = field(**option("biases in down and up", default=True))
 
     def adapter_config(self, kind: str = "series", scale: float = 1.0) -> AdapterConfig:
         return AdapterConfig(sigma=self.sigma, hidden=self.hidden, kind=kind, targets=tuple(self.targets),
@@ -33,7 +33,7 @@ class AdaptersConfig:
 
 @dataclass
 class ParallelAdaptersConfig(AdaptersConfig):
-    scale: float = field(**_help("output scale s of the parallel branch", default=1.0))
+    scale: float = field(**option("output scale s of the parallel branch", default=1.0))
 
 
 def apply_series(model, config: AdaptersConfig) -> None:

@@ -10,21 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..adapters import AdapterConfig, inject_adapters
+from ..config import option
+from ..errors import ConfigError
 from ..params import mark_trainable
-from ..recipe import RecipeError, _help
 from .base import Method, register_method
 
 
 @dataclass
 class AdaptFormerConfig:
-    hidden: int = field(**_help("bottleneck width (AdaptFormer-64 / -256)", default=64))
-    scale: float = field(**_help("s, the scale on the branch's output", default=0.1))
-    targets: list[str] = field(**_help("glob patterns of the MLP sub-layers", default_factory=lambda: [
+    hidden: int = field(**option("bottleneck width (AdaptFormer-64 / -256)", default=64))
+    scale: float = field(**option("s, the scale on the branch's output", default=0.1))
+    targets: list[str] = field(**option("glob patterns of the MLP sub-layers", default_factory=lambda: [
         "*blocks.*.mlp"]))
 
     def __post_init__(self):
         if self.hidden < 1:
-            raise RecipeError(f"method.hidden: expected an integer >= 1, got {self.hidden}")
+            raise ConfigError(f"method.hidden: expected an integer >= 1, got {self.hidden}")
 
 
 def apply(model, config: AdaptFormerConfig) -> None:

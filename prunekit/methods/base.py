@@ -6,7 +6,8 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..recipe import RecipeError, parse_section
+from ..config import parse_section
+from ..errors import ConfigError
 from ..registry import Registry
 
 
@@ -38,7 +39,7 @@ class Method:
         return parse_section(self.config_cls, {k: v for k, v in section.items() if k != "name"}, path)
 
 
-METHODS: Registry[Method] = Registry("method")
+METHODS: Registry[Method] = Registry("method", entry_point_group="prunekit.methods")
 
 
 def register_method(method: Method, *, overwrite: bool = False) -> Method:
@@ -55,5 +56,5 @@ def build_method(section: Mapping[str, Any]) -> tuple[Method, Any]:
     try:
         method = get_method(name)
     except KeyError as e:
-        raise RecipeError(f"method.name: {e}") from None
+        raise ConfigError(f"method.name: {e}") from None
     return method, method.parse_config(section)

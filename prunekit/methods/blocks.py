@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..adapters import match_modules
+from ..config import option
 from ..params import mark_trainable
-from ..recipe import _help
 from .base import Method, register_method
 
 
 @dataclass
 class AttnBlocksConfig:
-    targets: list[str] = field(**_help("glob patterns of the attention sub-layers", default_factory=lambda: [
+    targets: list[str] = field(**option("glob patterns of the attention sub-layers", default_factory=lambda: [
         "*blocks.*.attn"]))
 
 
 @dataclass
 class MlpBlocksConfig:
-    targets: list[str] = field(**_help("glob patterns of the MLP sub-layers", default_factory=lambda: [
+    targets: list[str] = field(**option("glob patterns of the MLP sub-layers", default_factory=lambda: [
         "*blocks.*.mlp"]))
 
 

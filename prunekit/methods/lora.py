@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from ..adapters import match_modules
+from ..config import option
+from ..errors import ConfigError
 from ..params import mark_trainable
-from ..recipe import RecipeError, _help
 from ..wrap import BaseLayerWrapper, set_submodule
 from .base import Method, register_method
 
@@ -64,18 +65,18 @@ class LoRAQKV(BaseLayerWrapper):
 
 @dataclass
 class LoRAConfig:
-    rank: int = field(**_help("r, the rank of every update (the paper's Table 10 picks 8)", default=8))
-    alpha: float = field(**_help("scaling numerator: updates are multiplied by alpha / rank", default=16.0))
-    parts: list[str] = field(**_help("which of q, k, v get an update", default_factory=lambda: ["q", "k"]))
-    targets: list[str] = field(**_help("glob patterns of the fused qkv projections", default_factory=lambda: [
+    rank: int = field(**option("r, the rank of every update (the paper's Table 10 picks 8)", default=8))
+    alpha: float = field(**option("scaling numerator: updates are multiplied by alpha / rank", default=16.0))
+    parts: list[str] = field(**option("which of q, k, v get an update", default_factory=lambda: ["q", "k"]))
+    targets: list[str] = field(**option("glob patterns of the fused qkv projections", default_factory=lambda: [
         "*blocks.*.attn.qkv", "*blocks.*.attn.base_layer.qkv"]))
 
     def __post_init__(self):
         if self.rank < 1:
-            raise RecipeError(f"method.rank: expected an integer >= 1, got {self.rank}")
+            raise ConfigError(f"method.rank: expected an integer >= 1, got {self.rank}")
         bad = [p for p in self.parts if p not in LoRAQKV.PARTS]
         if bad or not self.parts:
-            raise RecipeError(f"method.parts: expected a non-empty list of 'q', 'k', 'v', got {self.parts}")
+            raise ConfigError(f"method.parts: expected a non-empty list of 'q', 'k', 'v', got {self.parts}")
 
 
 def apply(model: nn.Module, config: LoRAConfig) -> None:
@@ -83,7 +84,7 @@ def apply(model: nn.Module, config: LoRAConfig) -> None:
     layers = {n: model.get_submodule(n) for n in names}
     bad = [n for n, m in layers.items() if not isinstance(m, nn.Linear) or m.out_features % 3]
     if bad:
-        raise RecipeError(f"method.targets: {bad[:3]} are not fused qkv Linear layers (out = 3 x d)")
+        raise ConfigError(f"method.targets: {bad[:3]} are not fused qkv Linear layers (out = 3 x d)")
     mark_trainable(model, adapters=False, head=True)
     for name, layer in layers.items():
         set_submodule(model, name, LoRAQKV(layer, config.rank, config.alpha, tuple(config.parts)))

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from ..adapters import DEFAULT_TARGETS, AdapterConfig, inject_adapters, match_modules, output_dim
+from ..config import option
+from ..errors import ConfigError
 from ..params import mark_trainable
-from ..recipe import RecipeError, _help
 from .base import Method, register_method
 
 
@@ -83,29 +84,29 @@ class PHMLinear(nn.Module):
 
 @dataclass
 class PHMConfig:
-    n: int = field(**_help("number of Kronecker summands; dims must be divisible by it (the paper: 12)", default=12))
-    sigma: Optional[float] = field(**_help("compression m_i / n_i of every adapter; the width is rounded up to a "
-                                           "multiple of n", default=32.0))
-    hidden: Optional[int] = field(**_help("a fixed width instead of sigma (rounded up to a multiple of n)",
-                                          default=None))
-    targets: list[str] = field(**_help("glob patterns of the sub-layers to wrap", default_factory=lambda: list(
+    n: int = field(**option("number of Kronecker summands; dims must be divisible by it (the paper: 12)", default=12))
+    sigma: Optional[float] = field(**option("compression m_i / n_i of every adapter; the width is rounded up to a "
+                                            "multiple of n", default=32.0))
+    hidden: Optional[int] = field(**option("a fixed width instead of sigma (rounded up to a multiple of n)",
+                                           default=None))
+    targets: list[str] = field(**option("glob patterns of the sub-layers to wrap", default_factory=lambda: list(
         DEFAULT_TARGETS)))
 
     def __post_init__(self):
         if self.n < 1:
-            raise RecipeError(f"method.n: expected an integer >= 1, got {self.n}")
+            raise ConfigError(f"method.n: expected an integer >= 1, got {self.n}")
         if self.hidden is not None:
             self.sigma = None
 
 
 @dataclass
 class CompacterConfig(PHMConfig):
-    rank: int = field(**_help("rank of the fast weights B_i = s_i t_i^T", default=1))
+    rank: int = field(**option("rank of the fast weights B_i = s_i t_i^T", default=1))
 
     def __post_init__(self):
         super().__post_init__()
         if self.rank < 1:
-            raise RecipeError(f"method.rank: expected an integer >= 1, got {self.rank}")
+            raise ConfigError(f"method.rank: expected an integer >= 1, got {self.rank}")
 
 
 def phm_width(dim: int, n: int, sigma: float | None, hidden: int | None) -> int:
@@ -118,7 +119,7 @@ def _inject(model: nn.Module, config: PHMConfig, rank: int | None) -> None:
     names = match_modules(model, config.targets)
     bad = [(name, d) for name in names if (d := output_dim(model.get_submodule(name))) % config.n]
     if bad:
-        raise RecipeError(f"method.n: {config.n} must divide every adapted width; {bad[0][0]} is {bad[0][1]} wide")
+        raise ConfigError(f"method.n: {config.n} must divide every adapted width; {bad[0][0]} is {bad[0][1]} wide")
     mark_trainable(model, adapters=False, head=True)
     ref = next(model.parameters())
     shared = None

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import option
+from ..errors import ConfigError, PrunekitError
 from ..params import mark_trainable
-from ..recipe import RecipeError, _help
-from ..registry import PrunekitError
 from ..wrap import BaseLayerWrapper, set_submodule
 from .base import Method, register_method
 
@@ -88,13 +88,13 @@ class PromptedWindowAttention(BaseLayerWrapper):
 
 @dataclass
 class VPTConfig:
-    tokens: int = field(**_help("number of prompt tokens N (the paper: 10 and 100)", default=10))
-    deep: bool = field(**_help("prompts before every layer (deep) instead of the first only (shallow)",
-                               default=False))
+    tokens: int = field(**option("number of prompt tokens N (the paper: 10 and 100)", default=10))
+    deep: bool = field(**option("prompts before every layer (deep) instead of the first only (shallow)",
+                                default=False))
 
     def __post_init__(self):
         if self.tokens < 1:
-            raise RecipeError(f"method.tokens: expected an integer >= 1, got {self.tokens}")
+            raise ConfigError(f"method.tokens: expected an integer >= 1, got {self.tokens}")
 
 
 def _patch_area(model: nn.Module) -> int:

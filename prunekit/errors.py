@@ -1,0 +1,39 @@
+"""The errors prunekit raises on bad input, and the did-you-mean clause of their messages.
+
+A leaf module: every layer (methods, datasets, the core, the run phases, the CLI) raises these without importing
+anything above it. The CLI turns any :class:`PrunekitError` into one ``error: ...`` line and exit code 2. A message
+names the field, the value and what is allowed (``train.lr: expected a float, got 'fast'``).
+"""
+from __future__ import annotations
+
+import difflib
+
+__all__ = ["PrunekitError", "UnknownNameError", "ConfigError", "RecipeError", "did_you_mean"]
+
+
+class PrunekitError(Exception):
+    """Base class of the errors prunekit raises on bad input."""
+
+
+class UnknownNameError(PrunekitError, KeyError):
+    """A name that is not registered; the message lists close matches and everything allowed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ConfigError(PrunekitError, ValueError):
+    """A configuration value that does not validate (a recipe key, a method's or an ablation's option); the message
+    starts with the key's path, e.g. ``method.rank: expected an integer >= 1, got 0``."""
+
+
+RecipeError = ConfigError
+"""The recipe parser's name for :class:`ConfigError` (one type: a method's config is a section of a recipe)."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
+    """A ``did you mean 'x'?`` clause for an error message, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    if not close:
+        return ""
+    return " did you mean " + " or ".join(repr(c) for c in close) + "?"

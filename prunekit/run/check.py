@@ -1,0 +1,122 @@
+"""Check: every name in a recipe resolved, with did-you-mean errors, before anything heavy happens.
+
+:func:`check_recipe` is the first step of every command that reads a recipe (run, dry run, inspect, eval). It returns
+the method with its validated config, set to the sigma the adapters are injected at (a one-shot strategy's start),
+and the strategy with the recipe's ``strategy.scorer`` / ``scope`` / ``mode`` in place of its own; it records what it
+derived in ``recipe.resolved``, which ``recipe.resolved.yaml`` then shows.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .. import distributed as dist_utils
+from ..backbone import check_model_name
+from ..data import DATASETS
+from ..errors import PrunekitError, RecipeError, UnknownNameError
+from ..methods import Method, build_method
+from ..recipe import Recipe, ResolvedSection
+from ..scopes import get_scope
+from ..scorers import get_scorer
+from ..strategy import Strategy, get_strategy
+
+__all__ = ["Checked", "check_recipe", "check_world", "STRATEGY_PARTS"]
+
+STRATEGY_PARTS = ("scorer", "scope", "mode")  # what a recipe may replace in its strategy
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A recipe's names, resolved.
+
+    Attributes:
+        method: the method of ``method.name``.
+        config: its config, with ``sigma`` (where it has one) at the value the adapters are injected at.
+        strategy: the strategy with the recipe's overrides; None for strategy 'none'.
+    """
+
+    method: Method
+    config: Any
+    strategy: Strategy | None
+
+
+def check_recipe(recipe: Recipe) -> Checked:
+    """Resolve every name in the recipe; fills ``recipe.resolved``.
+
+    Also refuses a method that freezes the backbone (``Method.freezes_backbone``) on random weights unless the recipe
+    says ``model.allow_random_backbone: true``.
+    """
+    check_model_name(recipe.model.name)
+    method, config = build_method(recipe.method)
+    strategy = _strategy(recipe, method, config)
+    try:
+        DATASETS.get(recipe.data.name)
+    except KeyError as e:
+        raise RecipeError(f"data.name: {e}") from None
+    _check_weights(recipe, method)
+    sigma = getattr(config, "sigma", None)
+    if strategy is not None and sigma is not None:
+        s = recipe.strategy
+        config = dataclasses.replace(config, sigma=strategy.initial_sigma(sigma, s.sigma_target, s.rho))
+    recipe.resolved = ResolvedSection(
+        method_sigma=getattr(config, "sigma", None),
+        scorer=None if strategy is None else _reference(strategy.scorer),
+        scope=None if strategy is None else _reference(strategy.scope),
+        mode=None if strategy is None else strategy.mode)
+    return Checked(method, config, strategy)
+
+
+def _strategy(recipe: Recipe, method: Method, config: Any) -> Strategy | None:
+    s = recipe.strategy
+    replaced = {k: getattr(s, k) for k in STRATEGY_PARTS if getattr(s, k) is not None}
+    if s.name == "none":
+        if replaced:
+            raise RecipeError(f"strategy.{next(iter(replaced))}: strategy 'none' prunes nothing; remove the key or "
+                              "name a strategy")
+        return None
+    try:
+        strategy = dataclasses.replace(get_strategy(s.name), **replaced)
+    except KeyError as e:
+        raise RecipeError(f"strategy.name: {e} (or 'none')") from None
+    for part, get in (("scorer", get_scorer), ("scope", get_scope)):
+        try:
+            get(getattr(strategy, part))  # a 'module:function' path is imported here
+        except PrunekitError as e:
+            if part in replaced:
+                raise RecipeError(f"strategy.{part}: {e}") from None
+            names = "names an " if isinstance(e, UnknownNameError) else ""  # a plug-in strategy's own part
+            raise RecipeError(f"strategy.name: strategy {strategy.name!r} {names}{e}") from None
+    if not method.prunable:
+        raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
+                          "prunable groups; use method adapters or parallel_adapters, or strategy 'none'")
+    sigma = getattr(config, "sigma", None)
+    if sigma is not None and strategy.mode == "iterative" and not s.sigma_target > sigma:
+        raise RecipeError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only raises "
+                          f"sigma), got {s.sigma_target:g}")
+    return strategy
+
+
+def _check_weights(recipe: Recipe, method: Method) -> None:
+    m = recipe.model
+    if method.freezes_backbone and not (m.checkpoint or m.pretrained or m.allow_random_backbone):
+        raise RecipeError(
+            f"model: method {method.name!r} freezes the backbone, but {m.name!r} would keep its random initial "
+            "weights (no model.checkpoint, model.pretrained: false): training on frozen random features is "
+            "meaningless. Set model.checkpoint (with model.pretrain to make it) or model.pretrained: true; or "
+            "model.allow_random_backbone: true to do it on purpose (tests, smoke runs)")
+
+
+def _reference(part: object) -> str:
+    """How a strategy part reads in ``recipe.resolved.yaml``: its name, or ``module:function`` for a callable."""
+    if isinstance(part, str):
+        return part
+    return f"{getattr(part, '__module__', '?')}:{getattr(part, '__qualname__', type(part).__name__)}"
+
+
+def check_world(recipe: Recipe) -> None:
+    """Under torchrun, the global batch must give every process at least one image."""
+    world = dist_utils.world_size()
+    if world > 1 and recipe.train.batch_size < world:
+        raise RecipeError(f"train.batch_size: the global batch ({recipe.train.batch_size}) must be at least the "
+                          f"number of processes ({world})")

@@ -1,0 +1,150 @@
+"""Record: the run directory of one run, from the check that it may be written to the ``DONE`` file.
+
+A :class:`RunRecord` is opened before anything heavy (its target checked, or a resumed run's state checked, see
+resuming.py), created only once every check has passed, written per epoch and per cycle while the run trains, and
+finished with the report, the plot, the optional whole-model checkpoint and ``DONE``. Under torchrun rank 0 alone
+writes; every rank holds a record, so every rank raises the same errors (:func:`on_main_rank`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+import yaml
+from torch import nn
+
+from .. import distributed as dist_utils
+from ..errors import PrunekitError
+from ..progress import ProgressReporter
+from ..recipe import Recipe, recipe_to_dict
+from ..report import COLUMNS, cycle_rows, markdown_table, plot_widths
+from ..resume import STATE_FILE
+from ..rundir import RunDir, run_directory
+from ..runlock import describe_holder
+from .checkpoint import save_checkpoint
+from .report import write_report
+
+__all__ = ["RunRecord", "RunResult", "RunFinished", "on_main_rank", "trained_state"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunResult:
+    """What a run leaves: its directory and one summary per training cycle (as in ``metrics.jsonl``)."""
+
+    run_dir: Path | None
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    backbone_bytes: int = 0
+
+    def table(self) -> str:
+        """The per-cycle summary as a markdown table (what ``prunekit run`` prints at the end)."""
+        return markdown_table(COLUMNS, cycle_rows(self.cycles))
+
+
+class RunFinished(PrunekitError):
+    """``--resume`` of a run that already finished: nothing to do."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} already finished (DONE is written); nothing to resume. `prunekit eval {path}` "
+                         "checks it; --overwrite with the recipe runs it again")
+        self.path = path
+
+
+def on_main_rank(fn: Callable[[], T], run_path: Path) -> T | None:
+    """``fn()`` on rank 0 alone; an error it raises is raised on every rank, so no rank waits for the others."""
+    result, error = None, None
+    if dist_utils.is_main():
+        try:
+            result = fn()
+        except PrunekitError as e:
+            error = e
+    failed = dist_utils.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise RunFinished(run_path) if failed[0] == "RunFinished" else PrunekitError(failed[1])
+    return result
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (adapters, head ...): what a cycle's ``.safetensors`` file holds."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+class RunRecord:
+    """The run directory of ``recipe`` (``out``, or ``output.dir / output.run_name``), writable on rank 0.
+
+    Args:
+        recipe: the checked recipe (``recipe.resolved`` filled); ``recipe.resolved.yaml`` is written from it.
+        out: the run directory, or None for the recipe's own.
+        cleanup: closes the directory when the run ends (removes temporary files of a failed write, releases the
+            lock).
+    """
+
+    def __init__(self, recipe: Recipe, out: str | Path | None, cleanup: contextlib.ExitStack):
+        self.recipe = recipe
+        self.path = Path(out) if out else run_directory(recipe.output.dir, recipe.output.run_name, recipe.name)
+        self.dir = RunDir(self.path, write=dist_utils.is_main())
+        cleanup.callback(self.dir.close)
+        self.resolved = recipe_to_dict(recipe)
+        self.cycles: list[dict[str, Any]] = []
+
+    def check_target(self, overwrite: bool) -> None:
+        """A new run may go here: says what is there and what to do otherwise (nothing is written)."""
+        on_main_rank(lambda: RunDir.check_target(self.path, overwrite), self.path)
+
+    def begin(self, overwrite: bool) -> None:
+        """Create the directory (every check has passed) and write ``recipe.resolved.yaml``."""
+        dist_utils.barrier()  # every rank has checked the run directory before rank 0 creates it
+        on_main_rank(lambda: self.dir.create(overwrite=overwrite), self.path)
+        self.dir.write_text("recipe.resolved.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
+
+    def log_taken_lock(self, reporter: ProgressReporter) -> None:
+        if self.dir.stale_lock:
+            reporter.log(f"took over the lock of a writer that no longer runs ({describe_holder(self.dir.stale_lock)})")
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        self.dir.append_metrics({"type": "epoch", **metrics})
+
+    def save_cycle(self, model: nn.Module, summary: dict[str, Any]) -> None:
+        """A finished cycle: its trained parameters (``output.save_adapters``) and its line in ``metrics.jsonl``."""
+        if self.recipe.output.save_adapters:
+            cycle = summary["cycle"]
+            path = self.dir.adapter_file(cycle)
+            nbytes = self.dir.save_tensors(path, trained_state(model), {
+                "recipe": self.recipe.name, "cycle": cycle, "widths": json.dumps(summary["widths"])})
+            summary.update(adapter_file=str(path.relative_to(self.dir.path)), adapter_bytes=nbytes)
+        self.cycles.append(summary)
+        self.dir.append_metrics(summary)
+
+    def save_plans(self, plans: list) -> None:
+        self.dir.save_plans(plans)
+
+    def finish(self, model: nn.Module, reporter: ProgressReporter, backbone_bytes: int, plot: bool) -> RunResult:
+        """Checkpoint, report, plot (``plot``: the run pruned), ``DONE``; ``resume.pt`` goes.
+
+        A checkpoint that could not go to ``output.save_checkpoint`` is kept in the run directory and its error
+        raised once the run is finished.
+        """
+        recipe, main_rank = self.recipe, dist_utils.is_main()
+        checkpoint_error = None
+        if recipe.output.save_checkpoint and main_rank:
+            checkpoint_error = save_checkpoint(recipe, model, self.dir, reporter)
+        result = RunResult(self.dir.path, self.cycles, backbone_bytes)
+        if main_rank:
+            write_report(self.dir, recipe, self.cycles, backbone_bytes)
+            if recipe.output.plot and plot:
+                with self.dir.writing("plots/neurons_per_adapter.png") as plot_path:
+                    plot_widths(self.cycles, plot_path, title=f"{recipe.name}: neurons per adapter")
+            self.dir.finish()
+            self.dir.remove(STATE_FILE)  # DONE is written: nothing left to resume
+        dist_utils.barrier()  # a checkpoint rank 0 wrote is on disk before any rank goes on to use it
+        reporter.log(result.table())
+        if checkpoint_error is not None:
+            raise checkpoint_error
+        return result

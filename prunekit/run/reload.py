@@ -1,0 +1,167 @@
+"""Reload: a run directory rebuilt into the model it trained, at any finished cycle, and its top-1 measured again.
+
+``prunekit eval`` goes through the same phases as the run: the recipe of ``recipe.resolved.yaml`` checked and built,
+the plans of ``plan.json`` replayed, the cycle's trained parameters loaded, the validation set loaded as the run
+loaded it. A damaged run directory (a truncated or edited file, a missing adapter file) is a named error.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..config import parse_section
+from ..errors import PrunekitError, RecipeError
+from ..plan import Plan, replay
+from ..recipe import Recipe, read_yaml
+from ..rundir import RunDir
+from ..train import Trainer, seed_everything, select_device
+from .build import build_model, example_inputs, num_classes_for
+from .task import load_task
+
+__all__ = ["load_run", "evaluate_run"]
+
+
+def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last).
+
+    A damaged run directory (a truncated or edited ``recipe.resolved.yaml``, ``metrics.jsonl`` or ``plan.json``, a
+    missing or corrupt adapter file) raises :class:`PrunekitError` naming the file and what is wrong with it.
+    """
+    rd = RunDir(run_dir)
+    recipe = _recipe_of_run(rd)
+    done = [m for m in _run_metrics(rd) if m.get("type") == "cycle"]
+    if not done:
+        raise PrunekitError(f"{run_dir}: no finished cycle recorded in metrics.jsonl")
+    cycle = done[-1]["cycle"] if cycle is None else cycle
+    rec = next((m for m in done if m["cycle"] == cycle), None)
+    if rec is None:
+        raise PrunekitError(f"--cycle: {cycle} not recorded in {run_dir}; recorded: {[m['cycle'] for m in done]}")
+    if not rec.get("adapter_file"):
+        raise PrunekitError(f"{run_dir}: cycle {cycle} saved no trained parameters (output.save_adapters: false)")
+    adapter_path = rd.path / rec["adapter_file"]
+    trained = _read_adapter_file(adapter_path, cycle)
+    model = build_model(recipe, _classes_from_tensors(trained, recipe))
+    plans = _plans_before(rd.file("plan.json"), cycle)
+    try:
+        replay(model, plans, example_inputs(recipe))
+        result = model.load_state_dict(trained, strict=False)
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:
+        raise PrunekitError(f"{run_dir}: plan.json and {rec['adapter_file']} do not fit the model of "
+                            f"recipe.resolved.yaml ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if result.unexpected_keys:
+        raise PrunekitError(f"{rec['adapter_file']} does not fit the rebuilt model: unexpected "
+                            f"{result.unexpected_keys[:3]}")
+    missing_trained = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
+    if missing_trained:
+        raise PrunekitError(f"{rec['adapter_file']} lacks trained parameters {missing_trained[:3]}")
+    return recipe, model, rec
+
+
+def _plans_before(plan_path: Path, cycle: int) -> list[Plan]:
+    """The plans applied before training cycle ``cycle``: those made after an earlier cycle (``meta['cycle']``).
+
+    An iterative run prunes after every cycle but the last; a one-shot run prunes once, after cycle 0, and trains
+    its other cycles at that width.
+    """
+    try:
+        plans = Plan.load_all(plan_path)
+    except FileNotFoundError:
+        raise PrunekitError(f"{plan_path}: missing; the run directory is incomplete (plan.json records the prunes "
+                            "that cycles after the first need)") from None
+    except (OSError, ValueError, PrunekitError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PrunekitError(f"{plan_path}: not a readable plan file ({type(e).__name__}: {str(e)[:200]}); "
+                            "truncated or edited?") from None
+    after = [p.meta.get("cycle") for p in plans]
+    if not all(isinstance(c, int) for c in after) or after != sorted(set(after)):
+        raise PrunekitError(f"{plan_path}: every plan records the cycle after which it was applied (meta.cycle), in "
+                            f"increasing order; got {after[:10]}: edited, or from another run?")
+    return [p for p, c in zip(plans, after) if c < cycle]
+
+
+def _recipe_of_run(rd: RunDir) -> Recipe:
+    """The recipe a run directory was trained with, validated as any recipe is."""
+    path = rd.resolved_recipe()
+    data = read_yaml(path, "resolved recipe")
+    if not isinstance(data, dict):
+        raise PrunekitError(f"{path}: expected a mapping of sections, got {'nothing' if data is None else data!r:.60}"
+                            "; truncated or edited?")
+    try:
+        recipe = parse_section(Recipe, data)
+    except RecipeError as e:
+        raise PrunekitError(f"{path}: {e}") from None
+    # The run has trained already: refusing a random frozen backbone is for starting runs, not for reloading one.
+    recipe.model.allow_random_backbone = True
+    return recipe
+
+
+_CYCLE_KEYS = ("cycle", "last_top1")  # what reloading and evaluating a cycle read from its metrics record
+
+
+def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, every line checked: a truncated or edited line is named (file, line) instead of crashing."""
+    path = rd.file("metrics.jsonl")
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrunekitError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            last = " (the last line: a write cut short by a crash?)" if i == len(lines) else ""
+            raise PrunekitError(f"{path}: line {i} is not a JSON record{last}: {e.msg} at column {e.colno}: "
+                                f"{line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise PrunekitError(f"{path}: line {i} is not a JSON object: {line[:80]!r}")
+        if record.get("type") == "cycle":
+            lacking = [k for k in _CYCLE_KEYS if k not in record]
+            if lacking or not isinstance(record["cycle"], int) or not isinstance(record["last_top1"], (int, float)):
+                raise PrunekitError(f"{path}: line {i}: a cycle record needs an integer 'cycle' and a number "
+                                    f"'last_top1', got {line[:120]!r}")
+        records.append(record)
+    return records
+
+
+def _read_adapter_file(path: Path, cycle: int) -> dict[str, torch.Tensor]:
+    """The trained parameters of a cycle; a missing or unreadable file is a named error."""
+    if not path.is_file():
+        raise PrunekitError(f"{path}: missing; metrics.jsonl records it as cycle {cycle}'s trained parameters "
+                            "(deleted or moved?)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError) on bad bytes
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PrunekitError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {detail}); corrupt "
+                            "or truncated") from None
+
+
+def _classes_from_tensors(trained: dict[str, torch.Tensor], recipe: Recipe) -> int:
+    for key, value in trained.items():
+        if key.split(".")[0] in ("head", "fc", "classifier") and key.endswith("bias"):
+            return value.shape[0]
+    return num_classes_for(recipe)
+
+
+def evaluate_run(run_dir: str | Path, cycle: int | None = None) -> dict[str, Any]:
+    """Reload backbone + trained parameters of a cycle and measure top-1 on the validation set."""
+    recipe, model, rec = load_run(run_dir, cycle)
+    t = recipe.train
+    seed_everything(t.seed, t.deterministic)
+    device = select_device(t.device)
+    task = load_task(recipe, device, num_workers=0)
+    trainer = Trainer(t, None, task.val, device)
+    top1 = trainer.evaluate(model)["top1"]
+    epochs = [m for m in _run_metrics(RunDir(run_dir)) if m.get("type") == "epoch" and m.get("cycle") == rec["cycle"]]
+    return {"cycle": rec["cycle"], "top1": top1, "recorded_last_top1": rec["last_top1"],
+            "recorded_epochs": len(epochs), "match": math.isclose(top1, rec["last_top1"], abs_tol=1e-9)}
