@@ -125,3 +125,16 @@ def test_a_registered_model_builder_is_a_model_name(tmp_path):
         assert typo.exit_code == 2 and "did you mean 'tiny_vit_builder'" in typo.output
     finally:
         MODELS._entries.pop("tiny_vit_builder", None)
+
+
+def test_every_registry_reads_its_entry_point_group():
+    from prunekit.data import DATASETS
+    from prunekit.methods import METHODS
+    from prunekit.scopes import SCOPES
+    from prunekit.scorers import SCORERS
+    from prunekit.strategy import STRATEGIES
+
+    groups = {r.kind: r.entry_point_group for r in (SCORERS, SCOPES, STRATEGIES, METHODS, DATASETS, MODELS)}
+    assert groups == {"scorer": "prunekit.scorers", "scope": "prunekit.scopes", "strategy": "prunekit.strategies",
+                      "method": "prunekit.methods", "dataset": "prunekit.datasets", "model builder": "prunekit.models"}
+    assert SCORERS.import_paths and SCOPES.import_paths and not DATASETS.import_paths
