@@ -5,21 +5,25 @@ The pieces, one module each: ``graph`` (coupled groups via torch-pruning), ``ada
 count), ``engine`` (the iterative loop), ``strategy`` (named combinations; built-ins in ``strategies/``).
 """
 from .adapters import (
+    ADAPTER_POLICY,
     Adapter,
     AdapterConfig,
     NoMatchingModuleError,
+    adapter_groups,
     find_adapters,
     inject_adapters,
     remove_empty_adapters,
 )
+from .budget import Budget
 from .engine import CycleRecord, Engine
-from .graph import Group, adapter_groups, find_groups
+from .graph import Group, find_groups
 from .params import count_parameters, mark_trainable
 from .plan import Plan, replay
 from .registry import PrunekitError, UnknownNameError
 from .schedule import Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
 from .scopes import SCOPES, global_scope, local_scope, register_scope
-from .scorers import SCORERS, ScoreStats, collect_activations, combine, register_scorer, scaled
+from .policy import Policy, UnreachableTargetError
+from .scorers import SCORERS, ScoreStats, collect_activations, combine, normalized, register_scorer, scaled
 from .strategy import STRATEGIES, Strategy, get_strategy, list_strategies, register_strategy
 
 __version__ = "0.1.0"
@@ -30,5 +34,6 @@ __all__ = [
     "Plan", "replay", "PrunekitError", "UnknownNameError", "Schedule", "num_prunes", "oneshot_sigma0",
     "paper_cycle_count", "SCOPES", "global_scope", "local_scope", "register_scope", "SCORERS", "ScoreStats",
     "collect_activations", "combine", "register_scorer", "scaled", "STRATEGIES", "Strategy", "get_strategy",
-    "list_strategies", "register_strategy",
+    "list_strategies", "register_strategy", "ADAPTER_POLICY", "Budget", "Policy", "UnreachableTargetError",
+    "normalized",
 ]
