@@ -42,7 +42,7 @@ from .budget import (
 )
 from .distributed import broadcast_object, is_main
 from .graph import describe_groups_fn, groups_fn_from
-from .plan import Plan
+from .plan import Plan, record_applied
 from .policy import round_half_up
 from .registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
@@ -367,6 +367,7 @@ class Engine:
         plan = broadcast_object(plan)
         plan.meta["cycle"] = cycle
         plan.apply(self.model, groups)
+        record_applied(self.model, plan)
         after = plan.widths_after()
         for name in self.group_names:
             if name in after:

@@ -11,6 +11,7 @@ registered group source and its config), so :func:`replay` can find them again o
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -24,7 +25,21 @@ from .registry import PrunekitError
 # Plans written before group sources were recorded were all adapter plans (TINA runs).
 LEGACY_GROUP_SOURCE = "adapters"
 
-__all__ = ["Plan", "replay"]
+__all__ = ["Plan", "replay", "applied_plans", "record_applied"]
+
+# model -> plans applied to it by prune(), the engine or replay(); weak, so nothing is written on the model and a
+# discarded model takes its record with it
+_APPLIED: "weakref.WeakKeyDictionary[nn.Module, list[Plan]]" = weakref.WeakKeyDictionary()
+
+
+def record_applied(model: nn.Module, plan: "Plan") -> None:
+    """Remember that ``plan`` was applied to ``model`` (see :func:`applied_plans`)."""
+    _APPLIED.setdefault(model, []).append(plan)
+
+
+def applied_plans(model: nn.Module) -> list["Plan"]:
+    """Plans applied to ``model`` by :func:`~prunekit.pruning.prune`, the engine or :func:`replay`, in order."""
+    return list(_APPLIED.get(model, []))
 
 
 @dataclass
@@ -149,4 +164,5 @@ def replay(
     for plan in plans:
         fn = groups_fn if groups_fn is not None else groups_fn_from(plan.meta.get("groups", LEGACY_GROUP_SOURCE))
         plan.apply(model, fn(model, example_inputs))
+        record_applied(model, plan)
     return model

@@ -33,8 +33,9 @@ from .budget import Budget, CostModel, check_reachable, count_macs, count_params
 from .channels import UnsupportedModelError, _outputs_of, backbone_groups
 from .engine import _exact, select_plan
 from .graph import describe_groups_fn
-from .plan import Plan
-from .policy import UnreachableTargetError, removal_steps
+from .saving import input_spec
+from .plan import Plan, record_applied
+from .policy import UnreachableTargetError, removal_steps, round_half_up
 from .registry import PrunekitError
 from .scopes import get_scope
 from .scorers import gather_stats, get_scorer, needs_activations, needs_gradients, score_groups
@@ -169,7 +170,7 @@ def prune(
             raise UnsupportedModelError(f"{type(model).__name__} has no prunable group" + (f" ({why})" if why else ""))
         start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or _measure(
             target, model, groups, example_inputs)
-        goal = budget.value * start if target != "channels" else float(round(budget.value * start))
+        goal = budget.value * start if target != "channels" else float(round_half_up(budget.value * start))
         try:
             plan, tol = _select(budget, model, groups, groups_fn, score_fn, scope_fn, start, goal, weights,
                                 example_inputs, calibration, loss_fn)
@@ -209,5 +210,7 @@ def prune(
     source = describe_groups_fn(groups_fn)
     if source is not None:
         plan.meta["groups"] = source
+    plan.meta["example_inputs"] = input_spec(example_inputs)
+    record_applied(model, plan)
     return plan
 

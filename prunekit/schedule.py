@@ -54,8 +54,9 @@ def _check(rho: float, sigma0: float, sigma_target: float) -> None:
 
 def _bounded(prunes: float, rho: float, what: str) -> int:
     if prunes > MAX_PRUNES:
-        shown = f"{prunes:,.0f}" if math.isfinite(prunes) else "infinitely many"
-        raise PrunekitError(f"rho: {rho:g} needs {shown} prunes to reach {what}; at most {MAX_PRUNES} are allowed "
+        shown = f"{prunes:,.0f} prunes ({prunes + 1:,.0f} training cycles)" if math.isfinite(prunes) else \
+            "infinitely many prunes"
+        raise PrunekitError(f"rho: {rho:g} needs {shown} to reach {what}; at most {MAX_PRUNES} prunes are allowed "
                             f"(rho = 0.5 halves what is left each prune)")
     return int(prunes)
 
@@ -144,9 +145,9 @@ class Schedule:
             if not self.sigma_reference > 0:
                 raise PrunekitError(f"sigma_reference: expected a compression rate > 0, got {self.sigma_reference}")
             if not self.sigma_target > self.sigma_reference:
-                raise PrunekitError(f"sigma_reference: a one-shot run trains as many cycles as an iterative run from "
-                                    f"sigma_reference to sigma_target={self.sigma_target:g}, so it must be below "
-                                    f"sigma_target; got {self.sigma_reference:g}")
+                raise PrunekitError(f"sigma_reference: expected a compression below sigma_target="
+                                    f"{self.sigma_target:g} (a one-shot run trains as many cycles as an iterative run "
+                                    f"from sigma_reference to sigma_target), got {self.sigma_reference:g}")
             return num_prunes(self.sigma_reference, self.sigma_target, self.rho) + 1
         return len(self.widths(total_width, total_fan))
 
