@@ -27,6 +27,7 @@ activations and pooling, attention products) is corrected by counting the pruned
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -40,7 +41,7 @@ from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
 from .scopes import Limit
 
-__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "count_macs", "count_params", "mac_weights", "select_units",
+__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights", "select_units",
            "select_cost", "select_macs", "unit_limits", "check_reachable"]
 
 BUDGET_KINDS = ("sigma", "params", "macs", "channels")
@@ -131,10 +132,53 @@ def mac_weights(model: nn.Module, example_inputs: Any) -> tuple[int, dict[int, f
     return int(macs), weights
 
 
+def slices_of(group: Any) -> list | None:
+    """The tensor dims one unit of ``group`` owns: its ``param_slices()``, or, for a group that only says which
+    ``modules`` its ``prune`` touches (attention heads), found by pruning unit 0 of a copy of the group whose modules
+    live on the meta device (shapes only); None when neither works."""
+    fn = getattr(group, "param_slices", None)
+    if callable(fn):
+        return fn()
+    modules = list(getattr(group, "modules", None) or [])
+    if not modules or not getattr(group, "width", 0):
+        return None
+    from .graph import ParamSlice, _meta_clone
+
+    tops = [m for m in modules if not any(m is not o and any(m is d for d in o.modules()) for o in modules)]
+    memo: dict[int, Any] = {}
+    originals: dict[int, tuple[nn.Module, dict[str, tuple[int, ...]]]] = {}
+    for top in tops:
+        clone = _meta_clone(top)
+        for (_, a), (_, b) in zip(top.named_modules(remove_duplicate=False), clone.named_modules(remove_duplicate=False)):
+            memo[id(a)] = b
+            originals[id(b)] = (a, {n: tuple(p.shape) for n, p in a.named_parameters(recurse=False)})
+        for a, b in zip(top.parameters(), clone.parameters()):
+            memo[id(a)] = b
+        for a, b in zip(top.buffers(), clone.buffers()):
+            memo[id(a)] = b
+    try:
+        twin = copy.deepcopy(group, memo)
+        with torch.no_grad():
+            twin.prune([0])
+    except Exception:  # noqa: BLE001 - a group that cannot be copied or pruned on meta tensors: no slices
+        return None
+    out = []
+    for key, (orig, shapes) in originals.items():
+        clone = memo[id(orig)]
+        for name, shape in shapes.items():
+            new = getattr(clone, name, None)
+            if not isinstance(new, torch.Tensor) or tuple(new.shape) == shape or len(new.shape) != len(shape):
+                continue
+            out.extend(ParamSlice(orig, name, d, float(a - b)) for d, (a, b) in enumerate(zip(shape, new.shape))
+                       if a != b)
+    return out
+
+
 class CostModel:
     """Exact parameters (or modelled MACs) removed by taking ``r_g`` units from each group g.
 
-    Built from the groups' ``param_slices()``; a group without it counts ``unit_params()`` per unit, independently.
+    Built from the groups' slices (:func:`slices_of`); a group without any counts ``unit_params()`` per unit,
+    independently.
     ``weights`` maps a tensor's ``id`` to a per-entry weight (MACs per parameter); by default every entry counts 1.
     """
 
@@ -143,7 +187,7 @@ class CostModel:
         self._slices: dict[str, list[tuple[int, int, float]]] = {}
         self._flat: dict[str, float] = {}
         for g in groups:
-            slices = g.param_slices() if callable(getattr(g, "param_slices", None)) else None
+            slices = slices_of(g)
             if slices is None:
                 self._flat[g.name] = float(g.unit_params()) * default_weight
                 continue

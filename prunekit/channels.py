@@ -140,6 +140,7 @@ class BackboneGroups:
     excluded: dict[str, str] = field(default_factory=dict)
     _ignore_names: list[str] = field(default_factory=list, repr=False)
     _verdicts: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _head_refusals: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if isinstance(self.ignore, (str, nn.Module)):
@@ -201,28 +202,55 @@ class BackboneGroups:
                         return False
             return True
 
-        groups = find_groups(model, traced=traced, root_types=self.root_types, policy=self.policy, keep=keep)
-        if self.verify:
-            broken = self._verify(model, example_inputs, groups)
-            excluded.update(broken)
-            groups = [g for g in groups if g.name not in broken]
+        groups = find_groups(model, traced=traced, root_types=self.root_types, policy=self.policy, keep=keep,
+                             on_skip=excluded.__setitem__)
+        broken = self._verify(model, example_inputs, groups) if self.verify else self._known_broken()
+        excluded.update({n: r for n, r in broken.items() if any(g.name == n for g in groups)})
+        groups = [g for g in groups if g.name not in broken]
+        excluded.update(self._head_refusals)
         self.excluded = excluded
         return groups + head_groups
 
     def _head_groups(self, model: nn.Module) -> list:
+        """``prunekit.heads.head_groups``; attention modules it refuses keep their heads (recorded in ``excluded``)."""
+        self._head_refusals = {}
         if not self.heads:
             return []
         heads = _heads_module()
         if heads is None:
             return []
-        return list(heads.head_groups(model, ignore=list(self.ignore) or None, min_heads=self.min_width))
+        ignore = list(self.ignore)
+        try:
+            return list(heads.head_groups(model, ignore=ignore or None, min_heads=self.min_width))
+        except PrunekitError as e:
+            supported = set(heads.attention_modules(model))
+            refused = [n for n, m in model.named_modules() if n and isinstance(getattr(m, "num_heads", None), int)
+                       and n not in supported]
+            for n in refused:
+                self._head_refusals[f"{n}.heads"] = f"prunekit.heads refuses its layout ({str(e).split(':')[0]})"
+            return list(heads.head_groups(model, ignore=ignore + refused, min_heads=self.min_width))
 
     def _verify(self, model: nn.Module, example_inputs: Any, groups: list) -> dict[str, str]:
         """Groups that break the forward when pruned by one unit, found on a copy of the model (cached by name)."""
-        todo = [g.name for g in groups if g.name not in self._verdicts and g.width > self.policy.lowest(g.width)]
+        todo = {g.name: [g.width - 1] for g in groups if g.name not in self._verdicts
+                and g.width > self.policy.lowest(g.width)}
         if todo:
-            self._verdicts.update(_probe(model, example_inputs, todo, self, self.forward_fn))
+            self._verdicts.update(_probe(model, example_inputs, todo, self))
         return {n: r for n, r in self._verdicts.items() if r is not None and any(g.name == n for g in groups)}
+
+    def exclude_breaking(self, model: nn.Module, example_inputs: Any,
+                         removals: dict[str, list[int]] | None = None) -> dict[str, str]:
+        """Find, on a copy, the groups whose removals (default: one unit each) break the forward, and leave them out
+        of every later call; returns them with the reasons."""
+        if removals is None:
+            removals = {g.name: [g.width - 1] for g in self(model, example_inputs) if g.width > 1}
+        verdict = _probe(model, example_inputs, removals, self)
+        broken = {n: r for n, r in verdict.items() if r is not None}
+        self._verdicts.update(broken)
+        return broken
+
+    def _known_broken(self) -> dict[str, str]:
+        return {n: r for n, r in self._verdicts.items() if r is not None}
 
 
 def backbone_groups(
@@ -282,10 +310,13 @@ def _restore(saved: list[tuple[nn.Module, dict, dict, dict]], dg) -> None:
         m.__dict__["_buffers"] = buffers
 
 
-def _probe(model: nn.Module, example_inputs: Any, names: list[str], config: BackboneGroups,
-           forward_fn: Callable | None) -> dict[str, str | None]:
-    """Prune a copy of ``model`` by one unit in every group of ``names``; when the forward then fails or changes the
-    output shape, find the culprits group by group (undoing each failed one). Returns name -> reason or None."""
+def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]],
+           config: BackboneGroups) -> dict[str, str | None]:
+    """Remove ``removals[name]`` (unit indices) from those groups of a copy of ``model``, all at once; when the
+    forward then fails or changes the output shape, find the culprits group by group (undoing each failed one).
+    Groups the copy does not have as channel groups (attention heads) are not probed. Returns name -> reason or
+    None."""
+    forward_fn = config.forward_fn
     was_training = model.training
     model.eval()
     try:
@@ -294,10 +325,10 @@ def _probe(model: nn.Module, example_inputs: Any, names: list[str], config: Back
     finally:
         model.train(was_training)
     probe.eval()
-    quiet = BackboneGroups(ignore=config._ignore_names, min_width=config.min_width, round_to=None, heads=False,
-                           verify=False, forward_fn=forward_fn)
-    groups = {g.name: g for g in quiet(probe, example_inputs) if g.name in names}
-    verdict: dict[str, str | None] = {n: None for n in names}
+    quiet = BackboneGroups(ignore=config._ignore_names, min_width=config.min_width, heads=False, verify=False,
+                           forward_fn=forward_fn)
+    groups = {g.name: g for g in quiet(probe, example_inputs) if g.name in removals}
+    verdict: dict[str, str | None] = {n: None for n in groups}
 
     def runs() -> str | None:
         try:
@@ -308,32 +339,36 @@ def _probe(model: nn.Module, example_inputs: Any, names: list[str], config: Back
             return f"pruning it changes the output shape ({shapes} instead of {reference})"
         return None
 
+    if not groups:
+        return verdict
+    dg = next(iter(groups.values()))._dg
     saved = _state({m for g in groups.values() for m in _touched(g)})
     try:
-        for g in groups.values():
-            g.prune([g.width - 1])
+        for name, g in groups.items():
+            g.prune(removals[name])
         if runs() is None:
             return verdict
     except Exception:  # noqa: BLE001 - a pruning function failing is found group by group below
         pass
-    _restore(saved, groups[next(iter(groups))]._dg if groups else None)
+    _restore(saved, dg)
     for name, g in groups.items():
         saved = _state(_touched(g))
         try:
-            g.prune([g.width - 1])
+            g.prune(removals[name])
             reason = runs()
         except Exception as e:  # noqa: BLE001
             reason = f"torch-pruning cannot slice it ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         if reason is not None:
             verdict[name] = reason
-            _restore(saved, g._dg)
+            _restore(saved, dg)
     return verdict
 
 
 def _touched(group) -> list[nn.Module]:
     """Every module whose tensors or attributes pruning ``group`` changes (members and stray parameters' owners)."""
     mods = list(group.modules) + [s.owner for s in group.slices]
-    for item in group._dg.get_pruning_group(group.root, group._handler, [0]).items:
+    every = group.channels(range(group.width))
+    for item in group._dg.get_pruning_group(group.root, group._handler, every).items:
         if isinstance(item.dep.target.module, nn.Module):
             mods.append(item.dep.target.module)
     return list({id(m): m for m in mods}.values())

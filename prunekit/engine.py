@@ -38,7 +38,7 @@ from torch import nn
 
 from .budget import (
     Budget, CostModel, check_reachable, count_macs, count_params, mac_weights, select_cost, select_macs, select_units,
-    unit_limits,
+    slices_of, unit_limits,
 )
 from .distributed import broadcast_object, is_main
 from .graph import describe_groups_fn, groups_fn_from
@@ -101,7 +101,7 @@ class CycleRecord:
 
 def _exact(groups: list) -> bool:
     """Whether every group says exactly which tensor entries a unit owns (else parameter counts are first-order)."""
-    return all(callable(getattr(g, "param_slices", None)) for g in groups)
+    return all(slices_of(g) is not None for g in groups)
 
 
 class Measure:

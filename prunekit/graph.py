@@ -34,8 +34,8 @@ attention heads, where one unit is a whole head)::
     prune(idxs) -> None          remove these units (indices in 0..n-1) physically
     unit_params() -> int         parameters one unit holds now (first-order cost, for params / MACs budgets)
 
-Optional: ``param_slices() -> [ParamSlice]`` (exactly which tensor dims a unit owns, so budgets count cross terms
-between groups exactly), ``activation`` (the module whose output carries the units, for activation scorers),
+Optional: ``param_slices() -> [ParamSlice] | None`` (exactly which tensor dims a unit owns, so budgets count cross
+terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units, for activation scorers),
 ``channel_groups`` (channels per unit), ``modules`` and ``root`` (a module, for the device).
 """
 from __future__ import annotations
@@ -54,12 +54,17 @@ from .registry import PrunekitError, Registry
 
 __all__ = [
     "GroupLike", "Member", "Group", "ParamSlice", "Trace", "trace", "find_groups", "groups_by_name",
+    "UnsupportedLayerError", "default_customized_pruners",
     "GROUP_SOURCES", "register_group_source", "describe_groups_fn", "groups_fn_from",
 ]
 
 ACTIVATION_TYPES = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.Mish)
 DEFAULT_ROOT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 GroupsFn = Callable[[nn.Module, Any], list]
+
+
+class UnsupportedLayerError(PrunekitError, ValueError):
+    """A layer in a group that torch-pruning's pruning functions cannot slice."""
 
 
 @runtime_checkable
@@ -135,6 +140,21 @@ class Member:
             per_channel = torch.stack(cols)
         else:
             per_channel = w.index_select(dim, idx[order]).movedim(dim, 0).reshape(len(self.idxs), -1)
+        channels = width * channel_groups
+        counts = torch.bincount(root, minlength=channels) if len(self.root_idxs) else root.new_zeros(channels)
+        if counts.numel() != channels or not bool((counts == counts[0]).all()) or not int(counts[0]):
+            roots = root[order].tolist()
+            # partial or uneven coverage (a layer behind a concatenation carries some of the root's channels):
+            # row r gathers the rows mapped to root channel r, zero-padded; uncovered channels stay zero
+            per_root: dict[int, list[torch.Tensor]] = {}
+            for r, row in zip(roots, per_channel):
+                per_root.setdefault(r, []).append(row)
+            most = max(len(v) for v in per_root.values())
+            out = per_channel.new_zeros(channels, most * per_channel.shape[1])
+            for r, rows in per_root.items():
+                if r < channels:
+                    out[r, :len(rows) * per_channel.shape[1]] = torch.cat(rows)
+            per_channel = out
         return self._by_unit(per_channel, width, channel_groups)
 
     @staticmethod
@@ -156,7 +176,10 @@ class Group:
         kind: ``'channel'`` (conv root), ``'neuron'`` (Linear root), ``'adapter'`` ... (set by whoever finds it).
         policy: what the group may lose (:class:`~prunekit.policy.Policy`).
         channel_groups: channels per unit (G of a grouped conv / GroupNorm in the chain; 1 otherwise).
-        slices: the tensor dims one unit owns (:class:`ParamSlice`), every tensor torch-pruning slices included.
+        slices: the tensor dims one unit owns (:class:`ParamSlice`), every tensor torch-pruning slices included;
+            averaged over the units when they differ.
+        exact: whether every unit owns the same slices (false behind a concatenation that carries part of the
+            group's channels in one layer and part in another, as in GhostNet); budgets then count, not model.
     """
 
     name: str
@@ -166,6 +189,7 @@ class Group:
     policy: Policy = CHANNEL_POLICY
     channel_groups: int = 1
     slices: list[ParamSlice] = field(default_factory=list, repr=False)
+    exact: bool = True
     _dg: tp.DependencyGraph | None = field(default=None, repr=False)
     _handler: Callable | None = field(default=None, repr=False)
 
@@ -204,8 +228,9 @@ class Group:
         """``(n, k)`` weight views of the consumers: row j holds the weights that read unit j."""
         return [m.channel_weights(self.width, self.channel_groups) for m in self.consumers]
 
-    def param_slices(self) -> list[ParamSlice]:
-        return list(self.slices)
+    def param_slices(self) -> list[ParamSlice] | None:
+        """The tensor dims one unit owns, or None when units differ (see ``exact``)."""
+        return list(self.slices) if self.exact else None
 
     def unit_params(self) -> int:
         """Parameters one unit holds now: every slice of every tensor the group prunes (first order)."""
@@ -243,6 +268,30 @@ class Group:
     def __repr__(self) -> str:
         parts = ", ".join(f"{m.name}:{m.role}" for m in self.members)
         return f"Group({self.name!r}, kind={self.kind}, n={self.width}, m={self.fan}, [{parts}])"
+
+
+class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """torch-pruning's GroupNorm pruner, also for a GroupNorm without bias or weight (timm's ``GroupNorm1NoBias``)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.num_channels)) - set(idxs))
+        layer.num_channels = layer.num_channels - len(idxs)
+        for attr in ("weight", "bias"):
+            p = getattr(layer, attr, None)
+            if isinstance(p, nn.Parameter):
+                setattr(layer, attr, self._prune_parameter_and_grad(p, keep, 0))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+def default_customized_pruners(model: nn.Module) -> dict:
+    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight."""
+    out = {}
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm) and (m.bias is None or m.weight is None):
+            out[type(m)] = _GroupNormPruner()
+    return out
 
 
 @dataclass(eq=False)
@@ -294,7 +343,8 @@ def trace(
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs, forward_fn=forward, verbose=False,
                 unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
-                customized_pruners=customized_pruners)
+                customized_pruners=customized_pruners if customized_pruners is not None else
+                default_customized_pruners(model) or None)
     finally:
         for p in frozen:
             p.requires_grad_(False)
@@ -366,7 +416,11 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
         return []
     before = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
     clone = _meta_clone(module)
-    item.dep.handler(clone, sorted(unit_idxs))
+    try:
+        item.dep.handler(clone, sorted(unit_idxs))
+    except Exception as e:  # noqa: BLE001 - the real layer would fail the same way when pruned
+        raise UnsupportedLayerError(f"torch-pruning cannot slice {names.get(module, type(module).__name__)} "
+                                    f"({type(module).__name__}: {type(e).__name__}: {str(e)[:120]})") from None
     out = []
     for n, shape in before.items():
         new = getattr(clone, n, None)
@@ -403,20 +457,27 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     chain = [root] + [m.module for m in members if m.role == "other" and names[m.module].startswith(parent_name)]
     g = channel_groups_of(dg, tp_group)
     n_channels = len(tp_group.items[0].idxs)
-    unit0 = {c for c in range(0, n_channels, max(1, n_channels // g))} if g > 1 else {0}
+    width = n_channels // g
     slices: list[ParamSlice] = []
-    seen_items = set()
+    exact, seen_items = True, set()
     for item in tp_group.items:
         key = (id(item.dep.target.module), item.dep.handler)
-        if key in seen_items:
+        if key in seen_items or not item.idxs:
             continue
         seen_items.add(key)
-        unit_idxs = [i for i, r in zip(item.idxs, item.root_idxs) if r in unit0]
-        if unit_idxs:
-            slices.extend(_slices_of_item(dg, item, unit_idxs, names))
+        # every unit costs the same when each root channel maps to the same number of this layer's channels
+        counts = torch.bincount(torch.as_tensor(item.root_idxs), minlength=n_channels)
+        exact = exact and counts.numel() == n_channels and bool((counts == counts[0]).all())
+        # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs that
+        # much for each of them, i.e. on average times the share of units it carries
+        units = [r % width for r in item.root_idxs]
+        probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
+        share = len(set(units)) / width
+        for s in _slices_of_item(dg, item, probe, names):
+            slices.append(s._replace(size=s.size * share))
     if kind is None:
         kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
-    return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, dg, handler)
+    return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler)
 
 
 def find_groups(
@@ -430,6 +491,7 @@ def find_groups(
         policy: Policy = CHANNEL_POLICY,
         traced: Trace | None = None,
         keep: Callable[[Any], bool] | None = None,
+        on_skip: Callable[[str, str], None] | None = None,
 ) -> list[Group]:
     """All coupled groups of ``model``, traced on ``example_inputs`` (or taken from an existing ``traced``).
 
@@ -444,6 +506,8 @@ def find_groups(
         policy: the groups' policy.
         traced: reuse this trace of ``model`` instead of tracing again.
         keep: ``fn(tp_group) -> bool`` on torch-pruning's full-width group, to drop groups before they are built.
+        on_skip: ``fn(name, reason)`` for a group torch-pruning cannot slice (its pruning function fails on a
+            shape-only copy of a layer); without it that raises :class:`UnsupportedLayerError`.
 
     Returns:
         Groups in model order; each has at least one producer. A residual stream shared by many layers is one group.
@@ -477,7 +541,13 @@ def find_groups(
                 visited.add(item.dep.target.module)
         if keep is not None and not keep(tp_group):
             continue
-        group = _build_group(dg, module, names, kind, policy, tp_group)
+        try:
+            group = _build_group(dg, module, names, kind, policy, tp_group)
+        except UnsupportedLayerError as e:
+            if on_skip is None:
+                raise
+            on_skip(name, str(e))
+            continue
         if all(inside(m.name) for m in group.members):
             groups.append(group)
     return groups

@@ -43,6 +43,7 @@ from .scorers import gather_stats, get_scorer, needs_activations, needs_gradient
 __all__ = ["prune", "snapshot", "restore"]
 
 TARGETS = ("params", "macs", "channels")
+ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to break the model
 
 
 def snapshot(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
@@ -154,16 +155,16 @@ def prune(
     if (needs_activations(score_fn) or needs_gradients(score_fn)) and calibration is None:
         raise PrunekitError(f"scorer {label!r} needs calibration= batches "
                             f"({'(inputs, targets) pairs' if needs_gradients(score_fn) else 'inputs'})")
-    # Optimistic: most models prune cleanly, so the forward probe (a pruned copy per suspect group) only runs when
-    # the first attempt breaks the model; the model is then restored, the groups that break it are left out, and
-    # the selection is made again.
+    # Optimistic: most models prune cleanly, so the forward probe (a pruned copy) only runs when an attempt breaks
+    # the model: the model is restored, the groups whose removals break it are found on a copy and left out, and
+    # the selection is made again (a layer may only break at some widths, so the probe replays the failed plan).
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
                                 max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn)
     params_before = count_params(model)
     macs_before, weights = mac_weights(model, example_inputs)
     reference = _outputs_of(model, example_inputs, forward_fn)
     snap = snapshot(model)
-    for attempt in ("optimistic", "verified"):
+    for attempt in range(ATTEMPTS):
         groups = groups_fn(model, example_inputs)
         if not groups:
             why = "; ".join(f"{k}: {v}" for k, v in list(groups_fn.excluded.items())[:4])
@@ -171,6 +172,7 @@ def prune(
         start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or _measure(
             target, model, groups, example_inputs)
         goal = budget.value * start if target != "channels" else float(round_half_up(budget.value * start))
+        plan = None
         try:
             plan, tol = _select(budget, model, groups, groups_fn, score_fn, scope_fn, start, goal, weights,
                                 example_inputs, calibration, loss_fn)
@@ -184,10 +186,11 @@ def prune(
             raise
         except Exception as e:  # noqa: BLE001 - restore, then find the groups that break the model by name
             restore(model, snap)
-            if attempt == "verified":
+            broken = {} if attempt + 1 == ATTEMPTS else groups_fn.exclude_breaking(
+                model, example_inputs, None if plan is None else plan.remove)
+            if not broken:
                 raise UnsupportedModelError(f"pruning {type(model).__name__} broke it ({type(e).__name__}: "
                                             f"{str(e).splitlines()[0][:300]}); the model was restored unchanged") from e
-            groups_fn.verify = True
             if target == "macs":  # restored parameters are the snapshot's objects: weigh them again
                 _, weights = mac_weights(model, example_inputs)
     params_after = count_params(model)
