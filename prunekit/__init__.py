@@ -18,9 +18,9 @@ from .adapters import (
     remove_empty_adapters,
 )
 from .budget import Budget
-from .channels import BackboneGroups, UnsupportedModelError, backbone_groups
+from .channels import BackboneGroups, backbone_groups
 from .engine import CycleRecord, Engine
-from .graph import Group, find_groups
+from .graph import Group, UnsupportedModelError, find_groups
 from .params import count_parameters, mark_trainable
 from .plan import Plan, applied_plans, replay
 from .pruning import prune

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch_pruning import ops
 
-from .graph import DEFAULT_ROOT_TYPES, Trace, find_groups, register_group_source, trace
+from .graph import DEFAULT_ROOT_TYPES, Trace, UnsupportedModelError, find_groups, register_group_source, trace
+from .snapshot import output_shapes
 from .policy import Policy
 from .registry import PrunekitError, did_you_mean
 
@@ -49,10 +50,6 @@ ATTENTION_PROJECTIONS = ("qkv", "q", "k", "v", "kv", "qk", "q_proj", "k_proj", "
                          "to_q", "to_k", "to_v", "to_qkv", "to_kv")
 _PASS_THROUGH = (ops._ElementWiseOp, ops._ReshapeOp, ops._ConcatOp, ops._SplitOp, ops._UnbindOp, ops._ExpandOp,
                  ops._SliceOp, ops._OutputOp)
-
-
-class UnsupportedModelError(PrunekitError, ValueError):
-    """A model (or part of it) prunekit cannot prune safely; raised before the model is modified."""
 
 
 def output_modules(traced: Trace) -> set:
@@ -275,21 +272,6 @@ register_group_source("backbone", lambda **config: BackboneGroups(**{**config, "
 # ---------------------------------------------------------------------------------------------------------------
 # The forward probe
 
-def _outputs_of(model: nn.Module, example_inputs: Any, forward_fn: Callable | None) -> list[tuple[int, ...]]:
-    import torch_pruning as tp
-
-    with torch.no_grad():
-        if forward_fn is not None:
-            out = forward_fn(model, example_inputs)
-        elif isinstance(example_inputs, dict):
-            out = model(**example_inputs)
-        elif isinstance(example_inputs, (tuple, list)):
-            out = model(*example_inputs)
-        else:
-            out = model(example_inputs)
-    return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
-
-
 def _state(modules: Iterable[nn.Module]) -> list[tuple[nn.Module, dict, dict, dict]]:
     return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in modules]
 
@@ -317,13 +299,8 @@ def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]]
     Groups the copy does not have as channel groups (attention heads) are not probed. Returns name -> reason or
     None."""
     forward_fn = config.forward_fn
-    was_training = model.training
-    model.eval()
-    try:
-        reference = _outputs_of(model, example_inputs, forward_fn)
-        probe = copy.deepcopy(model)
-    finally:
-        model.train(was_training)
+    reference = output_shapes(model, example_inputs, forward_fn)
+    probe = copy.deepcopy(model)
     probe.eval()
     quiet = BackboneGroups(ignore=config._ignore_names, min_width=config.min_width, heads=False, verify=False,
                            forward_fn=forward_fn)
@@ -332,7 +309,7 @@ def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]]
 
     def runs() -> str | None:
         try:
-            shapes = _outputs_of(probe, example_inputs, forward_fn)
+            shapes = output_shapes(probe, example_inputs, forward_fn)
         except Exception as e:  # noqa: BLE001 - any failure of the pruned copy disqualifies the group
             return f"pruning it breaks the forward ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         if shapes != reference:

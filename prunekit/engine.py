@@ -41,12 +41,13 @@ from .budget import (
     slices_of, unit_limits,
 )
 from .distributed import broadcast_object, is_main
-from .graph import describe_groups_fn, groups_fn_from
+from .graph import UnsupportedModelError, describe_groups_fn, groups_fn_from
 from .plan import Plan, record_applied
 from .policy import round_half_up
 from .registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
 from .scopes import Scope, capacity, get_scope
+from .snapshot import output_shapes, restore, snapshot
 from .scorers import ScoreStats, Scorer, gather_stats, get_scorer, needs_activations, needs_gradients, score_groups
 from .strategy import Strategy, get_strategy
 
@@ -185,6 +186,10 @@ class Engine:
         seed: seeds random scorers.
         budget: what to reach (:class:`~prunekit.budget.Budget`); default ``Budget.sigma(sigma_target)``.
         loss_fn: ``loss_fn(outputs, targets)`` for gradient scorers (default cross-entropy).
+        check_forward: after every prune run the example inputs through the model; if that fails or the output
+            shapes change, restore the model from a copy taken before the prune and raise
+            :class:`~prunekit.graph.UnsupportedModelError`. Default: on, except for adapter groups (which are
+            removed cleanly by construction).
     """
 
     def __init__(
@@ -206,6 +211,7 @@ class Engine:
             seed: int = 0,
             budget: Budget | None = None,
             loss_fn: Callable | None = None,
+            check_forward: bool | None = None,
     ):
         strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
         self.budget = budget if budget is not None else Budget.sigma(sigma_target)
@@ -255,6 +261,9 @@ class Engine:
                 self.prune_after, self.cycles = {0: self.budget.value}, ratio_prunes(self.budget.value, rho) + 1
             else:
                 self.prune_after, self.cycles = dict(enumerate(steps)), len(steps) + 1
+        source = getattr(self.groups_fn, "group_source", ("",))[0]
+        self.check_forward = check_forward if check_forward is not None else source != "adapters"
+        self._reference = output_shapes(model, example_inputs) if self.check_forward else None
         self.history: list[CycleRecord] = []
 
     def _check_reachable(self, groups: list) -> None:
@@ -366,7 +375,7 @@ class Engine:
         plan = self.plan(target, groups) if is_main() else None
         plan = broadcast_object(plan)
         plan.meta["cycle"] = cycle
-        plan.apply(self.model, groups)
+        self._apply(plan, groups)
         record_applied(self.model, plan)
         after = plan.widths_after()
         for name in self.group_names:
@@ -380,6 +389,25 @@ class Engine:
             plan.meta["budget"]["measure"] = now
         self._emit("on_prune", plan)
         return plan
+
+    def _apply(self, plan: Plan, groups: list) -> None:
+        """Slice the model; with ``check_forward``, undo and raise by name if the pruned model no longer runs."""
+        if not self.check_forward:
+            plan.apply(self.model, groups)
+            return
+        snap = snapshot(self.model)
+        try:
+            plan.apply(self.model, groups)
+            shapes = output_shapes(self.model, self.example_inputs)
+            problem = None if shapes == self._reference else f"output shapes {shapes} instead of {self._reference}"
+        except Exception as e:  # noqa: BLE001 - any failure: restore, then report it by name
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        if problem is not None:
+            restore(self.model, snap)
+            pruned = sorted(k for k, v in plan.remove.items() if v)
+            raise UnsupportedModelError(f"prune after cycle {plan.meta.get('cycle')}: the pruned model does not run "
+                                        f"({problem}); the model was restored. Groups pruned: {pruned[:6]}; pass "
+                                        "their layers in ignore= (backbone_groups) to keep them")
 
     def state_dict(self) -> dict[str, Any]:
         """History of the finished cycles (with their plans) and the scorer's generator."""

@@ -54,13 +54,18 @@ from .registry import PrunekitError, Registry
 
 __all__ = [
     "GroupLike", "Member", "Group", "ParamSlice", "Trace", "trace", "find_groups", "groups_by_name",
-    "UnsupportedLayerError", "default_customized_pruners",
+    "UnsupportedLayerError", "UnsupportedModelError", "default_customized_pruners",
     "GROUP_SOURCES", "register_group_source", "describe_groups_fn", "groups_fn_from",
 ]
 
 ACTIVATION_TYPES = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.Mish)
 DEFAULT_ROOT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 GroupsFn = Callable[[nn.Module, Any], list]
+
+
+class UnsupportedModelError(PrunekitError, ValueError):
+    """A model (or part of it) prunekit cannot prune safely; raised before the model is modified (or after it was
+    restored)."""
 
 
 class UnsupportedLayerError(PrunekitError, ValueError):

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from .budget import Budget, CostModel, check_reachable, count_macs, count_params, mac_weights, unit_limits
-from .channels import UnsupportedModelError, _outputs_of, backbone_groups
+from .channels import backbone_groups
+from .graph import UnsupportedModelError
 from .engine import _exact, select_plan
 from .graph import describe_groups_fn
 from .saving import input_spec
@@ -38,31 +39,13 @@ from .plan import Plan, record_applied
 from .policy import UnreachableTargetError, removal_steps, round_half_up
 from .registry import PrunekitError
 from .scopes import get_scope
+from .snapshot import output_shapes as _outputs_of, restore, snapshot
 from .scorers import gather_stats, get_scorer, needs_activations, needs_gradients, score_groups
 
-__all__ = ["prune", "snapshot", "restore"]
+__all__ = ["prune"]
 
 TARGETS = ("params", "macs", "channels")
 ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to break the model
-
-
-def snapshot(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """A deep copy of ``model`` and its modules by path, for :func:`restore`."""
-    return copy.deepcopy(model), dict(model.named_modules(remove_duplicate=False))
-
-
-def restore(model: nn.Module, snap: tuple[nn.Module, dict[str, nn.Module]]) -> None:
-    """Put ``model`` back to its snapshot in place: every module object that was in the model gets the snapshot's
-    state (parameters, buffers, attributes) and its children back, so references to sub-modules stay valid."""
-    saved, before = snap
-    saved_modules = dict(saved.named_modules(remove_duplicate=False))
-    for path, original in before.items():
-        source = saved_modules[path]
-        state = dict(source.__dict__)
-        state["_modules"] = {k: (None if v is None else before[f"{path}.{k}" if path else k])
-                             for k, v in source._modules.items()}
-        original.__dict__.clear()
-        original.__dict__.update(state)
 
 
 def _measure(kind: str, model: nn.Module, groups: list, example_inputs: Any) -> float:

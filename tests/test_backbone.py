@@ -6,7 +6,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.channels import backbone_groups
-from prunekit.pruning import restore, snapshot
+from prunekit.snapshot import restore, snapshot
 from prunekit.scorers import (
     ScoreStats, coupled_l1, gather_stats, l2, normalized, score_groups, taylor, SCORERS,
 )
@@ -252,3 +252,46 @@ def test_pruning_units_whose_outgoing_weights_are_zero_changes_nothing(widths, s
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     after = {h.name: h.width for h in backbone_groups(verify=False)(model, x[:1])}
     assert {h.name: after[h.name] for h in groups} == {h.name: h.width - (len(dead) if h is g else 0) for h in groups}
+
+
+def test_engine_restores_a_model_its_prune_breaks():
+    model = Rigid().eval()
+    x = torch.randn(4, 3, 4, 4)
+    y = torch.randint(0, 3, (4,))
+
+    def train(m, opt, cycle):
+        loss = nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {}
+
+    engine = pk.Engine(model, train, example_inputs=x[:1], scorer="l1", budget=pk.Budget.channels(0.5),
+                       groups_fn=backbone_groups(verify=False))
+    b = model.b
+    with pytest.raises(pk.UnsupportedModelError, match=r"the pruned model does not run \(AssertionError: b must keep "
+                                                       r"8 channels\); the model was restored"):
+        engine.run()
+    assert model.b is b and model.b.out_channels == 8 and model.a.out_channels == 8
+    assert model(x).shape == (4, 3)
+    # with the one-unit probe (the default), the group that breaks is left out up front
+    history = pk.Engine(model, train, example_inputs=x[:1], scorer="l1", budget=pk.Budget.channels(0.4),
+                        groups_fn=backbone_groups()).run()
+    assert history[0].widths == {"a": 8} and history[-1].widths["a"] < 8 and model.b.out_channels == 8
+
+
+def test_load_pruned_refuses_another_architecture(tmp_path):
+    model = Block(4, 5, 6).eval()
+    x = torch.randn(2, 3, 2, 2)
+    pk.prune(model, x[:1], ratio=0.3)
+    pk.save_pruned(model, tmp_path / "m")
+    with pytest.raises(pk.ArchitectureMismatchError, match=r"plan 0 does not fit this model \(widths differ"):
+        pk.load_pruned(tmp_path / "m", Block(4, 6, 6))
+    with pytest.raises(pk.ArchitectureMismatchError, match="holds a pruned test_backbone.Block, got a "
+                                                            "test_backbone.Grouped"):
+        pk.load_pruned(tmp_path / "m", Grouped())
+    fresh = pk.load_pruned(tmp_path / "m", Block(4, 5, 6))
+    torch.testing.assert_close(fresh.eval()(x), model(x), rtol=0, atol=0)
+    assert pk.applied_plans(fresh)[0].remove == pk.applied_plans(model)[0].remove
+    with pytest.raises(pk.PrunekitError, match="no plans for this model; pass plans="):
+        pk.save_pruned(Block(4, 5, 6), tmp_path / "n")

@@ -9,7 +9,7 @@ from prunekit import Budget, Engine, PrunekitError, UnreachableTargetError, back
 from prunekit.budget import count_macs, count_params
 from prunekit.schedule import MAX_PRUNES, Schedule, ratio_steps
 
-from conftest import tiny_vit
+from conftest import tiny_swin, tiny_vit
 from test_engine import Trainer, X, make_model
 
 XC = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -156,3 +156,23 @@ def test_adapter_engine_records_sigma_reached():
     assert history[0].plan.meta["budget"] == {"kind": "sigma", "target": 32, "goal": 32.0, "planned": 32.0,
                                               "tolerance": 0.0, "reached": 4.0}
     assert tiny_vit  # the adapters' backbone
+
+
+@pytest.mark.parametrize("sigma", [8, 16, 32, 96])
+def test_local_strategy_lands_on_every_sigma_with_uneven_adapters(sigma):
+    model = tiny_swin()
+    pk.inject_adapters(model, sigma=4)  # adapters of 4, 4, 8, 8 neurons on 16, 16, 32, 32-wide sub-layers
+    pk.mark_trainable(model)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
+
+    def train(m, opt, cycle):
+        loss = nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {}
+
+    history = Engine(model, train, example_inputs=x[:1], strategy="local_l1", sigma_target=sigma).run()
+    assert sum(history[-1].widths.values()) == 96 // sigma  # floor(sum m / sigma): sigma reached exactly
+    assert history[-1].sigma == 96 / (96 // sigma)
+    assert all(w >= 1 for w in history[-1].widths.values()) or 96 // sigma < 4  # fewer units than adapters

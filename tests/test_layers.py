@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prunekit"
-CORE = ["graph", "plan", "scopes", "schedule", "engine", "budget", "policy", "scorers"]
+CORE = ["graph", "plan", "scopes", "schedule", "engine", "budget", "policy", "scorers", "snapshot"]
 ABOVE = {"adapters", "methods", "runner", "cli", "recipe", "data", "train", "params", "channels", "pruning", "saving",
          "heads", "ablation", "report"}
 
