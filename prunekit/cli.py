@@ -132,7 +132,7 @@ def inspect(recipe, overrides):
     """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
     from rich.table import Table
 
-    from .graph import adapter_groups
+    from .adapters import adapter_groups
     from .params import count_parameters
     from .report import short_group_name
     from .runner import build_model, check_recipe, example_inputs, num_classes_for

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .backbone import check_model_name, create_backbone, load_backbone_weights, load_checkpoint_file
 from .data import DATASETS, load_data, make_loaders
 from .engine import Engine
-from .graph import adapter_groups
+from .adapters import adapter_groups
 from .methods import build_method
 from .params import count_parameters
 from .plan import Plan, replay
