@@ -15,7 +15,7 @@ from torch import nn
 
 from common import device, median, parser, small_vit, sync, timeit, write
 from prunekit import inject_adapters, mark_trainable
-from prunekit.graph import adapter_groups
+from prunekit.adapters import adapter_groups
 from prunekit.scopes import global_scope
 from prunekit.scorers import score_groups, tina
 

@@ -35,8 +35,12 @@ Anything else (a 3-D ``(B, C, L)`` conv output, a tuple, an output without a C-w
 input layout differs from the output's) raises :class:`AdapterLayoutError` naming the module and its layout, before
 the model is touched.
 
-Over 300 lines on purpose: injection, the two layouts and the removal of emptied adapters share the ``Adapter``
-class and its invariants (state-dict keys unchanged, an empty adapter is the identity).
+The adapters are a client of the generic core: :func:`adapter_groups` finds one group per adapter (``down.out <->
+up.in``, kind ``'adapter'``) and gives it :data:`ADAPTER_POLICY` (``min_width=0``; ``on_empty`` removes the wrapper),
+so scopes, plans and the engine never need to know what an adapter is.
+
+Over 300 lines on purpose: injection, the two layouts, the adapter groups and the removal of emptied adapters share
+the ``Adapter`` class and its invariants (state-dict keys unchanged, an empty adapter is the identity).
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from torch import nn
 
+from .graph import Group, find_groups, register_group_source
+from .policy import Policy
 from .registry import PrunekitError, did_you_mean
 from .wrap import BaseLayerWrapper, set_submodule
 
@@ -65,6 +71,8 @@ __all__ = [
     "inject_adapters",
     "find_adapters",
     "remove_empty_adapters",
+    "adapter_groups",
+    "ADAPTER_POLICY",
     "hidden_size",
     "DEFAULT_TARGETS",
 ]
@@ -450,3 +458,36 @@ def remove_empty_adapters(model: nn.Module) -> list[str]:
             set_submodule(model, name, mod.base_layer)
             removed.append(name + ".adapter")
     return removed
+
+
+def _remove_emptied(model: nn.Module, group_names: Sequence[str]) -> list[str]:
+    """The adapter policy's ``on_empty``: wrappers of the emptied adapters (groups ``<layer>.adapter.down``) become
+    their bare sub-layer; returns the adapters removed (``<layer>.adapter``)."""
+    removed = []
+    for name in group_names:
+        layer = name.rsplit(".adapter.", 1)[0]
+        try:
+            mod = model.get_submodule(layer)
+        except AttributeError:
+            continue
+        if isinstance(mod, AdapterLayer) and mod.adapter.hidden == 0:
+            set_submodule(model, layer, mod.base_layer)
+            removed.append(layer + ".adapter")
+    return removed
+
+
+# An adapter may lose every neuron (TINA removes whole adapters, Fig. 4); the wrapper then goes.
+ADAPTER_POLICY = Policy(min_width=0, on_empty=_remove_emptied)
+
+
+def adapter_groups(model: nn.Module, example_inputs, forward_fn: Callable | None = None) -> list[Group]:
+    """The ``down.out <-> up.in`` group of every adapter in ``model`` (one per adapter, never the backbone)."""
+    adapters = list(find_adapters(model).values())
+    if not adapters:
+        return []
+    return find_groups(model, example_inputs, only=adapters, forward_fn=forward_fn, kind="adapter",
+                       policy=ADAPTER_POLICY)
+
+
+adapter_groups.group_source = ("adapters", {})
+register_group_source("adapters", lambda: adapter_groups)

@@ -67,13 +67,13 @@ from timm.layers.attention import AttentionRope as TimmAttentionRope
 from timm.models import pvt_v2, swin_transformer
 from torch import nn
 
+from .policy import Policy
 from .registry import PrunekitError
 from .wrap import BaseLayerWrapper
 
 __all__ = [
     "HeadSlice",
     "HeadLayout",
-    "HeadPolicy",
     "HeadGroup",
     "HeadDimGroup",
     "UnsupportedAttentionError",
@@ -87,21 +87,6 @@ __all__ = [
 
 class UnsupportedAttentionError(PrunekitError, ValueError):
     """An attention module whose heads prunekit cannot slice safely (the message names it and says why)."""
-
-
-@dataclass
-class HeadPolicy:
-    """What selection may do with a head group; field names follow the core's ``GroupPolicy`` (swap after merge).
-
-    Attributes:
-        min_width: heads (or dimensions) a module always keeps; an attention needs at least one.
-        round_to: keep a multiple of this many units, or None.
-        max_ratio: at most this fraction of the units may be removed in one prune, or None.
-    """
-
-    min_width: int = 1
-    round_to: int | None = None
-    max_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -508,7 +493,7 @@ class _AttentionGroup:
     kind: str = ""
     _suffix: str = ""
 
-    def __init__(self, module_name: str, module: nn.Module, layout: HeadLayout, policy: HeadPolicy):
+    def __init__(self, module_name: str, module: nn.Module, layout: HeadLayout, policy: Policy):
         self.module_name = module_name
         self.module = module
         self.layout = layout
@@ -598,7 +583,7 @@ class HeadGroup(_AttentionGroup):
     Attributes:
         name: ``'<attention module>.heads'``, e.g. ``'blocks.3.attn.heads'``.
         kind: ``'head'``.
-        policy: :class:`HeadPolicy` (``min_width`` heads are always kept).
+        policy: :class:`~prunekit.policy.Policy` (``min_width`` heads are always kept).
         module: the attention module; layout: its :class:`HeadLayout`.
     """
 
@@ -631,7 +616,7 @@ class HeadDimGroup(_AttentionGroup):
     has qkv = Linear(192, 3*3*48) and proj = Linear(144, 192).
 
     Attributes:
-        name: ``'<attention module>.head_dim'``; kind: ``'head_dim'``; policy: :class:`HeadPolicy`.
+        name: ``'<attention module>.head_dim'``; kind: ``'head_dim'``; policy: :class:`~prunekit.policy.Policy`.
     """
 
     kind = "head_dim"
@@ -696,7 +681,7 @@ def head_groups(model: nn.Module, *, ignore: Iterable[str | nn.Module] | None = 
         UnsupportedAttentionError: a module with ``num_heads`` whose layout is unknown or fails verification (all of
             them are named), raised before any group is returned.
     """
-    return [HeadGroup(n, m, lay, HeadPolicy(min_width=min_heads))
+    return [HeadGroup(n, m, lay, Policy(min_width=min_heads))
             for n, m, lay in _groups(model, ignore, min_heads, "min_heads")]
 
 
@@ -704,5 +689,5 @@ def head_dim_groups(model: nn.Module, *, ignore: Iterable[str | nn.Module] | Non
                     min_dim: int = 1) -> list[HeadDimGroup]:
     """One :class:`HeadDimGroup` per attention module that supports head-dim pruning (a registered layout with a
     ``query``: timm Attention without q/k norms, Swin, PVT-v2); refusals as in :func:`head_groups`."""
-    return [HeadDimGroup(n, m, lay, HeadPolicy(min_width=min_dim))
+    return [HeadDimGroup(n, m, lay, Policy(min_width=min_dim))
             for n, m, lay in _groups(model, ignore, min_dim, "min_dim") if lay.query is not None]

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 from torch import nn
 
 from .adapters import Adapter, hidden_size
+from .budget import count_params
 
 __all__ = [
     "count_parameters",
@@ -19,13 +20,7 @@ __all__ = [
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (shared parameters counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    return count_params(model, trainable_only)
 
 
 def head_names(model: nn.Module) -> list[str]:

@@ -2,26 +2,49 @@
 
 Selection produces a :class:`Plan`; only :meth:`Plan.apply` touches the model. Plans serialise to JSON and replay on a
 fresh model built the same way (:func:`replay`), like torch-pruning's pruning history but keyed by group name.
+
+What an emptied group means is the group's business: :meth:`Plan.apply` calls each policy's ``on_empty`` hook (the
+adapter policy replaces the wrapper by its sub-layer) and records what it removed in ``meta['removed']`` and, per
+kind, ``meta['removed_<kind>s']`` (``removed_adapters``). ``meta['groups']`` names how the groups were found (a
+registered group source and its config), so :func:`replay` can find them again on a fresh model.
 """
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from torch import nn
 
-from .adapters import remove_empty_adapters
-from .graph import Group, adapter_groups, groups_by_name
+from .graph import groups_by_name, groups_fn_from
+from .policy import policy_of
 from .registry import PrunekitError
 
-__all__ = ["Plan", "replay"]
+# Plans written before group sources were recorded were all adapter plans (TINA runs).
+LEGACY_GROUP_SOURCE = "adapters"
+
+__all__ = ["Plan", "replay", "applied_plans", "record_applied"]
+
+# model -> plans applied to it by prune(), the engine or replay(); weak, so nothing is written on the model and a
+# discarded model takes its record with it
+_APPLIED: "weakref.WeakKeyDictionary[nn.Module, list[Plan]]" = weakref.WeakKeyDictionary()
+
+
+def record_applied(model: nn.Module, plan: "Plan") -> None:
+    """Remember that ``plan`` was applied to ``model`` (see :func:`applied_plans`)."""
+    _APPLIED.setdefault(model, []).append(plan)
+
+
+def applied_plans(model: nn.Module) -> list["Plan"]:
+    """Plans applied to ``model`` by :func:`~prunekit.pruning.prune`, the engine or :func:`replay`, in order."""
+    return list(_APPLIED.get(model, []))
 
 
 @dataclass
 class Plan:
-    """Neurons to remove per group.
+    """Units (neurons, channels, heads) to remove per group.
 
     Attributes:
         widths: group name -> width n before the plan (also names every group the plan was made for).
@@ -56,10 +79,12 @@ class Plan:
     def emptied(self) -> list[str]:
         return [k for k, n in self.widths_after().items() if n == 0 and self.widths[k] > 0]
 
-    def apply(self, model: nn.Module, groups: Iterable[Group] | Mapping[str, Group]) -> list[str]:
-        """Slice the model; returns the adapters removed because they lost every neuron.
+    def apply(self, model: nn.Module, groups: Iterable[Any] | Mapping[str, Any]) -> list[str]:
+        """Slice the model; returns what the groups' policies removed because a group lost every unit (for adapters:
+        the emptied adapters, e.g. ``['blocks.0.attn.adapter']``), also recorded in ``meta``.
 
-        Every group is checked against the model before anything is cut, so a stale plan changes nothing.
+        Every group is checked against the model before anything is cut, so a stale plan changes nothing; a plan that
+        would empty a group whose policy keeps ``min_width >= 1`` units is refused the same way.
         """
         by_name = dict(groups) if isinstance(groups, Mapping) else groups_by_name(groups)
         for name, n in self.widths.items():
@@ -67,12 +92,33 @@ class Plan:
                 raise PrunekitError(f"plan names group {name!r}, which the model does not have "
                                     f"(it has {len(by_name)} groups, e.g. {sorted(by_name)[:3]})")
             if by_name[name].width != n:
-                raise PrunekitError(f"plan expects group {name!r} to have {n} neurons, the model has "
+                raise PrunekitError(f"plan expects group {name!r} to have {n} units, the model has "
                                     f"{by_name[name].width}; plans apply in the order they were made")
+        for name in self.emptied():
+            min_width, _, _, on_empty = policy_of(by_name[name])
+            if min_width > 0 or on_empty is None:
+                raise PrunekitError(f"plan removes every unit of group {name!r} (kind {by_name[name].kind!r}), whose "
+                                    f"policy keeps min_width={min_width}; allowed: at most "
+                                    f"{self.widths[name] - min_width} of its {self.widths[name]}")
         for name, idxs in self.remove.items():
             if idxs:
                 by_name[name].prune(idxs)
-        return remove_empty_adapters(model)
+        removed: list[str] = []
+        hooks: dict[int, tuple[Any, str, list[str]]] = {}
+        for name in self.emptied():
+            _, _, _, on_empty = policy_of(by_name[name])
+            hooks.setdefault(id(on_empty), (on_empty, by_name[name].kind, []))[2].append(name)
+        by_kind: dict[str, list[str]] = {}
+        for on_empty, kind, names in hooks.values():
+            gone = list(on_empty(model, names))
+            removed += gone
+            by_kind.setdefault(kind, []).extend(gone)
+        kinds = {getattr(by_name[k], "kind", "group") for k in self.widths
+                 if policy_of(by_name[k])[3] is not None}
+        for kind in kinds:
+            self.meta[f"removed_{kind}s"] = by_kind.get(kind, [])
+        self.meta["removed"] = removed
+        return removed
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "groups": {k: {"width": n, "remove": self.remove.get(k, [])}
@@ -108,9 +154,15 @@ def replay(
         model: nn.Module,
         plans: Iterable[Plan],
         example_inputs,
-        groups_fn: Callable[[nn.Module, Any], list[Group]] = adapter_groups,
+        groups_fn: Callable[[nn.Module, Any], list] | None = None,
 ) -> nn.Module:
-    """Apply recorded plans, in order, to a freshly built model (same architecture and adapters); returns it."""
+    """Apply recorded plans, in order, to a freshly built model (same architecture and adapters); returns it.
+
+    ``groups_fn`` finds the groups again; by default each plan's ``meta['groups']`` says how (plans without it are
+    adapter plans).
+    """
     for plan in plans:
-        plan.apply(model, groups_fn(model, example_inputs))
+        fn = groups_fn if groups_fn is not None else groups_fn_from(plan.meta.get("groups", LEGACY_GROUP_SOURCE))
+        plan.apply(model, fn(model, example_inputs))
+        record_applied(model, plan)
     return model

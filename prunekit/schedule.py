@@ -17,6 +17,15 @@ to N_target, after the first cycle, and train for as many cycles as the iterativ
 The paper (Sec. 4.2) and the issue write sigma0 = sigma_target / (1 - rho); read literally that starts *above* the
 target (2 x sigma_target at rho = 0.5), from where pruning can only move away. One prune of rho multiplies sigma by
 1 / (1 - rho), so the start that lands on the target is sigma_target * (1 - rho) (sigma_target / 2 at rho = 0.5).
+
+Budgets given as a fraction to remove (params, MACs, channels; see budget.py) follow the same rule in their own
+measure: each prune removes a fraction rho of what is left, so after k prunes ``1 - (1 - rho)^k`` of the model's
+measure is gone, and the last prune stops exactly at the target ratio::
+
+    P = ceil( log(1 - ratio) / log(1 - rho) )      prunes      (ratio 0.75, rho 0.5: 0.5, then 0.75)
+
+Every schedule is bounded by :data:`MAX_PRUNES`: a tiny rho (1e-4 would plan some 20,000 cycles) is refused up
+front with the count it implies, instead of running for days or allocating a list per neuron.
 """
 from __future__ import annotations
 
@@ -24,10 +33,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .policy import round_half_up
 from .registry import PrunekitError
-from .scopes import round_half_up
 
-__all__ = ["Schedule", "num_prunes", "paper_cycle_count", "oneshot_sigma0", "compression"]
+__all__ = ["Schedule", "num_prunes", "paper_cycle_count", "oneshot_sigma0", "compression", "ratio_prunes",
+           "ratio_steps", "MAX_PRUNES"]
+
+MAX_PRUNES = 100  # more prunes than this is a typo in rho, not a schedule
 
 
 def _check(rho: float, sigma0: float, sigma_target: float) -> None:
@@ -40,10 +52,38 @@ def _check(rho: float, sigma0: float, sigma_target: float) -> None:
                             f"got {sigma_target:g}; pruning only raises sigma")
 
 
+def _bounded(prunes: float, rho: float, what: str) -> int:
+    if prunes > MAX_PRUNES:
+        shown = f"{prunes:,.0f} prunes ({prunes + 1:,.0f} training cycles)" if math.isfinite(prunes) else \
+            "infinitely many prunes"
+        raise PrunekitError(f"rho: {rho:g} needs {shown} to reach {what}; at most {MAX_PRUNES} prunes are allowed "
+                            f"(rho = 0.5 halves what is left each prune)")
+    return int(prunes)
+
+
 def num_prunes(sigma0: float, sigma_target: float, rho: float) -> int:
-    """Prune steps needed to go from sigma0 to sigma_target removing a fraction rho each time."""
+    """Prune steps needed to go from sigma0 to sigma_target removing a fraction rho each time (at most MAX_PRUNES)."""
     _check(rho, sigma0, sigma_target)
-    return max(1, math.ceil(math.log(sigma_target / sigma0) / math.log(1.0 / (1.0 - rho)) - 1e-9))
+    step = -math.log1p(-rho)  # log(1 / (1 - rho)), accurate for tiny rho
+    prunes = math.ceil(math.log(sigma_target / sigma0) / step - 1e-9) if step > 0 else math.inf
+    return _bounded(max(1, prunes), rho, f"sigma_target={sigma_target:g} from sigma0={sigma0:g}")
+
+
+def ratio_prunes(ratio: float, rho: float) -> int:
+    """Prunes needed to remove a fraction ``ratio`` of a measure, each prune removing rho of what is left."""
+    if not 0.0 < rho < 1.0:
+        raise PrunekitError(f"rho: expected a fraction in (0, 1), got {rho}")
+    if not 0.0 < ratio < 1.0:
+        raise PrunekitError(f"ratio: expected a fraction in (0, 1) of the model to remove, got {ratio}")
+    step = -math.log1p(-rho)
+    prunes = math.ceil(-math.log1p(-ratio) / step - 1e-9) if step > 0 else math.inf
+    return _bounded(max(1, prunes), rho, f"ratio={ratio:g}")
+
+
+def ratio_steps(ratio: float, rho: float) -> list[float]:
+    """Fraction removed after each prune: ``1 - (1 - rho)^k``, the last one exactly ``ratio``."""
+    prunes = ratio_prunes(ratio, rho)
+    return [min(ratio, 1.0 - (1.0 - rho) ** k) for k in range(1, prunes)] + [ratio]
 
 
 def paper_cycle_count(sigma0: float, sigma_target: float, rho: float) -> int:
@@ -102,6 +142,12 @@ class Schedule:
     def cycles(self, total_width: int, total_fan: int) -> int:
         """Training cycles, the first included: prunes + 1 (iterative) or the reference run's count (one-shot)."""
         if self.mode == "oneshot":
+            if not self.sigma_reference > 0:
+                raise PrunekitError(f"sigma_reference: expected a compression rate > 0, got {self.sigma_reference}")
+            if not self.sigma_target > self.sigma_reference:
+                raise PrunekitError(f"sigma_reference: expected a compression below sigma_target="
+                                    f"{self.sigma_target:g} (a one-shot run trains as many cycles as an iterative run "
+                                    f"from sigma_reference to sigma_target), got {self.sigma_reference:g}")
             return num_prunes(self.sigma_reference, self.sigma_target, self.rho) + 1
         return len(self.widths(total_width, total_fan))
 

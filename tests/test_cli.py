@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from prunekit.cli import main
-from prunekit.graph import adapter_groups
+from prunekit.adapters import adapter_groups
 from prunekit.plan import Plan, replay
 from prunekit.recipe import load_recipe
 from prunekit.runner import build_model, example_inputs, load_run

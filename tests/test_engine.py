@@ -5,7 +5,7 @@ from torch import nn
 from prunekit import (
     Engine, Plan, PrunekitError, count_parameters, find_adapters, inject_adapters, mark_trainable, replay,
 )
-from prunekit.graph import adapter_groups
+from prunekit.adapters import adapter_groups
 
 from conftest import tiny_vit
 

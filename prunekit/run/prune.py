@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..adapters import adapter_groups
 from ..engine import Engine
 from ..errors import PrunekitError, RecipeError
-from ..graph import adapter_groups
 from ..plan import Plan, replay
 from ..progress import ProgressReporter
 from ..recipe import Recipe
