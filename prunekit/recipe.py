@@ -74,8 +74,9 @@ class StrategySection:
         "training cycles: with strategy 'none' how many to train (default 1; baselines use 5 to match TINA's "
         "budget); otherwise computed from sigma, sigma_target and rho and, when set, checked against that",
         default=None))
-    calibration_batches: int = field(**option("training batches used to measure activations for activation-based "
-                                              "scorers", default=8))
+    calibration_batches: int = field(**option("training batches (in order) that activation scorers measure "
+                                              "activations on and gradient (Taylor) scorers gradients on",
+                                              default=8))
     scorer: Optional[str] = field(**option(
         "replaces the strategy's scorer: a registered name (`prunekit list scorers`) or 'package.module:function' "
         "(null: the strategy's own)", default=None))

@@ -20,7 +20,7 @@ from ..plan import Plan, replay
 from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..schedule import compression
-from ..scorers import get_scorer, needs_activations
+from ..scorers import get_scorer, needs_activations, needs_gradients
 from ..strategy import Strategy
 from .build import example_inputs
 from .record import RunRecord
@@ -38,8 +38,9 @@ def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: 
     checked here, before the run directory is created.
     """
     s = recipe.strategy
+    scorer = get_scorer(strategy.scorer)
     calibration = None
-    if needs_activations(get_scorer(strategy.scorer)):
+    if needs_activations(scorer) or needs_gradients(scorer):
         calibration = calibration_batches(task, recipe, device)
     with _strategy_keys():
         engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy, rho=s.rho,

@@ -48,9 +48,11 @@ def load_task(recipe: Recipe, device: torch.device, distributed: bool = False, n
     return Task(bundle, train, val)
 
 
-def calibration_batches(task: Task, recipe: Recipe, device: torch.device) -> Callable[[], Iterator[torch.Tensor]]:
-    """The first ``strategy.calibration_batches`` training batches (images only, in order), for activation scorers."""
+def calibration_batches(task: Task, recipe: Recipe, device: torch.device
+                        ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The first ``strategy.calibration_batches`` training batches, in order, as ``(images, labels)`` on ``device``:
+    what activation scorers (the images) and gradient scorers (both) measure."""
     loader = DataLoader(task.bundle.train, batch_size=recipe.train.batch_size, shuffle=False,
                         collate_fn=task.bundle.collate_fn)
     k = recipe.strategy.calibration_batches
-    return lambda: (batch[0].to(device) for batch in itertools.islice(loader, k))
+    return lambda: ((x.to(device), y.to(device)) for x, y in itertools.islice(loader, k))
