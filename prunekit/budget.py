@@ -41,7 +41,8 @@ from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
 from .scopes import Limit
 
-__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights", "select_units",
+__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights",
+           "select_units",
            "select_cost", "select_macs", "unit_limits", "check_reachable"]
 
 BUDGET_KINDS = ("sigma", "params", "macs", "channels")
@@ -149,7 +150,8 @@ def slices_of(group: Any) -> list | None:
     originals: dict[int, tuple[nn.Module, dict[str, tuple[int, ...]]]] = {}
     for top in tops:
         clone = _meta_clone(top)
-        for (_, a), (_, b) in zip(top.named_modules(remove_duplicate=False), clone.named_modules(remove_duplicate=False)):
+        pairs = zip(top.named_modules(remove_duplicate=False), clone.named_modules(remove_duplicate=False))
+        for (_, a), (_, b) in pairs:
             memo[id(a)] = b
             originals[id(b)] = (a, {n: tuple(p.shape) for n, p in a.named_parameters(recurse=False)})
         for a, b in zip(top.parameters(), clone.parameters()):

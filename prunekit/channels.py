@@ -33,7 +33,6 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-import torch
 from torch import nn
 from torch_pruning import ops
 
@@ -182,7 +181,8 @@ class BackboneGroups:
                 module = item.dep.target.module
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 if module in protected and is_out:
-                    excluded[label] = f"its channels are the model's output (through {names.get(module, 'a parameter')})"
+                    through = names.get(module, "a parameter")
+                    excluded[label] = f"its channels are the model's output (through {through})"
                     return False
                 if is_out and module in ignored:
                     excluded[label] = f"ignore= covers {names.get(module)}"

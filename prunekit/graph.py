@@ -35,8 +35,9 @@ attention heads, where one unit is a whole head)::
     unit_params() -> int         parameters one unit holds now (first-order cost, for params / MACs budgets)
 
 Optional: ``param_slices() -> [ParamSlice] | None`` (exactly which tensor dims a unit owns, so budgets count cross
-terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units, for activation scorers),
-``channel_groups`` (channels per unit), ``modules`` and ``root`` (a module, for the device).
+terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units,
+for activation scorers), ``channel_groups`` (channels per unit), ``modules`` (what ``prune`` touches: budgets derive
+the slices of a group without ``param_slices`` by pruning a shape-only copy of them) and ``root`` (for the device).
 """
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def prune(
     params_before = count_params(model)
     macs_before, weights = mac_weights(model, example_inputs)
     reference = _outputs_of(model, example_inputs, forward_fn)
-    snap = snapshot(model)
+    snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):
         groups = groups_fn(model, example_inputs)
         if not groups:
@@ -155,20 +155,23 @@ def prune(
         start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or _measure(
             target, model, groups, example_inputs)
         goal = budget.value * start if target != "channels" else float(round_half_up(budget.value * start))
-        plan = None
+        plan, sliced = None, False
         try:
             plan, tol = _select(budget, model, groups, groups_fn, score_fn, scope_fn, start, goal, weights,
                                 example_inputs, calibration, loss_fn)
+            sliced = True
             plan.apply(model, groups)
             shapes = _outputs_of(model, example_inputs, forward_fn)
             if shapes != reference:
                 raise RuntimeError(f"output shapes changed from {reference} to {shapes}")
             break
         except (UnsupportedModelError, UnreachableTargetError):
-            restore(model, snap)
+            if sliced:
+                restore(model, snap)
             raise
         except Exception as e:  # noqa: BLE001 - restore, then find the groups that break the model by name
-            restore(model, snap)
+            if sliced:  # parameters are now the snapshot's (copies): only when the model really changed
+                restore(model, snap)
             broken = {} if attempt + 1 == ATTEMPTS else groups_fn.exclude_breaking(
                 model, example_inputs, None if plan is None else plan.remove)
             if not broken:

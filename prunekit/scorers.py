@@ -48,6 +48,7 @@ __all__ = [
     "l1_down",
     "l1_activation",
     "coupled_l1",
+    "l1",
     "l2",
     "tina",
     "taylor",
@@ -143,7 +144,8 @@ def coupled_l1(group: Any, stats: ScoreStats) -> torch.Tensor:
     return _l1_rows(group.rows() + group.columns(), group.width, _device(group))
 
 
-register_scorer("l1", coupled_l1)
+l1 = coupled_l1  # the usual name outside the paper
+register_scorer("l1", l1)
 
 
 @register_scorer("l2")

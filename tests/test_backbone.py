@@ -124,12 +124,13 @@ def test_a_group_that_breaks_the_forward_is_found_and_left_out():
 
 def test_a_model_that_cannot_be_pruned_is_left_unchanged():
     model = Rigid().eval()
-    a = model.a
+    a, weight = model.a, model.a.weight
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(1, 3, 4, 4)
     with pytest.raises(pk.UnreachableTargetError, match="at most"):
         pk.prune(model, x, ratio=0.9, target="channels")
-    assert model.a is a and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.a is a and model.a.weight is weight  # refused before anything changed: even the same tensors
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with pytest.raises(pk.UnsupportedModelError, match="no prunable group"):
         pk.prune(model, x, ratio=0.1, target="channels", ignore=["a"])
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

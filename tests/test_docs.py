@@ -27,3 +27,20 @@ def test_python_api_scope_example_matches_its_comments():
     namespace = {"torch": __import__("torch")}
     exec(snippet, namespace)
     assert namespace["plan"].remove == {"a": [0, 1]} and namespace["plan"].emptied() == ["a"]
+
+
+def test_prune_any_model_example_runs(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared CPU: OpenMP threads spinning against other processes are 50x slower
+    try:
+        snippet = next(b for b in python_blocks(DOCS / "python-api.md") if "pk.prune(" in b)
+        namespace: dict = {}
+        exec(compile(snippet, "python-api.md", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    plan = namespace["plan"]
+    assert abs(plan.meta["params_after"] / plan.meta["params_before"] - 0.5) < 0.01
+    assert plan.meta["macs_after"] < plan.meta["macs_before"]
+    assert "->" in capsys.readouterr().out

@@ -127,7 +127,8 @@ def test_tiny_rho_in_the_engine_fails_fast():
 
 def test_oneshot_error_names_sigma_reference():
     s = Schedule(rho=0.5, sigma_target=64, mode="oneshot", sigma_reference=128)
-    with pytest.raises(PrunekitError, match=r"sigma_reference: expected a compression below sigma_target=64 \(.*\), got 128"):
+    with pytest.raises(PrunekitError, match=r"sigma_reference: expected a compression below sigma_target=64 "
+                                            r"\(.*\), got 128"):
         s.cycles(10, 320)
 
 
