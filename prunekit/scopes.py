@@ -58,6 +58,7 @@ def register_scope(name: str, fn: Scope | None = None, *, overwrite: bool = Fals
 
 
 def get_scope(name_or_fn: str | Scope) -> Scope:
+    """A registered scope by name, a ``package.module:function`` path (imported), or the callable itself."""
     return name_or_fn if callable(name_or_fn) else SCOPES.get(name_or_fn)
 
 

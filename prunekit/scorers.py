@@ -96,7 +96,7 @@ def register_scorer(name: str, fn: Scorer | None = None, *, overwrite: bool = Fa
 
 
 def get_scorer(name_or_fn: str | Scorer) -> Scorer:
-    """A registered scorer by name, or the callable itself."""
+    """A registered scorer by name, a ``package.module:function`` path (imported), or the callable itself."""
     return name_or_fn if callable(name_or_fn) else SCORERS.get(name_or_fn)
 
 
