@@ -165,7 +165,7 @@ def slices_of(group: Any) -> list | None:
     except Exception:  # noqa: BLE001 - a group that cannot be copied or pruned on meta tensors: no slices
         return None
     out = []
-    for key, (orig, shapes) in originals.items():
+    for orig, shapes in originals.values():
         clone = memo[id(orig)]
         for name, shape in shapes.items():
             new = getattr(clone, name, None)

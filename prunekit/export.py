@@ -133,8 +133,8 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, path: str | Pat
                           f"{getattr(example_inputs, 'shape', type(example_inputs).__name__)}")
     path = Path(path)
     if path.exists() and not replace:
-        raise ExportError(f"{path}: already exists; nothing was written. Pass --overwrite (replace=True) to replace it, "
-                          "or choose another path")
+        raise ExportError(f"{path}: already exists; nothing was written. Pass replace=True to replace it, or "
+                          "choose another path")
     if not path.parent.is_dir():
         raise ExportError(f"{path}: the folder {path.parent} does not exist")
     model.eval()

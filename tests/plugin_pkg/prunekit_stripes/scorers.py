@@ -1,6 +1,4 @@
 """``weight_product``: a neuron's down-row L2 norm times its up-column L2 norm."""
-import torch
-
 from prunekit.scorers import register_scorer
 
 
