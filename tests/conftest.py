@@ -1,6 +1,9 @@
 """Tiny timm models with random weights (no hub) shared by the tests."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -47,3 +50,28 @@ def images():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared CPU, OpenMP threads spinning against other processes make a forward 50x
+    slower; restored after each test. Modules of many small forwards use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Path -> (sha256, size, mtime) of every file and mtime of every folder under ``root`` (itself included): what
+    the bad-input and safety tables compare before and after a command."""
+    state: dict[str, tuple] = {".": ("dir", root.stat().st_mtime_ns)}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            state[rel + "/"] = ("dir", st.st_mtime_ns)
+        else:
+            state[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
+    return state

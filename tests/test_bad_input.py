@@ -8,7 +8,6 @@ appeared in the working directory. Nothing is pretrained or downloaded; the one 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,8 @@ from safetensors.torch import save_file
 
 from prunekit.cli import main
 from prunekit.strategy import STRATEGIES, Strategy
+
+from conftest import snapshot
 
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,  # no weights offline
               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
@@ -415,17 +416,6 @@ def write_damaged_runs(ws: Path, finished: Path, noise: bytes) -> None:
     (d / "metrics.jsonl").write_bytes(metrics[:-40])
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Path -> (sha256, size, mtime) of every file and mtime of every folder under ``root`` (itself included)."""
-    state: dict[str, tuple] = {".": ("dir", root.stat().st_mtime_ns)}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        rel = str(p.relative_to(root))
-        if p.is_dir():
-            state[rel + "/"] = ("dir", st.st_mtime_ns)
-        else:
-            state[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
-    return state
 
 
 def describe_changes(before: dict[str, tuple], after: dict[str, tuple]) -> str:

@@ -17,14 +17,7 @@ MODEL_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=
 SCOPE_NAMES = ["local", "global"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP threads spinning against other processes make a forward 50x
-    slower; restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @st.composite

@@ -16,14 +16,7 @@ XC = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 YC = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP threads spinning against other processes make a forward 50x
-    slower; restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cnn() -> nn.Module:

@@ -14,14 +14,7 @@ import torchvision
 import prunekit as pk
 from prunekit.budget import count_params
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU, OpenMP threads spinning against other processes make a forward 50x
-    slower; restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # id: (builder, input size, ratio, expected)

@@ -13,7 +13,6 @@ consistent outputs), and a lock left by a SIGKILLed run being taken over.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ from prunekit.cli import main
 from prunekit.resume import STATE_FILE
 from prunekit.rundir import MARKER, RunDir, save_safetensors, written_by_prunekit
 from prunekit.runlock import LOCK_FILE, RunLockedError, holder_of
+
+from conftest import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,
@@ -294,17 +295,6 @@ def invoke(row: Row, args: list[str], case: Path) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Path -> (sha256, size, mtime) of every file and mtime of every folder under ``root`` (itself included)."""
-    state: dict[str, tuple] = {".": ("dir", root.stat().st_mtime_ns)}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        rel = str(p.relative_to(root))
-        if p.is_dir():
-            state[rel + "/"] = ("dir", st.st_mtime_ns)
-        else:
-            state[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
-    return state
 
 
 def changes(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
