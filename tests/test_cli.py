@@ -84,6 +84,26 @@ def test_eval_reproduces_every_cycle(finished_run):
     assert "top-1" in invoke("eval", run_dir).output
 
 
+def test_export_writes_a_file_that_reproduces_the_run(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[1], run_dir)  # the module's run stays as the other tests expect it
+    res = invoke("export", run_dir, "--cycle", 1)
+    assert res.exit_code == 0, res.output
+    path = run_dir / "export" / "cycle_1.pt"
+    assert f"wrote {path}" in res.output and "max |exported - PyTorch|" in res.output
+    recipe, model, _ = load_run(run_dir, cycle=1)
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.jit.load(str(path))(x), model.eval()(x), atol=1e-4, rtol=0)
+    assert "export/cycle_1.pt" in json.loads((run_dir / ".prunekit-run.json").read_text())["files"]
+    before = path.read_bytes()
+    refused = CliRunner().invoke(main, ["export", str(run_dir), "--cycle", "1"])
+    assert refused.exit_code == 2 and "already exists" in refused.output and path.read_bytes() == before
+    outside = tmp_path / "model.pt"
+    assert invoke("export", run_dir, "--out", outside).exit_code == 0 and outside.is_file()
+
+
 def test_plan_replays_on_a_fresh_model(finished_run):
     recipe_path, run_dir, _ = finished_run
     recipe, reloaded, rec = load_run(run_dir)

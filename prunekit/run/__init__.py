@@ -10,13 +10,14 @@
     train       loop.py       the cycles: the engine's prune loop, or plain cycles for strategy 'none'
                 prune.py      the one seam with the pruning engine (build it, log prunes, plan a dry run, restore)
 
-``pipeline.run_recipe`` strings them together; ``preview`` (``--dry-run``, ``inspect``), ``reload`` (``eval``) and
-``catalog`` (``list``) reuse them. Layers point down: the CLI imports this package, this package imports the engine,
-strategies, methods, data and backbones, and nothing below imports it.
+``pipeline.run_recipe`` strings them together; ``preview`` (``--dry-run``, ``inspect``), ``reload`` (``eval``),
+``exporting`` (``export``) and ``catalog`` (``list``) reuse them. Layers point down: the CLI imports this package,
+this package imports the engine, strategies, methods, data and backbones, and nothing below imports it.
 """
 from .build import build_model, example_inputs, num_classes_for, preview_classes
 from .catalog import REGISTRIES, catalog, param_rows
 from .check import Checked, check_recipe
+from .exporting import export_run
 from .pipeline import end_processes, run_recipe
 from .pretrain import ensure_checkpoint
 from .preview import Inspection, dry_run, inspect_recipe
@@ -27,5 +28,6 @@ from .resuming import NothingToResume, recipe_to_resume
 __all__ = [
     "run_recipe", "end_processes", "check_recipe", "Checked", "build_model", "example_inputs", "num_classes_for",
     "preview_classes", "ensure_checkpoint", "dry_run", "inspect_recipe", "Inspection", "load_run", "evaluate_run",
-    "RunResult", "RunFinished", "NothingToResume", "recipe_to_resume", "REGISTRIES", "catalog", "param_rows",
+    "export_run", "RunResult", "RunFinished", "NothingToResume", "recipe_to_resume", "REGISTRIES", "catalog",
+    "param_rows",
 ]
