@@ -7,43 +7,53 @@ as data), ``budget`` (sigma / params / MACs / channels targets), ``schedule`` (c
 loop), ``pruning`` (``prune()`` in one call), ``saving`` (save / load pruned models), ``export`` (TorchScript / ONNX),
 ``strategy`` (named combinations; built-ins in ``strategies/``).
 """
-from .adapters import (
-    ADAPTER_POLICY,
-    Adapter,
-    AdapterConfig,
-    NoMatchingModuleError,
-    adapter_groups,
-    find_adapters,
-    inject_adapters,
-    remove_empty_adapters,
-)
-from .budget import Budget
-from .channels import BackboneGroups, backbone_groups
-from .engine import CycleRecord, Engine
-from .graph import Group, UnsupportedModelError, find_groups
-from .heads import HeadDimGroup, HeadGroup, UnsupportedAttentionError, attention_modules, head_dim_groups, head_groups
-from .params import count_parameters, mark_trainable
-from .plan import Plan, applied_plans, replay
-from .pruning import prune
-from .registry import PrunekitError, UnknownNameError
-from .saving import ArchitectureMismatchError, load_pruned, save_pruned
-from .schedule import Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
-from .scopes import SCOPES, global_scope, local_scope, register_scope
-from .policy import Policy, UnreachableTargetError
-from .scorers import SCORERS, ScoreStats, collect_activations, combine, normalized, register_scorer, scaled
-from .strategy import STRATEGIES, Strategy, get_strategy, list_strategies, register_strategy
+# Every public name is imported on first use (PEP 562): ``import prunekit.cli`` answers ``prunekit --help`` without
+# importing torch, timm or torch-pruning; ``prunekit.prune`` / ``from prunekit import Engine`` import their module then.
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Adapter", "AdapterConfig", "NoMatchingModuleError", "find_adapters", "inject_adapters", "remove_empty_adapters",
-    "CycleRecord", "Engine", "Group", "adapter_groups", "find_groups", "HeadGroup", "HeadDimGroup",
-    "UnsupportedAttentionError", "attention_modules", "head_groups", "head_dim_groups", "count_parameters",
-    "mark_trainable",
-    "Plan", "replay", "PrunekitError", "UnknownNameError", "Schedule", "num_prunes", "oneshot_sigma0",
-    "paper_cycle_count", "SCOPES", "global_scope", "local_scope", "register_scope", "SCORERS", "ScoreStats",
-    "collect_activations", "combine", "register_scorer", "scaled", "STRATEGIES", "Strategy", "get_strategy",
-    "list_strategies", "register_strategy", "ADAPTER_POLICY", "Budget", "Policy", "UnreachableTargetError",
-    "normalized", "BackboneGroups", "UnsupportedModelError", "backbone_groups", "applied_plans", "prune",
-    "ArchitectureMismatchError", "load_pruned", "save_pruned",
-]
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "adapters": (
+        "ADAPTER_POLICY", "Adapter", "AdapterConfig", "NoMatchingModuleError", "adapter_groups", "find_adapters",
+        "inject_adapters", "remove_empty_adapters",
+    ),
+    "budget": ("Budget",),
+    "channels": ("BackboneGroups", "backbone_groups",),
+    "engine": ("CycleRecord", "Engine",),
+    "graph": ("Group", "UnsupportedModelError", "find_groups",),
+    "heads": (
+        "HeadDimGroup", "HeadGroup", "UnsupportedAttentionError", "attention_modules", "head_dim_groups",
+        "head_groups",
+    ),
+    "params": ("count_parameters", "mark_trainable",),
+    "plan": ("Plan", "applied_plans", "replay",),
+    "pruning": ("prune",),
+    "registry": ("PrunekitError", "UnknownNameError",),
+    "saving": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
+    "schedule": ("Schedule", "num_prunes", "oneshot_sigma0", "paper_cycle_count",),
+    "scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),
+    "policy": ("Policy", "UnreachableTargetError",),
+    "scorers": ("SCORERS", "ScoreStats", "collect_activations", "combine", "normalized", "register_scorer", "scaled",),
+    "strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .registry import PrunekitError
 
@@ -31,7 +29,10 @@ class UnreachableTargetError(PrunekitError, ValueError):
     """A pruning target the groups' limits cannot reach; the message says the most that can be reached."""
 
 
-OnEmpty = Callable[[nn.Module, Sequence[str]], list[str]]
+if TYPE_CHECKING:  # torch is not imported for the policy rules alone (``prunekit list strategies`` stays fast)
+    from torch import nn
+
+OnEmpty = Callable[["nn.Module", Sequence[str]], list[str]]
 
 
 def round_half_up(x: float) -> int:
