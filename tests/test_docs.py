@@ -2,11 +2,16 @@
 import re
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 
 def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return python_blocks_of(path.read_text())
+
+
+def python_blocks_of(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def test_python_api_quick_example_runs_tina_with_a_custom_scorer(capsys):
@@ -27,3 +32,28 @@ def test_python_api_scope_example_matches_its_comments():
     namespace = {"torch": __import__("torch")}
     exec(snippet, namespace)
     assert namespace["plan"].remove == {"a": [0, 1]} and namespace["plan"].emptied() == ["a"]
+
+
+def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys):
+    import torch
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Prune any model", 1)[1].split("\n## ", 1)[0]
+    snippet = python_blocks_of(section)[0]
+    assert 6 <= len([line for line in snippet.splitlines() if line.strip()]) <= 10
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        namespace: dict = {}
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    before, after = namespace["plan"].meta["params_before"], namespace["plan"].meta["params_after"]
+    assert abs(after / before - 0.5) < 0.01
+    assert capsys.readouterr().out.strip() == f"{before} -> {after}"
+    model, x = namespace["model"], namespace["x"]
+    from prunekit.budget import count_params
+
+    assert count_params(model) == after and model.eval()(x).shape == (1, 10)
+    assert (tmp_path / "resnet18-half" / "model.safetensors").is_file()
