@@ -57,3 +57,32 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys):
 
     assert count_params(model) == after and model.eval()(x).shape == (1, 10)
     assert (tmp_path / "resnet18-half" / "model.safetensors").is_file()
+
+
+def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Every Python block of docs/generic-pruning.md, in order, in an empty folder (one intra-op thread)."""
+    import torch
+
+    blocks = python_blocks(DOCS / "generic-pruning.md")
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spaces = []
+        for i, block in enumerate(blocks):
+            spaces.append({})
+            exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
+    finally:
+        torch.set_num_threads(threads)
+    one, engine, scorers = spaces
+    assert abs(one["plan"].meta["reached"] - 0.5) < 0.01 and one["plan"].meta["macs_after"] < one["plan"].meta[
+        "macs_before"]
+    history = engine["engine"].history
+    assert [r.plan is not None for r in history] == [True, True, False]
+    assert abs(history[1].reached - 0.75) < 0.02
+    assert (tmp_path / "resnet18-quarter" / "prunekit.json").is_file()
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[-4:]] == ["coupled_l1", "l1_mean", "lamp", "l2_max"]
+    assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in out[-4:])
+    assert scorers["plan"].meta["scorer"] == "taylor"
