@@ -170,8 +170,8 @@ def _vs_torch_pruning(vs: dict) -> list[str]:
               "for the plan's record), snapshots the model for the undo, and searches its selection (a bisection over "
               "the number of units, each step a global ranking) to meet the budget within one unit; a model whose "
               "first attempt breaks (ghostnet's partial concatenations) pays a forward probe and a second attempt. "
-              "cProfile of one call on efficientnet_b0 at 64 px (1.23 s under the profiler): group discovery 30 %, selection "
-              "26 %, MAC counting 25 %, snapshot 8 %.", ""]
+              "cProfile of one call on efficientnet_b0 at 64 px (1.23 s under the profiler): group discovery 30 %, "
+              "selection 26 %, MAC counting 25 %, snapshot 8 %.", ""]
     return parts
 
 
