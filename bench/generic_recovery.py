@@ -17,7 +17,7 @@ recipe's split and ``train`` settings, ``prunekit.train.Trainer``):
 
 Top-1 is the validation accuracy after the last epoch, 3 training seeds (the data split is the recipe's).
 
-    OMP_NUM_THREADS=1 python bench/generic_recovery.py --epochs 6 --device cpu   # 18 min measured, shared 2-core CPU
+    OMP_NUM_THREADS=1 python bench/generic_recovery.py --epochs 6 --device cpu   # 6-18 min measured, shared 2-core CPU
 """
 from __future__ import annotations
 
