@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["train_throughput.py", "prune_overhead.py", "inference.py", "train_cost.py", "storage.py"]
+SCRIPTS = ["train_throughput.py", "prune_overhead.py", "inference.py", "train_cost.py", "storage.py",
+           "vs_torch_pruning.py"]
 
 
 def main():

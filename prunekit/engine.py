@@ -144,7 +144,7 @@ def select_plan(
         trial: Callable[[Plan], float] | None = None,
 ) -> tuple[Plan, float, float]:
     """One budgeted selection: a plan removing ``goal`` of the budget's measure now (units for sigma / channels,
-    parameters or MACs otherwise), the amount it removes and the tolerance (one unit's worth).
+    parameters or MACs otherwise), the amount it removes and the tolerance (one step's worth: ``round_to`` units).
 
     Units are exact; parameters are exact through :class:`~prunekit.budget.CostModel` (``weights``: MACs per
     parameter for MACs); with ``trial`` (``fn(plan) -> amount it really removes``, counted on a pruned copy) the
@@ -158,7 +158,8 @@ def select_plan(
         tol = max((limits[n].round_to for n in removable), default=1) - 1
         return plan, float(plan.n_removed), float(tol)
     cost = CostModel(groups, weights)
-    tol = cost.max_unit_cost(removable)
+    # one step of a group: round_to units (a policy's round_to moves a width by that many at a time)
+    tol = max((cost.removed({n: limits[n].round_to}) for n in removable), default=0.0)
     if trial is None:
         plan = select_cost(scope, scores, goal, cost, limits)
         return plan, cost.removed({k: len(v) for k, v in plan.remove.items()}), tol

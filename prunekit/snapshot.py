@@ -25,13 +25,17 @@ def snapshot(model: nn.Module) -> Snapshot:
 
 
 def restore(model: nn.Module, snap: Snapshot) -> None:
-    """Put ``model`` back to its snapshot in place: every module object that was in the model gets the snapshot's
-    state (parameters, buffers, attributes) and its children back."""
+    """Put ``model`` back to its snapshot in place: every module object that was in the model gets (a copy of) the
+    snapshot's state (parameters, buffers, attributes) and its children back; the snapshot can be restored again."""
     saved, before = snap
     saved_modules = dict(saved.named_modules(remove_duplicate=False))
+    # The model gets copies of the snapshot's state, never the snapshot's own dicts and tensors: pruning the restored
+    # model replaces entries of its ``_parameters`` in place, and the snapshot must survive for a later restore. One
+    # memo for all modules keeps tied parameters tied; snapshot modules map to the user's module objects.
+    memo = {id(saved_modules[path]): original for path, original in before.items()}
     for path, original in before.items():
         source = saved_modules[path]
-        state = dict(source.__dict__)
+        state = copy.deepcopy({k: v for k, v in source.__dict__.items() if k != "_modules"}, memo)
         state["_modules"] = {k: (None if v is None else before[f"{path}.{k}" if path else k])
                              for k, v in source._modules.items()}
         original.__dict__.clear()

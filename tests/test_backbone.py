@@ -141,6 +141,21 @@ def test_snapshot_restores_in_place():
     torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
 
 
+def test_snapshot_restores_twice():
+    """prune() retries after a failed attempt: restore, prune again, restore again must still give the original
+    (the restored model must not share the snapshot's parameter dicts, which the second prune would rewrite)."""
+    model = Grouped().eval()
+    x = torch.randn(2, 3, 5, 5)
+    ref = model(x)
+    snap = snapshot(model)
+    for _ in range(2):
+        backbone_groups(verify=False)(model, x[:1])[0].prune([0])
+        assert model.c1.out_channels == 4
+        restore(model, snap)
+        assert model.c1.out_channels == 8
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+
+
 def test_unknown_target_and_missing_calibration_fail_before_anything():
     model = Odd()
     with pytest.raises(pk.PrunekitError, match="target: unknown 'flops'; allowed: params, macs, channels"):

@@ -210,3 +210,21 @@ def test_policy_lowest_width_and_steps():
         Policy(min_width=0)
     with pytest.raises(pk.PrunekitError, match="round_to: expected an integer >= 1, got 0"):
         Policy(round_to=0)
+
+
+def test_count_macs_matches_torch_pruning_and_leaves_the_model_alone():
+    """prunekit counts on a copy sharing the model's tensors: same totals and per-layer MACs as torch-pruning's own
+    counter, no hook or attribute left on the model, its weights untouched."""
+    import torch_pruning as tp
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    model.train()
+    x = torch.randn(2, 3, 6, 6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    macs, _, layers, _ = tp.utils.count_ops_and_params(model, x, layer_wise=True)
+    total, weights = mac_weights(model, x)
+    assert count_macs(model, x) == total == int(macs)
+    conv = model[0]
+    assert weights[id(conv.weight)] == layers[conv] / (conv.weight.numel() + conv.bias.numel())
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(hasattr(m, "__flops__") or m._forward_hooks for m in model.modules())

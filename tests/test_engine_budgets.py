@@ -170,3 +170,19 @@ def test_local_strategy_lands_on_every_sigma_with_uneven_adapters(sigma):
     assert sum(history[-1].widths.values()) == 96 // sigma  # floor(sum m / sigma): sigma reached exactly
     assert history[-1].sigma == 96 / (96 // sigma)
     assert all(w >= 1 for w in history[-1].widths.values()) or 96 // sigma < 4  # fewer units than adapters
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.4, 0.5, 0.6])
+def test_params_budget_with_round_to_lands_within_one_step(ratio):
+    """With ``round_to=8`` a group's width moves 8 units at a time, so the budget is met within one step (8 units'
+    cost), not one unit: the engine accepts that plan and every width stays a multiple of 8 (or the original)."""
+    model = cnn()
+    start = count_params(model)
+    original = {g.name: g.width for g in backbone_groups()(model, XC[:1])}
+    engine = Engine(model, train_cnn, example_inputs=XC[:1], scorer="l1", budget=Budget.params(ratio), rho=ratio,
+                    groups_fn=backbone_groups(round_to=8))
+    history = engine.run()
+    budget = history[0].plan.meta["budget"]
+    assert abs((start - count_params(model)) - ratio * start) <= budget["tolerance"] + 1e-6 * start
+    assert all(w == original[n] or w % 8 == 0 for n, w in engine.widths().items()), engine.widths()
+    assert model(XC).shape == (8, 4)

@@ -104,3 +104,19 @@ def test_prune_save_load_any_architecture(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), after, rtol=0, atol=0)
     assert count_params(fresh) == count_params(model)
+
+
+def test_a_prune_refused_after_retries_leaves_the_model_unchanged():
+    """PVT-v2 at 64 px breaks on every attempt (its spatial-reduction reshape): prune retries, restoring the model
+    each time, then refuses. Restoring twice must not hand back the first attempt's slices (the model once came back
+    with 1-channel depthwise convs and a bare RuntimeError)."""
+    model = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.UnsupportedModelError, match="the model was restored unchanged"):
+        pk.prune(model, x, ratio=0.5, target="params")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
