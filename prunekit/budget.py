@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .plan import Plan
