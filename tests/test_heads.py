@@ -294,7 +294,7 @@ def test_heads_of_adapter_wrapped_attention():
 def test_bad_indices_and_min_width():
     model, _ = build("vit")
     g = head_groups(model, min_heads=2)[0]
-    assert g.policy.min_width == 2 and g.policy.round_to is None and g.policy.max_ratio is None
+    assert g.policy.min_width == 2 and g.policy.round_to == 1 and g.policy.max_ratio == 1.0  # core defaults
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         g.prune([4])
     with pytest.raises(IndexError):
