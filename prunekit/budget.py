@@ -24,6 +24,9 @@ target, so the reached value is within one unit's cost of it. MACs are modelled 
 by the MACs per parameter torch-pruning counts for its layer (positions for a conv); what the model misses (MACs of
 activations and pooling, attention products) is corrected by counting the pruned model and selecting again
 (:func:`select_macs`).
+
+Over 300 lines on purpose: the budget kinds, the exact parameter / MAC cost model and the search that meets a
+budget are one concept (how much a selection removes); split, they would pass private cost tables between modules.
 """
 from __future__ import annotations
 

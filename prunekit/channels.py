@@ -23,6 +23,9 @@ scales), then leaves out what must not change:
 Every group keeps at least ``min_width`` units (default 1), moves in steps of ``round_to`` and loses at most
 ``max_layer_ratio`` of its original width. A model that cannot be traced raises :class:`UnsupportedModelError`
 before anything is modified.
+
+Over 300 lines on purpose: each guard (model outputs, attention projections, ``ignore``, groups torch-pruning
+cannot slice, refused attention layouts) is short, and all of them read the same traced graph.
 """
 from __future__ import annotations
 

@@ -25,6 +25,9 @@ The training step is a callback, ``train_fn(model, optimizer, cycle) -> metrics`
 
 Under ``torch.distributed`` rank 0 scores and selects, the plan is broadcast, and every rank applies the same one.
 ``state_dict()`` / ``load_state_dict()`` and ``run(start_cycle=...)`` continue an interrupted run (see resume.py).
+
+Over 300 lines on purpose: the loop, its budget bookkeeping, the distributed plan broadcast and the state for
+resume are one object's life cycle.
 """
 from __future__ import annotations
 

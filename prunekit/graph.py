@@ -38,6 +38,9 @@ Optional: ``param_slices() -> [ParamSlice] | None`` (exactly which tensor dims a
 terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units,
 for activation scorers), ``channel_groups`` (channels per unit), ``modules`` (what ``prune`` touches: budgets derive
 the slices of a group without ``param_slices`` by pruning a shape-only copy of them) and ``root`` (for the device).
+
+Over 300 lines on purpose: the group protocol's documentation, torch-pruning's group with its member views, and
+tracing a frozen model are one abstraction.
 """
 from __future__ import annotations
 
