@@ -34,38 +34,24 @@ def test_python_api_scope_example_matches_its_comments():
     assert namespace["plan"].remove == {"a": [0, 1]} and namespace["plan"].emptied() == ["a"]
 
 
-def test_prune_any_model_example_runs(capsys):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared CPU: OpenMP threads spinning against other processes are 50x slower
-    try:
-        snippet = next(b for b in python_blocks(DOCS / "python-api.md") if "pk.prune(" in b)
-        namespace: dict = {}
-        exec(compile(snippet, "python-api.md", "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
+def test_prune_any_model_example_runs(capsys, one_thread):
+    snippet = next(b for b in python_blocks(DOCS / "python-api.md") if "pk.prune(" in b)
+    namespace: dict = {}
+    exec(compile(snippet, "python-api.md", "exec"), namespace)
     plan = namespace["plan"]
     assert abs(plan.meta["params_after"] / plan.meta["params_before"] - 0.5) < 0.01
     assert plan.meta["macs_after"] < plan.meta["macs_before"]
     assert "->" in capsys.readouterr().out
 
 
-def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys):
-    import torch
-
+def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_thread):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Prune any model", 1)[1].split("\n## ", 1)[0]
     snippet = python_blocks_of(section)[0]
     assert 6 <= len([line for line in snippet.splitlines() if line.strip()]) <= 10
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        namespace: dict = {}
-        exec(compile(snippet, "README.md", "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
     before, after = namespace["plan"].meta["params_before"], namespace["plan"].meta["params_after"]
     assert abs(after / before - 0.5) < 0.01
     assert capsys.readouterr().out.strip() == f"{before} -> {after}"
@@ -76,22 +62,15 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "resnet18-half" / "model.safetensors").is_file()
 
 
-def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys):
+def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
     """Every Python block of docs/generic-pruning.md, in order, in an empty folder (one intra-op thread)."""
-    import torch
-
     blocks = python_blocks(DOCS / "generic-pruning.md")
     assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        spaces = []
-        for i, block in enumerate(blocks):
-            spaces.append({})
-            exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
-    finally:
-        torch.set_num_threads(threads)
+    spaces = []
+    for i, block in enumerate(blocks):
+        spaces.append({})
+        exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
     one, engine, scorers = spaces
     assert abs(one["plan"].meta["reached"] - 0.5) < 0.01 and one["plan"].meta["macs_after"] < one["plan"].meta[
         "macs_before"]
