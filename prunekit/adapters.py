@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from torch import nn
 
-from .graph import Group, find_groups, register_group_source
+from .graph import Group, call_model, find_groups, register_group_source
 from .policy import Policy
 from .registry import PrunekitError, did_you_mean
 from .wrap import BaseLayerWrapper, set_submodule
@@ -332,15 +332,6 @@ def _layout_of_shape(name: str, module: nn.Module, dim: int, shape: tuple[int, .
         f"channels last (..., {dim}) (Linear) or channels first (B, {dim}, H, W) (1x1 Conv2d)")
 
 
-def _call(model: nn.Module, example_inputs: Any) -> None:
-    if isinstance(example_inputs, dict):
-        model(**example_inputs)
-    elif isinstance(example_inputs, (tuple, list)):
-        model(*example_inputs)
-    else:
-        model(example_inputs)
-
-
 @torch.no_grad()
 def trace_shapes(model: nn.Module, names: Sequence[str], example_inputs: Any) -> dict[str, tuple[object, object]]:
     """Name -> (first positional input, output) of each named sub-layer on one forward of ``example_inputs``
@@ -359,7 +350,7 @@ def trace_shapes(model: nn.Module, names: Sequence[str], example_inputs: Any) ->
     was_training = model.training
     model.eval()
     try:
-        _call(model, example_inputs)
+        call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .graph import call_model
 from .plan import Plan
 from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
@@ -118,12 +119,7 @@ def _count_ops(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Mo
     copied.start_flops_count(ost=sys.stdout, verbose=False, ignore_list=[])
     try:
         with torch.no_grad():
-            if isinstance(example_inputs, (tuple, list)):
-                copied(*example_inputs)
-            elif isinstance(example_inputs, dict):
-                copied(**example_inputs)
-            else:
-                copied(example_inputs)
+            call_model(copied, example_inputs)
         macs, _, layer_macs, _ = copied.compute_average_flops_cost()
     finally:
         copied.stop_flops_count()

@@ -333,14 +333,7 @@ def trace(
     outputs: set = set()
 
     def forward(m, x):
-        if forward_fn is not None:
-            out = forward_fn(m, x)
-        elif isinstance(x, dict):
-            out = m(**x)
-        elif isinstance(x, (tuple, list)):
-            out = m(*x)
-        else:
-            out = m(x)
+        out = call_model(m, x, forward_fn)
         outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
         return out
 
@@ -488,6 +481,18 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
     return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler)
 
+
+
+def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:
+    """``model`` on ``example_inputs`` the way every prunekit trace and probe calls it: ``forward_fn(model, x)`` when
+    given, else ``model(**x)`` for a dict, ``model(*x)`` for a tuple or list, ``model(x)`` otherwise."""
+    if forward_fn is not None:
+        return forward_fn(model, example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
 
 def find_groups(
         model: nn.Module,

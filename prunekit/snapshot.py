@@ -14,6 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .graph import call_model
+
 __all__ = ["snapshot", "restore", "output_shapes"]
 
 Snapshot = tuple[nn.Module, dict[str, nn.Module]]
@@ -48,14 +50,7 @@ def output_shapes(model: nn.Module, example_inputs: Any, forward_fn: Callable | 
     model.eval()
     try:
         with torch.no_grad():
-            if forward_fn is not None:
-                out = forward_fn(model, example_inputs)
-            elif isinstance(example_inputs, dict):
-                out = model(**example_inputs)
-            elif isinstance(example_inputs, (tuple, list)):
-                out = model(*example_inputs)
-            else:
-                out = model(example_inputs)
+            out = call_model(model, example_inputs, forward_fn)
     finally:
         model.train(was_training)
     return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
