@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..export import export_model
+from ..export import ExportError, export_model
 from ..rundir import RunDir
 from .build import example_inputs
 from .reload import load_run
@@ -24,11 +24,9 @@ def export_run(run_dir: str | Path, *, format: str = "torchscript", cycle: int |
                out: str | Path | None = None, overwrite: bool = False, atol: float = 1e-4) -> dict[str, Any]:
     """Write the model of ``run_dir`` at ``cycle`` (default: the last) to ``out`` and check it; returns the report of
     :func:`~prunekit.export.export_model` plus ``cycle``."""
-    recipe, model, rec = load_run(run_dir, cycle)
-    if format not in SUFFIXES:  # checked again by export_model; here so that nothing is created for a bad format
-        from ..export import ExportError
-
+    if format not in SUFFIXES:  # before anything is loaded, locked or added to the manifest
         raise ExportError(f"--format: unknown {format!r}; allowed: {', '.join(SUFFIXES)}")
+    recipe, model, rec = load_run(run_dir, cycle)
     example = example_inputs(recipe)
     model = model.cpu()
     if out is not None:
