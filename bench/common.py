@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,3 +86,46 @@ def small_vit(dim: int = 192, depth: int = 6, classes: int = 10, img: int = 32):
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img, patch_size=4, embed_dim=dim,
                              depth=depth, num_heads=3, num_classes=classes)
+
+
+QUICKSTART_RUN = RESULTS / "runs" / "quickstart"  # a finished `prunekit run quickstart`, reused by the benchmarks
+QUICK_OVERRIDES = ("train.epochs=1", "train.warmup_epochs=0", "train.max_steps_per_epoch=2", "model.checkpoint=null",
+                   "model.pretrain=null", "model.allow_random_backbone=true", "output.plot=false")
+
+
+def quickstart_run(quick: bool, scratch: Path | None = None) -> Path:
+    """The run directory of a finished quickstart run: the trained TINA cycles the benchmarks measure.
+
+    Full: ``prunekit run quickstart --out bench/results/runs/quickstart``, run once (about 2 minutes on 2 cores with
+    the cached backbone checkpoint; the pretraining first if it is not cached) and reused while its ``DONE`` is there.
+    Quick (``--quick``, the tests): a one-epoch, two-step run on a random backbone in ``scratch``; it checks the code
+    path, its figures mean nothing.
+    """
+    out = (scratch / "quickstart") if quick else QUICKSTART_RUN
+    if (out / "DONE").exists():
+        return out
+    cmd = [sys.executable, "-m", "prunekit", "run", "quickstart", "--out", str(out)]
+    if out.exists():
+        cmd.append("--overwrite")  # prunekit replaces only a run directory it wrote, never anything else
+    for o in QUICK_OVERRIDES if quick else ():
+        cmd += ["--set", o]
+    print("running", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quick else None)
+    return out
+
+
+def run_cycles(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``cycle`` lines of a run's metrics.jsonl (one per trained cycle)."""
+    lines = (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip())
+    return [m for m in lines if m.get("type") == "cycle"]
+
+
+def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every adapter wrapper replaced by its bare sub-layer (the backbone alone), in place."""
+    from prunekit.adapters import AdapterLayer
+    from prunekit.wrap import set_submodule
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, AdapterLayer):
+            set_submodule(model, name, mod.base_layer)
+    return model

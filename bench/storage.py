@@ -1,7 +1,10 @@
 """Storage per task: bytes of the adapters-and-head file after each TINA cycle vs one full fine-tuned model.
 
-Swin-T and ViT-B/16 with 100 classes: sigma 32 adapters pruned by a real TINA schedule (rho 0.5, to sigma 512) on
-random trained-looking weights; every file is written with safetensors and measured on disk.
+Two sources, labelled in every row. **Trained**: the per-cycle files of a real quickstart run (``prunekit run
+quickstart``: the offline ViT, sigma 8 -> 64), as the run wrote them. **Untrained**: Swin-T and ViT-B/16 with 100
+classes, sigma 32 adapters pruned by a real TINA schedule (rho 0.5, to sigma 512) with no training in between, on
+random ``up`` weights scaled by a random factor per adapter (which adapters survive is arbitrary; the sizes follow the
+schedule). Every file is written with safetensors and measured on disk.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from common import device, parser, write
+from common import device, parser, quickstart_run, run_cycles, strip_adapters, write
 from prunekit import Engine, find_adapters, inject_adapters, mark_trainable
 from prunekit.rundir import save_safetensors
 
@@ -41,12 +44,29 @@ def scenario(name: str, model_name: str, tmp: Path, quick: bool) -> list[dict]:
         print(f"{name}: {label:<28} {size / 1024:9.1f} KB  ({full / size:6.0f}x smaller than the full model, "
               f"{full / 2**20:.1f} MB)")
 
-    record("sigma 32 adapters + head", model)
+    record("untrained: sigma 32 adapters + head", model)
     x1 = torch.zeros(1, 3, 32 if quick else 224, 32 if quick else 224)
     engine = Engine(model, lambda m, opt, c: {}, example_inputs=x1, strategy="tina", rho=0.5, sigma_target=512)
-    engine.add_callback("on_prune", lambda eng, plan: record(f"TINA cycle {plan.meta['cycle'] + 1} "
+    engine.add_callback("on_prune", lambda eng, plan: record(f"untrained: TINA cycle {plan.meta['cycle'] + 1} "
                                                              f"(sigma {eng.sigma(eng.widths()):.0f})", eng.model))
     engine.run()
+    return rows
+
+
+def trained_scenario(run_dir: Path, tmp: Path) -> list[dict]:
+    """The adapter files of a finished quickstart run, one per cycle, against the run's whole model on disk."""
+    from prunekit.runner import load_run
+
+    rows = []
+    for rec in run_cycles(run_dir):
+        _, model, _ = load_run(run_dir, rec["cycle"])
+        if not rows:
+            full = save_safetensors(tmp / "quickstart_full.safetensors", strip_adapters(model).state_dict())
+            _, model, _ = load_run(run_dir, rec["cycle"])
+        size = (run_dir / rec["adapter_file"]).stat().st_size
+        rows.append({"model": f"trained: quickstart cycle {rec['cycle']} (sigma {rec['sigma']:.0f})", "bytes": size,
+                     "full_model_bytes": full, "smaller_by": full / size, "adapters_left": len(find_adapters(model))})
+        print(f"quickstart: {rows[-1]['model']:<40} {size / 1024:9.1f} KB ({full / size:6.0f}x smaller)")
     return rows
 
 
@@ -55,11 +75,12 @@ def main():
     dev = device("cpu")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        results = {"offline_default_trained": trained_scenario(quickstart_run(args.quick, tmp), tmp)}
         if args.quick:
-            results = {"vit_tiny": scenario("vit_tiny", "vit_tiny_patch16_224", tmp, True)}
+            results["vit_tiny"] = scenario("vit_tiny", "vit_tiny_patch16_224", tmp, True)
         else:
-            results = {"swin_t": scenario("swin_t", "swin_tiny_patch4_window7_224", tmp, False),
-                       "vit_b16": scenario("vit_b16", "vit_base_patch16_224", tmp, False)}
+            results["swin_t"] = scenario("swin_t", "swin_tiny_patch4_window7_224", tmp, False)
+            results["vit_b16"] = scenario("vit_b16", "vit_base_patch16_224", tmp, False)
     write("storage", {"scenarios": results}, args.out, dev)
 
 

@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("train_throughput.py", {"images_per_s", "ratio", "met"}),
     ("prune_overhead.py", {"scenarios"}),
     ("storage.py", {"scenarios"}),
+    ("inference.py", {"scenarios"}),
     ("vs_torch_pruning.py", {"models", "big_batch"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
