@@ -43,11 +43,11 @@ from .graph import call_model
 from .plan import Plan
 from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
-from .scopes import Limit
+from .scopes import Limit, global_plans, global_scope
 
 __all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights",
-           "select_units",
-           "select_cost", "select_macs", "unit_limits", "check_reachable"]
+           "count_forward", "ForwardCount", "select_units", "select_cost", "select_macs", "unit_limits",
+           "check_reachable"]
 
 BUDGET_KINDS = ("sigma", "params", "macs", "channels")
 
@@ -106,12 +106,13 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in unique.values())
 
 
-def _count_ops(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Module, float]]:
+def _count_ops(model: nn.Module, example_inputs: Any,
+               forward_fn: Callable | None = None) -> tuple[float, dict[nn.Module, float], list[tuple[int, ...]]]:
     """torch-pruning's op counter (``tp.utils.count_ops_and_params``) on a copy of ``model`` that shares its tensors:
     the counter adds hooks and attributes to the modules it counts, so it needs its own module objects, but not its
-    own weights (its own deep copy of every weight was a third of a prune call's time). Returns the MACs and the MACs
-    of every module of ``model``."""
-    from torch_pruning.utils import op_counter
+    own weights (its own deep copy of every weight was a third of a prune call's time). Returns the MACs, the MACs
+    of every module of ``model`` and the shapes of the tensors the forward returned (eval mode, no grad)."""
+    from torch_pruning.utils import flatten_as_list, op_counter
 
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     copied = op_counter.add_flops_counting_methods(copy.deepcopy(model, shared))
@@ -119,12 +120,13 @@ def _count_ops(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Mo
     copied.start_flops_count(ost=sys.stdout, verbose=False, ignore_list=[])
     try:
         with torch.no_grad():
-            call_model(copied, example_inputs)
+            out = call_model(copied, example_inputs, forward_fn)
         macs, _, layer_macs, _ = copied.compute_average_flops_cost()
     finally:
         copied.stop_flops_count()
         op_counter.CUSTOM_MODULES_MAPPING = {}
-    return macs, {m: layer_macs.get(c) for m, c in zip(model.modules(), copied.modules())}
+    shapes = [tuple(t.shape) for t in flatten_as_list(out) if isinstance(t, torch.Tensor)]
+    return macs, {m: layer_macs.get(c) for m, c in zip(model.modules(), copied.modules())}, shapes
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -132,13 +134,21 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     return int(_count_ops(model, example_inputs)[0])
 
 
-def mac_weights(model: nn.Module, example_inputs: Any) -> tuple[int, dict[int, float]]:
-    """Total MACs, and MACs per parameter for every parameter (by ``id``): torch-pruning counts a supported layer
-    (conv, linear, norm, timm attention) as a whole, so each of its parameters gets ``layer MACs / layer params``
-    (the number of positions for a conv); parameters outside counted layers get 0."""
+@dataclass
+class ForwardCount:
+    """One counted forward: MACs, MACs per parameter (by ``id``, see :func:`mac_weights`), output shapes."""
+
+    macs: int
+    weights: dict[int, float]
+    output_shapes: list[tuple[int, ...]]
+
+
+def count_forward(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> ForwardCount:
+    """MACs, MACs per parameter and output shapes from a single counted forward (a prune needs all three, before and
+    after slicing: one forward each time instead of three)."""
     from torch_pruning.utils import op_counter
 
-    macs, layer_macs = _count_ops(model, example_inputs)
+    macs, layer_macs, shapes = _count_ops(model, example_inputs, forward_fn)
     supported = getattr(op_counter, "is_supported_instance", lambda m: True)
     weights: dict[int, float] = {}
 
@@ -154,7 +164,15 @@ def mac_weights(model: nn.Module, example_inputs: Any) -> tuple[int, dict[int, f
             visit(c)
 
     visit(model)
-    return int(macs), weights
+    return ForwardCount(int(macs), weights, shapes)
+
+
+def mac_weights(model: nn.Module, example_inputs: Any) -> tuple[int, dict[int, float]]:
+    """Total MACs, and MACs per parameter for every parameter (by ``id``): torch-pruning counts a supported layer
+    (conv, linear, norm, timm attention) as a whole, so each of its parameters gets ``layer MACs / layer params``
+    (the number of positions for a conv); parameters outside counted layers get 0."""
+    count = count_forward(model, example_inputs)
+    return count.macs, count.weights
 
 
 def slices_of(group: Any) -> list | None:
@@ -290,10 +308,13 @@ def select_cost(scope: Callable, scores: Mapping[str, torch.Tensor], amount: flo
     limits = limits or {}
     cap = sum(_capacity(scores, limits).values())
     plans: dict[int, tuple[Plan, float]] = {}
+    # the built-in global scope ranks once for every k; any other scope is asked for each k
+    plan_for = global_plans(scores, limits) if scope is global_scope else (
+        lambda k: select_units(scope, scores, k, limits))
 
     def at(k: int) -> tuple[Plan, float]:
         if k not in plans:
-            p = select_units(scope, scores, k, limits)
+            p = plan_for(k)
             plans[k] = (p, cost.removed(_counts(p)))
         return plans[k]
 

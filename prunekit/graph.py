@@ -392,13 +392,34 @@ def channel_groups_of(dg: tp.DependencyGraph, tp_group) -> int:
     return g
 
 
+# Layers whose pruned shapes follow from their parameter shapes (and conv groups) alone: _slices_of_item caches them.
+_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                 nn.LayerNorm, nn.GroupNorm)
+_SLICE_CACHE: dict[tuple, list[tuple[str, int, float]]] = {}
+
+
 def _meta_clone(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose tensors live on the meta device (shapes only, no memory)."""
+    """A copy of ``module`` whose tensors live on the meta device (shapes only, no memory).
+
+    A leaf module (conv, linear, norm: nearly every item of a group) is copied shallowly with new parameter and buffer
+    dicts, which is all a torch-pruning handler replaces; a module with children is deep-copied (memo: meta tensors).
+    """
+    def meta_param(p):
+        return None if p is None else nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=p.requires_grad)
+
+    def meta_buffer(b):
+        return None if b is None else torch.empty(b.shape, device="meta", dtype=b.dtype)
+
+    if next(module.children(), None) is None:
+        clone = copy.copy(module)
+        clone.__dict__["_parameters"] = {n: meta_param(p) for n, p in module._parameters.items()}
+        clone.__dict__["_buffers"] = {n: meta_buffer(b) for n, b in module._buffers.items()}
+        return clone
     memo: dict[int, Any] = {}
     for p in module.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=p.requires_grad)
+        memo[id(p)] = meta_param(p)
     for b in module.buffers():
-        memo[id(b)] = torch.empty(b.shape, device="meta", dtype=b.dtype)
+        memo[id(b)] = meta_buffer(b)
     return copy.deepcopy(module, memo)
 
 
@@ -417,6 +438,13 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
     if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
         return []
     before = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
+    key = None
+    if type(module) in _PLAIN_LAYERS:  # shape arithmetic only: the same answer for the same shapes
+        key = (type(module), item.dep.handler, tuple(before.items()), getattr(module, "groups", None),
+               len(unit_idxs))
+        hit = _SLICE_CACHE.get(key)
+        if hit is not None:
+            return [ParamSlice(module, n, d, size) for n, d, size in hit]
     clone = _meta_clone(module)
     try:
         item.dep.handler(clone, sorted(unit_idxs))
@@ -430,6 +458,10 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
         for d, (a, b) in enumerate(zip(shape, new_shape)):
             if a != b:
                 out.append(ParamSlice(module, n, d, float(a - b)))
+    if key is not None:
+        if len(_SLICE_CACHE) > 4096:
+            _SLICE_CACHE.clear()
+        _SLICE_CACHE[key] = [(s.attr, s.dim, s.size) for s in out]
     return out
 
 

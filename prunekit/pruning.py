@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .budget import Budget, CostModel, check_reachable, count_macs, count_params, mac_weights, unit_limits
+from .budget import Budget, CostModel, check_reachable, count_forward, count_macs, count_params, unit_limits
 from .channels import backbone_groups
 from .graph import UnsupportedModelError
 from .engine import _exact, select_plan
@@ -39,7 +39,7 @@ from .plan import Plan, record_applied
 from .policy import UnreachableTargetError, removal_steps, round_half_up
 from .registry import PrunekitError
 from .scopes import get_scope
-from .snapshot import output_shapes as _outputs_of, restore, snapshot
+from .snapshot import restore, snapshot
 from .scorers import gather_stats, get_scorer, needs_activations, needs_gradients, score_groups
 
 __all__ = ["prune"]
@@ -144,8 +144,8 @@ def prune(
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
                                 max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn)
     params_before = count_params(model)
-    macs_before, weights = mac_weights(model, example_inputs)
-    reference = _outputs_of(model, example_inputs, forward_fn)
+    before = count_forward(model, example_inputs, forward_fn)  # MACs, MACs per parameter and output shapes
+    macs_before, weights, reference = before.macs, before.weights, before.output_shapes
     snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):
         groups = groups_fn(model, example_inputs)
@@ -161,7 +161,8 @@ def prune(
                                 example_inputs, calibration, loss_fn)
             sliced = True
             plan.apply(model, groups)
-            shapes = _outputs_of(model, example_inputs, forward_fn)
+            after = count_forward(model, example_inputs, forward_fn)
+            shapes = after.output_shapes
             if shapes != reference:
                 raise RuntimeError(f"output shapes changed from {reference} to {shapes}")
             break
@@ -177,14 +178,12 @@ def prune(
             if not broken:
                 raise UnsupportedModelError(f"pruning {type(model).__name__} broke it ({type(e).__name__}: "
                                             f"{str(e).splitlines()[0][:300]}); the model was restored unchanged") from e
-            if target == "macs":  # restored parameters are the snapshot's objects: weigh them again
-                _, weights = mac_weights(model, example_inputs)
     params_after = count_params(model)
-    macs_after = count_macs(model, example_inputs)
-    after = {"params": float(params_after), "macs": float(macs_after)}.get(target)
-    if after is None:
-        after = start - plan.n_removed
-    removed = start - after
+    macs_after = after.macs
+    now = {"params": float(params_after), "macs": float(macs_after)}.get(target)
+    if now is None:
+        now = start - plan.n_removed
+    removed = start - now
     if abs(removed - goal) > tol + 1e-6 * goal:
         restore(model, snap)
         raise PrunekitError(f"prune: removed {removed:,.0f} of {start:,.0f} {target}, the target was {goal:,.0f} "

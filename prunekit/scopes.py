@@ -33,8 +33,8 @@ from .plan import Plan
 from .policy import UnreachableTargetError, removal_steps, round_half_up
 from .registry import PrunekitError, Registry
 
-__all__ = ["Scope", "Limit", "SCOPES", "register_scope", "get_scope", "local_scope", "global_scope", "round_half_up",
-           "capacity"]
+__all__ = ["Scope", "Limit", "SCOPES", "register_scope", "get_scope", "local_scope", "global_scope", "global_plans",
+           "round_half_up", "capacity"]
 
 
 class Limit(NamedTuple):
@@ -170,33 +170,70 @@ def global_scope(scores: Mapping[str, torch.Tensor], fraction: float | None = No
                  limits: Mapping[str, Limit] | None = None) -> Plan:
     """Remove the ``target`` (or ``round_half_up(fraction * N)``) lowest-scored units of all groups together."""
     steps = _steps(scores, limits)
-    names = list(scores)
-    widths = {k: len(scores[k]) for k in names}
-    total = sum(widths.values())
     k = _target(scores, fraction, target, steps)
-    counts = {name: 0 for name in names}
-    orders: dict[str, list[int]] = {}
-    if total and k:
-        flat = torch.cat([scores[n].float().reshape(-1) for n in names])
-        owner = torch.cat([torch.full((widths[n],), i) for i, n in enumerate(names)]).tolist()
-        local = torch.cat([torch.arange(widths[n]) for n in names]).tolist()
-        ranked = torch.argsort(flat, stable=True).tolist()
-        for j in ranked:
-            orders.setdefault(names[owner[j]], []).append(local[j])
-        if all(s == list(range(len(s))) for s in steps.values()):
-            taken = 0  # every step is one unit: walk the ranking, skipping groups at their limit
-            for j in ranked:
-                g = names[owner[j]]
-                if counts[g] < steps[g][-1]:
-                    counts[g] += 1
-                    taken += 1
-                    if taken == k:
-                        break
-        else:
-            counts = _chunked(names, orders, steps, ranked, owner, local, k)
-    remove = {n: orders.get(n, [])[:counts[n]] for n in names}
-    return _plan(scores, remove, {"scope": "global", "fraction": fraction if fraction is not None and target is None
-                                  else (k / total if total else 0.0), "target_units": k})
+    return _Ranking(scores, steps).plan(k, fraction if target is None else None)
+
+
+class _Ranking:
+    """The global ranking of ``scores`` under per-group removal ``steps``, computed once; :meth:`plan` gives the
+    global plan for any number of units. With unit steps the plans for growing ``k`` are nested (the first ``k``
+    units of one removal order), which :func:`~prunekit.budget.select_cost` uses to search ``k`` without ranking
+    again (see :func:`global_plans`)."""
+
+    def __init__(self, scores: Mapping[str, torch.Tensor], steps: Mapping[str, list[int]]):
+        self.scores, self.steps = scores, steps
+        self.names = list(scores)
+        self.widths = {k: len(scores[k]) for k in self.names}
+        self.total = sum(self.widths.values())
+        self.unit_steps = all(s == list(range(len(s))) for s in steps.values())
+        self.orders: dict[str, list[int]] = {}
+        self.ranked: list[int] = []
+        self.owner: list[int] = []
+        self.local: list[int] = []
+        self.removal: list[int] | None = None  # unit steps: group index of every removal, in order
+        if not self.total:
+            return
+        flat = torch.cat([scores[n].float().reshape(-1) for n in self.names])
+        self.owner = torch.cat([torch.full((self.widths[n],), i) for i, n in enumerate(self.names)]).tolist()
+        self.local = torch.cat([torch.arange(self.widths[n]) for n in self.names]).tolist()
+        self.ranked = torch.argsort(flat, stable=True).tolist()
+        for j in self.ranked:
+            self.orders.setdefault(self.names[self.owner[j]], []).append(self.local[j])
+        if self.unit_steps:  # walk the ranking, skipping groups at their limit
+            caps = [steps[n][-1] for n in self.names]
+            taken = [0] * len(self.names)
+            self.removal = []
+            for j in self.ranked:
+                g = self.owner[j]
+                if taken[g] < caps[g]:
+                    taken[g] += 1
+                    self.removal.append(g)
+
+    def plan(self, k: int, fraction: float | None = None) -> Plan:
+        counts = {name: 0 for name in self.names}
+        if self.total and k:
+            if self.removal is not None:
+                for g in self.removal[:k]:
+                    counts[self.names[g]] += 1
+            else:
+                counts = _chunked(self.names, self.orders, self.steps, self.ranked, self.owner, self.local, k)
+        remove = {n: self.orders.get(n, [])[:counts[n]] for n in self.names}
+        return _plan(self.scores, remove, {"scope": "global", "fraction": fraction if fraction is not None
+                                           else (k / self.total if self.total else 0.0), "target_units": k})
+
+
+def global_plans(scores: Mapping[str, torch.Tensor], limits: Mapping[str, Limit] | None = None):
+    """``k -> global_scope(scores, target=k, limits=limits)`` with the ranking computed once (a search over ``k``
+    asks for many plans of the same scores)."""
+    ranking = _Ranking(scores, _steps(scores, limits))
+    most = sum(s[-1] for s in ranking.steps.values())
+
+    def plan(k: int) -> Plan:
+        if k > most:
+            _target(scores, None, k, ranking.steps)  # raises the scope's own error
+        return ranking.plan(k)
+
+    return plan
 
 
 def _chunked(names, orders, steps, ranked, owner, local, k) -> dict[str, int]:

@@ -1,9 +1,12 @@
-"""Undo for structural changes: a deep copy of a model, restored *in place* if pruning breaks it.
+"""Undo for structural changes: every module's state, restored *in place* if pruning breaks the model.
 
-Pruning replaces parameters and changes attributes (``out_channels``, ``num_heads``) and may replace sub-modules
-(an emptied adapter's wrapper). :func:`restore` gives every module object that was in the model its snapshot state
-and children back, so a user's references to the model and to its sub-modules stay valid. :func:`output_shapes` runs
-the forward a pruned model must still pass (same output shapes as before).
+Pruning (torch-pruning's slicing and prunekit's own) never writes into a tensor: it *replaces* parameters and
+buffers with smaller ones, changes attributes (``out_channels``, ``num_heads``) and may replace sub-modules (an
+emptied adapter's wrapper). So a snapshot need not copy any weight: it keeps, for every module object, a shallow copy
+of its ``__dict__`` (the ``_parameters`` / ``_buffers`` / ``_modules`` dicts and other containers copied one level,
+the tensors themselves shared). :func:`restore` gives every module object that was in the model that state back, so a
+user's references to the model, its sub-modules and its parameters stay valid. :func:`output_shapes` runs the forward
+a pruned model must still pass (same output shapes as before).
 """
 from __future__ import annotations
 
@@ -18,30 +21,28 @@ from .graph import call_model
 
 __all__ = ["snapshot", "restore", "output_shapes"]
 
-Snapshot = tuple[nn.Module, dict[str, nn.Module]]
+Snapshot = list[tuple[nn.Module, dict[str, Any]]]
+
+
+def _shallow(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its dicts, lists and sets copied one level (module registries, hooks, shape lists)."""
+    return {k: (copy.copy(v) if isinstance(v, (dict, list, set)) else v) for k, v in state.items()}
 
 
 def snapshot(model: nn.Module) -> Snapshot:
-    """A deep copy of ``model`` and its modules by path, for :func:`restore`."""
-    return copy.deepcopy(model), dict(model.named_modules(remove_duplicate=False))
+    """The state of every module of ``model`` (tensors shared, not copied), for :func:`restore`."""
+    seen: dict[int, nn.Module] = {}
+    for m in model.modules():
+        seen.setdefault(id(m), m)
+    return [(m, _shallow(m.__dict__)) for m in seen.values()]
 
 
 def restore(model: nn.Module, snap: Snapshot) -> None:
-    """Put ``model`` back to its snapshot in place: every module object that was in the model gets (a copy of) the
-    snapshot's state (parameters, buffers, attributes) and its children back; the snapshot can be restored again."""
-    saved, before = snap
-    saved_modules = dict(saved.named_modules(remove_duplicate=False))
-    # The model gets copies of the snapshot's state, never the snapshot's own dicts and tensors: pruning the restored
-    # model replaces entries of its ``_parameters`` in place, and the snapshot must survive for a later restore. One
-    # memo for all modules keeps tied parameters tied; snapshot modules map to the user's module objects.
-    memo = {id(saved_modules[path]): original for path, original in before.items()}
-    for path, original in before.items():
-        source = saved_modules[path]
-        state = copy.deepcopy({k: v for k, v in source.__dict__.items() if k != "_modules"}, memo)
-        state["_modules"] = {k: (None if v is None else before[f"{path}.{k}" if path else k])
-                             for k, v in source._modules.items()}
-        original.__dict__.clear()
-        original.__dict__.update(state)
+    """Put ``model`` back to its snapshot in place: every module object that was in it gets its attributes, its
+    parameters and buffers (the same tensor objects) and its children back; the snapshot can be restored again."""
+    for module, state in snap:
+        module.__dict__.clear()
+        module.__dict__.update(_shallow(state))
 
 
 def output_shapes(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> list[tuple[int, ...]]:

@@ -129,3 +129,34 @@ def test_plan_json_round_trip(scores, fraction):
     plan = global_scope({k: torch.tensor(v) for k, v in scores.items()}, fraction)
     again = Plan.from_dict(plan.to_dict())
     assert again.widths == plan.widths and again.remove == plan.remove and again.meta == plan.meta
+
+
+def _naive_global(scores: dict, k: int, lowest: dict) -> dict:
+    """Reference: take the lowest-scored unit of all groups (ties: group order, then index), one at a time, skipping a
+    group at its lowest width."""
+    left = {g: list(range(len(v))) for g, v in scores.items()}
+    removed = {g: [] for g in scores}
+    order = list(scores)
+    for _ in range(k):
+        cands = [(scores[g][i], order.index(g), i, g) for g in order if len(left[g]) > lowest[g] for i in left[g]]
+        _, _, i, g = min(cands)
+        left[g].remove(i)
+        removed[g].append(i)
+    return {g: sorted(v) for g, v in removed.items() if v}
+
+
+@SETTINGS
+@given(scores=scores_st, data=st.data())
+def test_global_plans_for_every_k_match_a_naive_global_selection(scores, data):
+    """``global_plans`` (one ranking, nested plans, what the budget search uses) == ``global_scope`` == a naive
+    one-at-a-time selection, for every k up to the limits' capacity."""
+    from prunekit.scopes import Limit, capacity, global_plans
+
+    lowest = {g: data.draw(st.integers(0, len(v))) for g, v in scores.items()}
+    limits = {g: Limit(lowest[g]) for g in scores}
+    tensors = {k: torch.tensor(v) for k, v in scores.items()}
+    plan_for = global_plans(tensors, limits)
+    for k in range(capacity({g: len(v) for g, v in scores.items()}, limits) + 1):
+        fast, scope = plan_for(k), global_scope(tensors, target=k, limits=limits)
+        assert fast.remove == scope.remove == _naive_global(scores, k, lowest)
+        assert fast.meta == scope.meta
