@@ -1,10 +1,14 @@
-"""``prunekit ablate``: a grid of strategies x sigma targets x seeds (+ baselines), as in the paper's Tables 3, 5, 6.
+"""``prunekit ablate``: a grid of strategies x sigma targets x seeds (+ baselines), as in the paper's Tables 3, 5, 6,
+on one task or on several (the paper's multi-task setting, Table 2).
 
 An ablation file names a base recipe and the grid::
 
     name: ablation_offline
     base: quickstart.yaml              # every cell is this recipe plus overrides
     set: [train.epochs=3]              # overrides for every cell
+    tasks:                             # optional: the grid runs once per task, from the same backbone
+      - {label: digits, set: [data.name=digits]}
+      - {label: fashion_heldout, set: [data.name=fashion_mnist, "data.classes=[5, 6, 7, 8, 9]"]}
     grid:
       strategies: [vanilla_l1, local_l1, tina, ...]
       sigma_targets: [64, 128, 256, 512]
@@ -20,130 +24,48 @@ cycles too. An iterative strategy's run to the largest sigma passes through ever
 cycles, with the same data order and the same prunes (runs are deterministic), so its per-cycle results fill the
 smaller cells; ``tests/test_ablation.py`` checks that a shorter run equals the prefix of a longer one.
 
-Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
-again (resume), and ``--jobs N`` runs cells in N processes.
+A task's overrides come after ``set`` and before the cell's own; its cells are named ``<task>__<cell>``. The tables
+(``ablation_tables.py``) then hold every task's rows and their mean over tasks.
 
-Over 300 lines: the grid file, its cells, running them and the tables they fill are one command (plots are in
-ablation_plots.py).
+Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
+again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` checks every cell and every task's data and
+prints the plan without training or writing anything. The file is read in ``ablation_spec.py``, the tables written in
+``ablation_tables.py``, the plots drawn in ``ablation_plots.py``.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
-import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
-from .config import option, parse_section
+from .ablation_spec import AblationSpec, is_ablation_file, load_ablation
+from .ablation_tables import MEAN, VANILLA, aggregate, write_tables
+from .config import parse_section
 from .errors import RecipeError
-from .recipe import SEED_MAX, Recipe, load_recipe, read_yaml, recipe_to_dict
+from .recipe import Recipe, load_recipe, read_yaml, recipe_to_dict
 from .registry import PrunekitError
-from .report import markdown_table
-from .rundir import RunDir, atomic_write_text
+from .rundir import RunDir
 from .schedule import num_prunes
 from .strategy import get_strategy
 
-__all__ = ["AblationSpec", "Cell", "plan_cells", "run_ablation", "load_ablation", "is_ablation_file"]
-
-VANILLA = "vanilla_adapters"
-
-
-@dataclass
-class GridSection:
-    strategies: list[str] = field(**option("strategies to compare (rows)", default_factory=lambda: ["tina"]))
-    sigma_targets: list[float] = field(**option("compression targets (columns)", default_factory=lambda: [64.0]))
-    seeds: list[int] = field(**option("seeds; tables show mean +- std over them", default_factory=lambda: [0]))
-    sigma0: float = field(**option("starting compression of iterative strategies (method.sigma)", default=32.0))
-    vanilla_adapters: bool = field(**option("add the 'vanilla adapters' row: adapters at sigma, no pruning",
-                                            default=True))
-
-
-@dataclass
-class BaselineSection:
-    label: str = field(**option("row label", default="baseline"))
-    method: dict = field(**option("the method section of the cell's recipe",
-                                  default_factory=lambda: {"name": "linear"}))
-
-
-@dataclass
-class PlotSection:
-    widths_sigma: Optional[float] = field(**option("sigma of the local-vs-global neurons-per-adapter plot (default: "
-                                                   "the largest target)", default=None))
-    local_strategy: str = field(**option("strategy shown as 'local' in that plot", default="local_l1"))
-    global_strategy: str = field(**option("strategy shown as 'global' in that plot", default="tina"))
-
-
-@dataclass
-class AblationSpec:
-    name: str = field(**option("ablation name (default: the file name)", default="ablation"))
-    description: str = field(**option("free text", default=""))
-    base: str = field(**option("recipe every cell starts from, relative to this file", default="quickstart.yaml"))
-    set: list[str] = field(**option("key=value overrides for every cell", default_factory=list))
-    grid: GridSection = field(**option("the strategies x sigma x seeds grid", default_factory=GridSection))
-    baselines: list[dict] = field(**option("parameter-matched baselines: label + method", default_factory=list))
-    plots: dict = field(**option("which strategies the neurons-per-adapter plot compares", default_factory=dict))
-    source: Optional[str] = field(default=None, metadata={"help": "file read", "internal": True})
-
-    def __post_init__(self):
-        g = self.grid
-        if not g.strategies or not g.sigma_targets or not g.seeds:
-            raise RecipeError("grid: strategies, sigma_targets and seeds must each list at least one value")
-        for s in g.strategies:
-            try:
-                get_strategy(s)
-            except KeyError as e:
-                raise RecipeError(f"grid.strategies: {e}") from None
-        bad_seeds = [s for s in g.seeds if not 0 <= s <= SEED_MAX]
-        if bad_seeds:
-            raise RecipeError(f"grid.seeds: expected integers in 0 .. {SEED_MAX} (as train.seed), got {bad_seeds}")
-        bad = [s for s in g.sigma_targets if not s > g.sigma0]
-        if bad:
-            raise RecipeError(f"grid.sigma_targets: every target must exceed grid.sigma0={g.sigma0:g}, got {bad}")
-        self.baselines = [parse_section(BaselineSection, b, f"baselines[{i}]") for i, b in enumerate(self.baselines)]
-        self.plot = parse_section(PlotSection, self.plots, "plots")
-
-
-def is_ablation_file(path: str | Path) -> bool:
-    """Whether ``path`` is a readable YAML mapping with a ``grid`` (an ablation file rather than a recipe)."""
-    try:
-        data = read_yaml(path, "ablation")
-    except RecipeError:
-        return False
-    return isinstance(data, dict) and "grid" in data
-
-
-def load_ablation(path: str | Path) -> AblationSpec:
-    """Read and validate an ablation file (UTF-8 YAML, strict keys, like a recipe)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"ablation: no such file {str(path)!r}")
-    data = read_yaml(path, "ablation")
-    if data is None:
-        raise RecipeError(f"ablation {str(path)!r} is empty (no YAML document); it names a base recipe and a grid "
-                          "(see recipes/ablation_offline.yaml)")
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping (base:, grid:, ...) at the top level, got "
-                          f"{type(data).__name__} {data!r:.60}")
-    data.setdefault("name", path.stem)
-    spec = parse_section(AblationSpec, data)
-    spec.source = str(path.resolve())
-    return spec
+__all__ = ["AblationSpec", "Cell", "plan_cells", "run_ablation", "load_ablation", "is_ablation_file", "summarize"]
 
 
 @dataclass
 class Cell:
-    """One training run; it fills ``provides`` = [(row, sigma, cycle index)] with its per-cycle results."""
+    """One training run of a task; it fills ``provides`` = [(row, sigma, cycle index)] with its per-cycle results."""
 
     run_id: str
     row: str
     seed: int
     overrides: list[str]
     provides: list[tuple[str, float, int]]
+    task: str = ""
 
 
 def _fmt(x: float) -> str:
@@ -151,50 +73,51 @@ def _fmt(x: float) -> str:
 
 
 def plan_cells(spec: AblationSpec, rho: float) -> list[Cell]:
-    """Every run the grid needs (see the module docstring for the budget rules)."""
+    """Every run the grid needs, task by task (see the module docstring for the budget rules)."""
+    return [cell for task in spec.task_labels for cell in _task_cells(spec, task, rho)]
+
+
+def _task_cells(spec: AblationSpec, task: str, rho: float) -> list[Cell]:
     g = spec.grid
     sig = sorted(g.sigma_targets)
+    prefix = f"{task}__" if task else ""
     cells = []
+
+    def add(run_id: str, row: str, seed: int, overrides: list[str], provides: list[tuple[str, float, int]]):
+        cells.append(Cell(prefix + run_id, row, seed, overrides, provides, task))
+
     for seed in g.seeds:
-        common = list(spec.set) + [f"train.seed={seed}", f"strategy.sigma_reference={g.sigma0}"]
+        common = spec.task_overrides(task) + [f"train.seed={seed}", f"strategy.sigma_reference={g.sigma0}"]
         for name in g.strategies:
             strat = get_strategy(name)
             if strat.mode == "iterative" and math.isclose(rho, 0.5):
                 # one run to the largest target; cycle k sits at sigma0 * 2^k
                 top = sig[-1]
-                provides = [(name, s, num_prunes(g.sigma0, s, rho)) for s in sig]
-                cells.append(Cell(f"{name}__s{_fmt(top)}__seed{seed}", name, seed,
-                                  common + [f"method.sigma={g.sigma0}", f"strategy.name={name}",
-                                            f"strategy.sigma_target={top}"], provides))
+                add(f"{name}__s{_fmt(top)}__seed{seed}", name, seed,
+                    common + [f"method.sigma={g.sigma0}", f"strategy.name={name}", f"strategy.sigma_target={top}"],
+                    [(name, s, num_prunes(g.sigma0, s, rho)) for s in sig])
                 continue
             for s in sig:
-                cells.append(Cell(f"{name}__s{_fmt(s)}__seed{seed}", name, seed,
-                                  common + [f"method.sigma={g.sigma0}", f"strategy.name={name}",
-                                            f"strategy.sigma_target={s}"],
-                                  [(name, s, num_prunes(g.sigma0, s, rho))]))
+                add(f"{name}__s{_fmt(s)}__seed{seed}", name, seed,
+                    common + [f"method.sigma={g.sigma0}", f"strategy.name={name}", f"strategy.sigma_target={s}"],
+                    [(name, s, num_prunes(g.sigma0, s, rho))])
         if g.vanilla_adapters:
             for s in sig:
                 cycles = num_prunes(g.sigma0, s, rho) + 1
-                cells.append(Cell(f"{VANILLA}__s{_fmt(s)}__seed{seed}", VANILLA, seed,
-                                  common + ["strategy.name=none", f"strategy.cycles={cycles}",
-                                            "method={name: adapters}", f"method.sigma={s}"],
-                                  [(VANILLA, s, cycles - 1)]))
+                add(f"{VANILLA}__s{_fmt(s)}__seed{seed}", VANILLA, seed,
+                    common + ["strategy.name=none", f"strategy.cycles={cycles}", "method={name: adapters}",
+                              f"method.sigma={s}"], [(VANILLA, s, cycles - 1)])
         longest = num_prunes(g.sigma0, sig[-1], rho) + 1
         for b in spec.baselines:
-            row = b.label
             method = yaml.safe_dump(b.method, default_flow_style=True).strip()
-            cells.append(Cell(f"baseline_{_slug(row)}__seed{seed}", row, seed,
-                              common + ["strategy.name=none", f"strategy.cycles={longest}", f"method={method}"],
-                              [(row, math.nan, longest - 1)]))
+            add(f"baseline_{_slug(b.label)}__seed{seed}", b.label, seed,
+                common + ["strategy.name=none", f"strategy.cycles={longest}", f"method={method}"],
+                [(b.label, math.nan, longest - 1)])
     return cells
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
-
-
-def _cell_results(run_dir: Path) -> list[dict[str, Any]]:
-    return [m for m in RunDir(run_dir).read_metrics() if m.get("type") == "cycle"]
 
 
 def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool:
@@ -226,27 +149,57 @@ def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
     return out
 
 
-def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> dict[str, Any]:
-    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots."""
+def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
+    """Every task's recipe, its names resolved and its data loaded once (a bad task fails before any cell runs)."""
+    from .run import check_recipe
+    from .run.task import load_bundle
+
+    recipes = []
+    for task in spec.task_labels:
+        where = f"tasks[{spec.task_labels.index(task)}] ({task}): " if task else "base: "
+        try:
+            recipe = load_recipe(base, spec.task_overrides(task))
+            check_recipe(recipe)
+            if spec.tasks:
+                load_bundle(recipe)
+        except PrunekitError as e:
+            raise RecipeError(f"{where}{e}") from None
+        recipes.append(recipe)
+    return recipes
+
+
+def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print, dry_run: bool = False
+                 ) -> dict[str, Any]:
+    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots.
+
+    Args:
+        path: the ablation file.
+        out: output folder (default: the base recipe's ``output.dir`` / the ablation's name).
+        jobs: cells run in this many processes.
+        log: where progress lines go.
+        dry_run: check every cell's recipe and every task's data, log the plan, and stop (nothing is written).
+    """
     from .progress import ProgressReporter, make_console
     from .run import check_recipe, ensure_checkpoint, run_recipe
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
-    try:
-        base_recipe = load_recipe(base, list(spec.set))
-    except RecipeError as e:
-        raise RecipeError(f"base: {e}") from None
-    check_recipe(base_recipe)
-    rho = base_recipe.strategy.rho
+    task_recipes = _check_tasks(spec, base)
+    rho = task_recipes[0].strategy.rho
+    if any(not math.isclose(r.strategy.rho, rho) for r in task_recipes):
+        raise RecipeError(f"tasks: strategy.rho must be the same for every task (the cells' budgets follow from it), "
+                          f"got {[r.strategy.rho for r in task_recipes]}")
     cells = plan_cells(spec, rho)
     for c in cells:  # validate every cell's recipe before anything is written or trained
         check_recipe(load_recipe(base, c.overrides))
-    out = Path(out) if out else Path(base_recipe.output.dir) / spec.name
+    out = Path(out) if out else Path(task_recipes[0].output.dir) / spec.name
+    if dry_run:
+        return _log_plan(spec, cells, base, out, log)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     # a missing backbone is pretrained once, here, not by every worker at the same time
-    ensure_checkpoint(base_recipe, runs, ProgressReporter(console=make_console(quiet=False)), run=run_recipe)
+    for recipe in task_recipes:
+        ensure_checkpoint(recipe, runs, ProgressReporter(console=make_console(quiet=False)), run=run_recipe)
     todo = [c for c in cells if not _finished_as_planned(runs / c.run_id, base, c.overrides)]
     log(f"ablation {spec.name}: {len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run"
         f" ({jobs} process{'es' if jobs > 1 else ''}) -> {out}")
@@ -263,96 +216,71 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
             for i, f in enumerate(as_completed(futures), 1):
                 f.result()
                 log(f"[{i}/{len(todo)}] {futures[f].run_id} done")
-    return summarize(spec, cells, out, rho)
+    return summarize(spec, cells, out, base)
 
 
-def summarize(spec: AblationSpec, cells: list[Cell], out: Path, rho: float) -> dict[str, Any]:
+def _log_plan(spec: AblationSpec, cells: list[Cell], base: str, out: Path, log) -> dict[str, Any]:
+    """The dry run's report: cells and training epochs per task (what the grid would cost)."""
+    log(f"ablation {spec.name}: grid valid; {len(cells)} runs -> {out} (dry run: nothing trained or written)")
+    total = 0
+    for task in spec.task_labels:
+        mine = [c for c in cells if c.task == task]
+        epochs = sum(_cell_epochs(base, c) for c in mine)
+        total += epochs
+        log(f"  {task or spec.name}: {len(mine)} runs, {epochs} training epochs")
+    log(f"  total: {total} training epochs")
+    return {"out": out, "cells": cells, "epochs": total, "dry_run": True}
+
+
+def _cell_epochs(base: str, cell: Cell) -> int:
+    """Epochs a cell trains: cycles x train.epochs (its last provided cycle is its last cycle)."""
+    recipe = load_recipe(base, cell.overrides)
+    return (max(cycle for _, _, cycle in cell.provides) + 1) * recipe.train.epochs
+
+
+def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> dict[str, Any]:
     """Collect every cell's result and write the tables and plots."""
-    raw = []
+    raw, histories = [], {}
     for c in cells:
-        results = _cell_results(out / "runs" / c.run_id)
-        by_cycle = {r["cycle"]: r for r in results}
+        records = [m for m in RunDir(out / "runs" / c.run_id).read_metrics() if m.get("type") == "cycle"]
+        by_cycle = {r["cycle"]: r for r in records}
+        epochs = load_recipe(base, c.overrides).train.epochs
         for row, sigma, cycle in c.provides:
             if cycle not in by_cycle:
                 raise PrunekitError(f"{c.run_id}: cycle {cycle} missing from its metrics.jsonl")
             r = by_cycle[cycle]
-            raw.append({"row": row, "sigma_target": sigma, "seed": c.seed, "run": c.run_id, "cycle": cycle,
-                        "top1": r["last_top1"], "best_top1": r["best_top1"], "trainable": r["trainable_params"],
-                        "total": r["total_params"], "sigma": r["sigma"], "widths": r["widths"]})
+            raw.append({"task": c.task, "row": row, "sigma_target": sigma, "seed": c.seed, "run": c.run_id,
+                        "cycle": cycle, "epochs": (cycle + 1) * epochs, "top1": r["last_top1"],
+                        "best_top1": r["best_top1"], "trainable": r["trainable_params"], "total": r["total_params"],
+                        "sigma": r["sigma"], "widths": r["widths"]})
+        if c.seed == spec.grid.seeds[0] and c.row in spec.plot.stage_strategies and \
+                max(s for _, s, _ in c.provides) == max(spec.grid.sigma_targets):
+            histories[(c.task, c.row)] = [(r["cycle"], r["widths"]) for r in sorted(records, key=lambda r: r["cycle"])]
     rows_order = ([VANILLA] if spec.grid.vanilla_adapters else []) + list(spec.grid.strategies)
     sigmas = sorted(spec.grid.sigma_targets)
-    agg = []
-    for row in rows_order:
-        for s in sigmas:
-            vals = [r for r in raw if r["row"] == row and r["sigma_target"] == s]
-            agg.append(_aggregate(row, s, vals))
-    base_rows = [_aggregate(b.label, math.nan, [r for r in raw if r["row"] == b.label]) for b in spec.baselines]
-    _write_csv(out / "cells.csv", raw, ["row", "sigma_target", "seed", "run", "cycle", "top1", "best_top1",
-                                        "trainable", "total", "sigma"])
-    _write_csv(out / "table.csv", agg + base_rows, ["row", "sigma_target", "n", "top1_mean", "top1_std",
-                                                    "trainable_mean", "sigma_mean"])
-    atomic_write_text(out / "table.md", _table_md(spec, rows_order, sigmas, agg, base_rows, raw))
-    from .ablation_plots import plot_accuracy_vs_sigma, plot_params_vs_accuracy, plot_widths_local_global
-
-    plots = out / "plots"
-    plot_accuracy_vs_sigma(agg, rows_order, plots / "top1_vs_sigma.png", spec.name)
-    plot_params_vs_accuracy(raw, spec, plots / "params_vs_top1.png")
-    plot_widths_local_global(raw, spec, plots / "neurons_local_vs_global.png")
-    return {"out": out, "cells": raw, "table": agg, "baselines": base_rows}
+    tasks = spec.task_labels
+    agg = aggregate(raw, rows_order, sigmas, [b.label for b in spec.baselines], tasks)
+    write_tables(out, spec, raw, agg, rows_order, sigmas, tasks)
+    _plots(spec, raw, agg, histories, rows_order, out / "plots", tasks)
+    return {"out": out, "cells": raw, "table": [a for a in agg if not math.isnan(a["sigma_target"])],
+            "baselines": [a for a in agg if math.isnan(a["sigma_target"])]}
 
 
-def _aggregate(row: str, sigma: float, vals: list[dict]) -> dict[str, Any]:
-    tops = [v["top1"] for v in vals]
-    return {"row": row, "sigma_target": sigma, "n": len(vals),
-            "top1_mean": statistics.fmean(tops) if tops else math.nan,
-            "top1_std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
-            "trainable_mean": statistics.fmean(v["trainable"] for v in vals) if vals else math.nan,
-            "sigma_mean": statistics.fmean(v["sigma"] for v in vals if v["sigma"] is not None)
-            if any(v["sigma"] is not None for v in vals) else math.nan}
+def _plots(spec: AblationSpec, raw, agg, histories, rows_order, plots: Path, tasks: list[str]) -> None:
+    from .ablation_plots import (
+        plot_accuracy_vs_sigma, plot_params_vs_accuracy, plot_widths_by_stage, plot_widths_local_global,
+    )
 
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _pm(a: dict) -> str:
-    if not a["n"]:
-        return "-"
-    return f"{100 * a['top1_mean']:.2f} ± {100 * a['top1_std']:.2f}"
-
-
-def _table_md(spec, rows_order, sigmas, agg, base_rows, raw) -> str:
-    lookup = {(a["row"], a["sigma_target"]): a for a in agg}
-    header = ["row", "scorer / scope / mode"] + [f"σ={_fmt(s)}" for s in sigmas]
-    lines = [f"# {spec.name}", "", spec.description, "",
-             f"Top-1 (%) at the end of the last cycle, mean ± std over seeds {spec.grid.seeds}.", ""]
-    body = []
-    for row in rows_order:
-        desc = "adapters at σ, no pruning" if row == VANILLA else _strategy_desc(row)
-        body.append([row, desc] + [_pm(lookup[(row, s)]) for s in sigmas])
-    lines.append(markdown_table(header, body))
-    lines += ["Trainable parameters (adapters + head), mean over seeds:", ""]
-    body = [[row, ""] + [f"{lookup[(row, s)]['trainable_mean']:,.0f}" for s in sigmas] for row in rows_order]
-    lines.append(markdown_table(header, body))
-    matched = [(f"{spec.plot.global_strategy} (σ={_fmt(s)})", lookup.get((spec.plot.global_strategy, s)))
-               for s in sigmas] + [(f"vanilla adapters (σ={_fmt(s)})", lookup.get((VANILLA, s))) for s in sigmas]
-    matched = [(label, a) for label, a in matched if a is not None and a["n"]] + [(b["row"], b) for b in base_rows]
-    if matched:
-        lines += ["Accuracy against trainable parameters (the spirit of Tables 1-2; baselines train as long as the "
-                  "longest cell):", ""]
-        body = [[label, f"{a['trainable_mean']:,.0f}", _pm(a)]
-                for label, a in sorted(matched, key=lambda t: t[1]["trainable_mean"])]
-        lines.append(markdown_table(["method", "trainable", "top-1 (%)"], body))
-    return "\n".join(lines) + "\n"
-
-
-def _strategy_desc(name: str) -> str:
-    s = get_strategy(name)
-    return f"{s.scorer} / {s.scope} / {s.mode}"
+    multi = len(tasks) > 1
+    for task in tasks:
+        folder = plots / task if multi else plots
+        title = f"{spec.name} / {task}" if multi else spec.name
+        mine = [r for r in raw if r["task"] == task]
+        plot_accuracy_vs_sigma([a for a in agg if a["task"] == task], rows_order, folder / "top1_vs_sigma.png", title)
+        plot_params_vs_accuracy(mine, title, folder / "params_vs_top1.png")
+        plot_widths_local_global(mine, spec, folder / "neurons_local_vs_global.png", title)
+        plot_widths_by_stage({row: h for (t, row), h in histories.items() if t == task}, title,
+                             folder / "neurons_per_stage.png", seed=spec.grid.seeds[0])
+    if multi:
+        plot_accuracy_vs_sigma([a for a in agg if a["task"] == MEAN], rows_order, plots / "top1_vs_sigma.png",
+                               f"{spec.name}: mean over {len(tasks)} tasks")

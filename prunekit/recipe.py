@@ -32,6 +32,7 @@ __all__ = ["Recipe", "RecipeError", "load_recipe", "read_yaml", "parse_section",
            "ResolvedSection", "MAX_YAML_VALUES", "SEED_MAX"]
 
 SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1; torch takes more
+SHIFTS = Literal["invert", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose"]  # data.shift (dataviews.py)
 
 
 @dataclass
@@ -98,6 +99,19 @@ class DataSection:
     domain: Optional[str] = field(**option("DomainNet domain (clipart, infograph, painting, quickdraw, real, "
                                            "sketch)", default=None))
     val_fraction: float = field(**option("share of a bundled set held out for validation", default=0.2))
+    split_seed: Optional[int] = field(**option(
+        "seed of a bundled set's train / validation split and of the train_size / val_size subsets (null: "
+        "train.seed, so every seed splits anew); set it to keep one split for every train.seed", default=None))
+    classes: Optional[list[int]] = field(**option(
+        "keep only these class indices, relabelled 0, 1, ... in the order given (a class split of a task, e.g. "
+        "Fashion-MNIST's held-out classes; null: every class)", default=None))
+    shift: list[SHIFTS] = field(**option(
+        "input shifts applied to every image of a grey-scale set, in order (a shifted task): invert (255 - x), "
+        "rot90 / rot180 / rot270 (counter-clockwise), hflip, vflip, transpose", default_factory=list))
+    train_size: Optional[int] = field(**option(
+        "a fixed random subset of N >= 1 training images, stratified by class and drawn with split_seed, so every "
+        "train.seed trains on the same images (null: all)", default=None))
+    val_size: Optional[int] = field(**option("the same for the validation images (null: all)", default=None))
     limit_train: Optional[int] = field(**option("use only the first N >= 1 training images (smoke tests; null: all)",
                                                 default=None))
     limit_val: Optional[int] = field(**option("use only the first N >= 1 validation images (null: all)", default=None))
@@ -112,6 +126,17 @@ class DataSection:
         check_count("data.limit_train", self.limit_train, 1, "every training image")
         check_count("data.limit_val", self.limit_val, 1, "every validation image")
         check_count("data.num_workers", self.num_workers, 0)
+        check_count("data.train_size", self.train_size, 1, "every training image")
+        check_count("data.val_size", self.val_size, 1, "every validation image")
+        if self.split_seed is not None and not 0 <= self.split_seed <= SEED_MAX:
+            raise RecipeError(f"data.split_seed: expected an integer in 0 .. {SEED_MAX} or null (train.seed), got "
+                              f"{self.split_seed}")
+        if self.classes is not None:
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if len(self.classes) < 2 or dupes or min(self.classes) < 0:
+                why = f"repeats {dupes}" if dupes else f"got {self.classes}"
+                raise RecipeError(f"data.classes: expected a list of at least 2 distinct class indices >= 0 (or null: "
+                                  f"every class); {why}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from prunekit.cli import main
 from prunekit.params import head_param_count
 from prunekit.recipe import RecipeError
 
-from test_cli import invoke, tiny_recipe
+from test_cli import ROOT, invoke, tiny_recipe
 
 
 def write_spec(tmp_path, **grid):
@@ -129,3 +129,100 @@ def test_bad_ablation_files(tmp_path):
         load_ablation(write_spec(tmp_path, sigma_targets=[2]))
     res = CliRunner().invoke(main, ["ablate", str(write_spec(tmp_path)), "--jobs", "0"])
     assert res.exit_code != 0 and "expected an integer >= 1" in res.output
+
+
+SWIN_BASE = ROOT / "recipes" / "swin_offline.yaml"
+
+
+def write_swin_spec(tmp_path):
+    """2 cells (TINA, linear probe) x 1 seed x 2 tasks on the Swin-shaped model, random backbone, a few steps."""
+    spec = {"name": "swin_tasks", "base": str(SWIN_BASE),
+            "set": ["model.checkpoint=null", "model.pretrain=null", "model.allow_random_backbone=true",
+                    "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "data.limit_val=48",
+                    "output.plot=false", "output.save_state=false", f"output.dir={tmp_path / 'runs'}"],
+            "tasks": [{"label": "digits", "description": "8x8 digits", "set": ["data.name=digits"]},
+                      {"label": "mnist_rot_inv", "set": ["data.name=mnist5k", "data.shift=[rot90, invert]",
+                                                         "data.train_size=64"]}],
+            "grid": {"strategies": ["tina"], "sigma_targets": [16, 32], "seeds": [0], "sigma0": 8,
+                     "vanilla_adapters": False},
+            "baselines": [{"label": "linear probe", "method": {"name": "linear"}}]}
+    path = tmp_path / "swin_tasks.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swin_grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("swin")
+    spec = write_swin_spec(tmp)
+    dry = invoke("ablate", spec, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert not (tmp / "runs").exists()  # a dry run writes nothing
+    res = invoke("ablate", spec, "--jobs", 1)
+    assert res.exit_code == 0, res.output
+    return tmp, spec, dry.output, res.output
+
+
+def test_multi_task_grid_has_rows_per_task_and_their_mean(swin_grid):
+    tmp, _, dry, output = swin_grid
+    assert "digits: 2 runs, 6 training epochs" in dry and "total: 12 training epochs" in dry  # 3 cycles of 1 epoch
+    out = tmp / "runs" / "swin_tasks"
+    table = read_csv(out / "table.csv")
+    keys = [("tina", "16"), ("tina", "32"), ("linear probe", "nan")]
+    assert [(r["task"], r["row"], r["sigma_target"]) for r in table] == [
+        (task, row, s) for task in ("digits", "mnist_rot_inv", "mean") for row, s in keys]
+    by = {(r["task"], r["row"], r["sigma_target"]): r for r in table}
+    for row, s in keys:
+        one, two, mean = (by[(t, row, s)] for t in ("digits", "mnist_rot_inv", "mean"))
+        assert (one["n"], mean["n"]) == ("1", "2")
+        assert float(mean["top1_mean"]) == pytest.approx((float(one["top1_mean"]) + float(two["top1_mean"])) / 2,
+                                                         abs=1e-5)
+        assert mean["top1_std"] == "0"  # one seed: no spread over seeds
+        assert one["epochs"] == two["epochs"] == mean["epochs"] == ("2" if s == "16" else "3")
+    cells = read_csv(out / "cells.csv")
+    assert sorted((c["task"], c["run"]) for c in cells) == sorted(
+        (t, f"{t}__{r}") for t in ("digits", "mnist_rot_inv") for r in ("tina__s32__seed0", "tina__s32__seed0",
+                                                                        "baseline_linear_probe__seed0"))
+    md = (out / "table.md").read_text()
+    assert "## Mean over the 2 tasks" in md and "## Task `mnist_rot_inv`" in md and "- `digits`: 8x8 digits" in md
+    for plot in ("top1_vs_sigma.png", "digits/top1_vs_sigma.png", "mnist_rot_inv/params_vs_top1.png",
+                 "digits/neurons_per_stage.png", "mnist_rot_inv/neurons_local_vs_global.png"):
+        assert (out / "plots" / plot).stat().st_size > 5000, plot
+
+
+def test_swin_adapters_start_at_6_12_24_neurons_per_stage_and_reach_each_target(swin_grid):
+    tmp, _, _, _ = swin_grid
+    run = tmp / "runs" / "swin_tasks" / "runs" / "mnist_rot_inv__tina__s32__seed0"
+    cycles = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"type": "cycle"' in line]
+    first = cycles[0]["widths"]
+    assert len(first) == 12
+    for stage, n in ((0, 6), (1, 12), (2, 24)):  # widths 48 / 96 / 192 at sigma0 = 8
+        assert [w for name, w in first.items() if name.startswith(f"layers.{stage}.")] == [n] * 4
+    assert [sum(c["widths"].values()) for c in cycles] == [168, 84, 42]  # sigma 8, 16, 32 of m = 1344
+    resolved = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    assert resolved["data"]["shift"] == ["rot90", "invert"] and resolved["data"]["train_size"] == 64
+
+
+def test_multi_task_grid_resumes(swin_grid):
+    tmp, spec, _, _ = swin_grid
+    res = invoke("ablate", spec)
+    assert res.exit_code == 0 and "4 runs, 4 already finished, 0 to run" in res.output
+
+
+def test_bad_tasks(tmp_path):
+    spec = yaml.safe_load(write_swin_spec(tmp_path).read_text())
+    for tasks, message in (
+            ([{"label": "a b"}], r"tasks\[0\].label: expected letters, digits"),
+            ([{"label": "mean"}], r"tasks\[0\].label: .*not 'mean'"),
+            ([{"label": "a"}, {"label": "a"}], r"tasks: every label must be unique, \['a'\]"),
+            ([{"label": "a", "sett": []}], r"tasks\[0\].sett: unknown key; did you mean 'set'")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**spec, "tasks": tasks}))
+        with pytest.raises(RecipeError, match=message):
+            load_ablation(path)
+    path = tmp_path / "bad_data.yaml"
+    path.write_text(yaml.safe_dump({**spec, "tasks": [spec["tasks"][0], {"label": "big", "set": [
+        "data.name=digits", "data.train_size=99999"]}]}))
+    res = CliRunner().invoke(main, ["ablate", str(path), "--dry-run"])
+    assert res.exit_code == 2 and "tasks[1] (big): data.train_size: 99999 is more than" in res.output

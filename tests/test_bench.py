@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("storage.py", {"scenarios"}),
     ("inference.py", {"scenarios"}),
     ("vs_torch_pruning.py", {"models", "big_batch"}),
+    ("swin_offline_cost.py", {"methods", "grid_hours", "task_sizes"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     out = tmp_path / "result.json"

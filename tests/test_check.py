@@ -24,6 +24,14 @@ def test_a_one_shot_start_is_recorded_and_the_users_sigma_kept(tmp_path):
     assert {g.width for g in prunable_groups(model, recipe)} == {2}  # m = 32, injected at sigma 16
 
 
+def test_fixed_width_adapters_record_no_sigma(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path), ["strategy.name=none", "method={name: adapters, hidden: 3}"])
+    check_recipe(recipe)
+    assert recipe.resolved.method_sigma is None  # n_i = 3 everywhere, not the default sigma 32
+    model = build_model(recipe, 10, random_weights=True)
+    assert {g.width for g in prunable_groups(model, recipe)} == {3}
+
+
 def test_strategy_parts_replace_the_strategys_own(tmp_path):
     recipe = load_recipe(tiny_recipe(tmp_path), ["strategy.scope=local", "strategy.mode=oneshot",
                                                  "strategy.scorer=prunekit.scorers:coupled_l1",

@@ -20,6 +20,7 @@ EXPECTED = {
     "global_activation": ("l1_activation_scaled", "global", "iterative"),
     "global_activation_oneshot": ("l1_activation_scaled", "global", "oneshot"),
     "global_unscaled": ("coupled_l1", "global", "oneshot"),
+    "global_unscaled_iterative": ("coupled_l1", "global", "iterative"),  # TINA without 1 / (n + m)
     "global_scaled_oneshot": ("tina", "global", "oneshot"),
 }
 

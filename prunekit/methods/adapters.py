@@ -28,6 +28,8 @@ class AdaptersConfig:
                              act_layer=self.act_layer, bias=self.bias, scale=scale)
 
     def __post_init__(self):
+        if self.hidden is not None:
+            self.sigma = None  # a fixed width replaces the default compression (recipe.resolved then says no sigma)
         self.adapter_config()  # validates (sigma xor hidden, activation name, ...)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..backbone import create_backbone, load_backbone_weights, load_checkpoint_file
-from ..data import DATASETS
+from ..data import task_classes
 from ..errors import PrunekitError
 from ..recipe import Recipe
 from .check import check_recipe
@@ -42,7 +42,7 @@ def example_inputs(recipe: Recipe, device: torch.device | str = "cpu") -> torch.
 
 def num_classes_for(recipe: Recipe) -> int:
     """Classes of the recipe's dataset without loading it; an error when only its files can tell."""
-    n = DATASETS.get(recipe.data.name).num_classes
+    n = task_classes(recipe.data)
     if n is None:
         raise PrunekitError(f"data.name={recipe.data.name}: the number of classes comes from the files; load the data")
     return n
@@ -51,4 +51,4 @@ def num_classes_for(recipe: Recipe) -> int:
 def preview_classes(recipe: Recipe) -> int:
     """Head size for a model built without data (dry run, inspect): the dataset's classes, or 1000 when only its
     files can tell."""
-    return DATASETS.get(recipe.data.name).num_classes or PREVIEW_CLASSES
+    return task_classes(recipe.data) or PREVIEW_CLASSES

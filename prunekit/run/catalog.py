@@ -43,8 +43,9 @@ def _methods() -> list[str]:
 
 
 def _datasets() -> list[str]:
-    return [f"{name:<14} {'offline ' if info.offline else 'files   '} {info.description}"
-            for name, info in DATASETS.items()]
+    items = list(DATASETS.items())
+    width = max([14] + [len(name) for name, _ in items])
+    return [f"{name:<{width}} {'offline ' if info.offline else 'files   '} {info.description}" for name, info in items]
 
 
 def _models() -> list[str]:

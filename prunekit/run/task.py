@@ -25,10 +25,12 @@ class Task:
 
 
 def load_bundle(recipe: Recipe) -> DataBundle:
-    """The ``data`` section's sets at ``model.img_size``, normalised with the backbone's mean / std."""
+    """The ``data`` section's sets at ``model.img_size``, normalised with the backbone's mean / std; split with
+    ``data.split_seed``, or ``train.seed`` when it is unset."""
     mean, std = normalization(recipe.model.name)
-    return load_data(recipe.data, recipe.model.img_size, mean, std, seed=recipe.train.seed,
-                     in_chans=recipe.model.in_chans)
+    d = recipe.data
+    return load_data(d, recipe.model.img_size, mean, std, seed=recipe.train.seed if d.split_seed is None
+                     else d.split_seed, in_chans=recipe.model.in_chans)
 
 
 def load_task(recipe: Recipe, device: torch.device, distributed: bool = False, num_workers: int | None = None) -> Task:
