@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("prune_overhead.py", {"scenarios"}),
     ("storage.py", {"scenarios"}),
     ("vs_torch_pruning.py", {"models", "big_batch"}),
+    ("cli_startup.py", {"rows", "met"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -22,3 +23,6 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert keys <= set(data) and data["machine"]["cores"] >= 1 and data["command"].startswith(script)
+    if script == "cli_startup.py":  # the timed commands did what they are timed for (the schema error exits 2)
+        codes = {name: r["exit_code"] for name, r in data["rows"].items()}
+        assert codes.pop("prunekit run BAD.yaml (schema error)") == 2 and set(codes.values()) == {0}
