@@ -30,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 KWARGS_48 = {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 2, "global_pool": "avg"}  # PHM: n = 12 tiles 48
 SMALL = {"train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32}, "data": {"limit_train": 80, "limit_val": 32}}
-PRUNABLE = {"adapters": {"name": "adapters", "sigma": 4}, "parallel_adapters": {"name": "parallel_adapters", "sigma": 4},
+PRUNABLE = {"adapters": {"name": "adapters", "sigma": 4},
+            "parallel_adapters": {"name": "parallel_adapters", "sigma": 4},
             "adaptformer": {"name": "adaptformer", "hidden": 8}}
 
 

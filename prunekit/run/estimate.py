@@ -4,10 +4,11 @@ Both count the work from the schedule, ``cycles x epochs x steps`` training step
 one pass over the validation set per epoch, and multiply by a measured speed:
 
 - the dry run times two training steps (forward, backward, optimizer step) of the built model on random images on the
-  run's device, and one evaluation forward; on a CPU with a batch that would take long, on fewer images, scaled to
-  the batch (:func:`probe_speed`);
-- the run times its own first steps of cycle 0 (:class:`RunClock`), and counts an evaluation image as a third of a
-  training image (a forward without the backward).
+  run's device; where the whole batch would take long (a large model on a CPU), on fewer images, scaled to the batch
+  (:func:`probe_speed`);
+- the run times its own first training steps (:class:`RunClock`).
+
+Both count an evaluation image as a third of a training image (a forward without the backward).
 
 Both are estimates: later cycles train fewer adapter neurons (a little faster), data loading may differ from the
 random batches of the dry run, and a shared machine's speed changes.
@@ -83,10 +84,9 @@ def _sync(device: torch.device) -> None:
 def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed:
     """Time the recipe's training step on ``model`` (trains its parameters: use a throw-away model).
 
-    A first step of two images (not timed: it pays one-off costs) sizes a second, timed step to take about
+    A first step on two images (not timed: it pays one-off costs) sizes a second, timed step to take about
     :data:`PROBE_SECONDS`, up to the whole batch; a smaller probe is scaled to ``train.batch_size`` per image, which
-    overstates the time of a model too small to keep the device busy. One forward without gradients, on as many images,
-    times an evaluation image.
+    overstates the time of a model too small to keep the device busy.
     """
     t = recipe.train
     bf16 = resolve_precision(t.precision, device)
@@ -96,11 +96,8 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
     gen = torch.Generator().manual_seed(t.seed)
     shape = (recipe.model.in_chans, recipe.model.img_size, recipe.model.img_size)
 
-    def images(n: int) -> torch.Tensor:
-        return torch.randn(n, *shape, generator=gen).to(device)
-
     def step(n: int) -> float:
-        x = images(n)
+        x = torch.randn(n, *shape, generator=gen).to(device)
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -113,21 +110,13 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
         _sync(device)
         return time.perf_counter() - t0
 
-    first = min(2, t.batch_size)
+    first = min(2, t.batch_size)  # two images: a model with batch norm cannot train on one
     warm = step(first)
     n = max(first, min(t.batch_size, int(PROBE_SECONDS * first / max(warm, 1e-9))))
     per_image = step(n) / n
-    model.eval()
-    x = images(n)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        _sync(device)
-        t0 = time.perf_counter()
-        model(x)
-        _sync(device)
-    eval_image_s = (time.perf_counter() - t0) / n
     how = (f"2 training steps timed on {device.type}" if n == t.batch_size else
            f"2 training steps timed on {device.type}, the second on {n} of {t.batch_size} images, scaled")
-    return Speed(per_image * t.batch_size, eval_image_s, how)
+    return Speed(per_image * t.batch_size, EVAL_SHARE * per_image, how)
 
 
 class RunClock:
