@@ -44,6 +44,10 @@ def cases() -> list[tuple[str, str]]:
     return rows
 
 
+def test_the_matrix_holds_every_prunable_method():
+    assert sorted(PRUNABLE) == sorted(name for name, m in METHODS.items() if m.prunable)
+
+
 def plan_and_run(path, overrides: list[str], tmp_path) -> tuple[dict, list[dict], list[dict], dict, str]:
     """The dry run's plan, the run's cycle and epoch records, its recipe.resolved.yaml and its log."""
     plan = dry_run(load_recipe(path, overrides), estimate=False)

@@ -8,10 +8,9 @@ one pass over the validation set per epoch, and multiply by a measured speed:
   (:func:`probe_speed`);
 - the run times its own first training steps (:class:`RunClock`).
 
-Both count an evaluation image as a third of a training image (a forward without the backward).
-
-Both are estimates: later cycles train fewer adapter neurons (a little faster), data loading may differ from the
-random batches of the dry run, and a shared machine's speed changes.
+Both count an evaluation image as a third of a training image (a forward without the backward). They are estimates:
+later cycles train fewer adapter neurons (a little faster), data loading may cost more than the dry run's random
+batches, a probe scaled from a few images overstates a small model's step, and a shared machine's speed changes.
 """
 from __future__ import annotations
 
@@ -27,7 +26,8 @@ from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..train import Trainer, resolve_precision
 
-__all__ = ["Workload", "Speed", "probe_speed", "RunClock", "format_duration", "EVAL_SHARE", "PROBE_SECONDS"]
+__all__ = ["Workload", "Speed", "probe_speed", "RunClock", "format_duration", "EVAL_SHARE", "PROBE_SECONDS",
+           "FIRST_STEPS"]
 
 EVAL_SHARE = 1 / 3  # an evaluation image costs about a third of a training image (forward only)
 PROBE_SECONDS = 1.0  # the dry run's timed step is sized to take about this long
