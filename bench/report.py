@@ -111,6 +111,9 @@ def write_report(results: Path) -> Path:
     vs = _load(results, "vs_torch_pruning")
     if vs:
         parts += _vs_torch_pruning(vs)
+    cs = _load(results, "cli_startup")
+    if cs:
+        parts += _cli_startup(cs)
     DOC.write_text("\n".join(parts) + "\n")
     return DOC
 
@@ -188,6 +191,24 @@ def _vs_torch_pruning(vs: dict) -> list[str]:
               "cProfile of one call on efficientnet_b0 at 64 px (1.23 s under the profiler): group discovery 30 %, "
               "selection 26 %, MAC counting 25 %, snapshot 8 %.", ""]
     return parts
+
+
+def _cli_startup(cs: dict) -> list[str]:
+    """Section 8: how fast commands that need no model answer (bench/cli_startup.py)."""
+    m = cs["machine"]
+    parts = ["## 8. CLI start-up", "",
+             "Commands that need no model (help, listing strategies, a recipe's schema error) answer before torch, "
+             "timm, torch-pruning and matplotlib are imported; `list scorers`, whose registry lives with torch code, "
+             f"is measured beside them. Wall time of a fresh process, median of {cs['repeat']} interleaved rounds, on "
+             f"{m['cpu']} ({m['cores']} cores), Python {m['python']}.", "",
+             "```bash", f"python bench/{cs['command']}", "```", "",
+             f"| command | median (s) | vs `python -c pass` | beyond the interpreter (s) | exit code | goal < "
+             f"{cs['goal_extra_s']:g} s |", "|---|---:|---:|---:|---:|---|"]
+    for name, r in cs["rows"].items():
+        goal = _mark(r["extra_s"] < cs["goal_extra_s"]) if r["goal"] else "-"
+        parts.append(f"| `{name}` | {r['median_s']:.3f} | {r['ratio']:.2f}x | {r['extra_s']:.3f} | {r['exit_code']} | "
+                     f"{goal} |")
+    return parts + [""]
 
 
 def _geomean(xs: list[float]) -> float:

@@ -54,8 +54,9 @@ SET_HELP = "override a recipe key, e.g. --set train.lr=0.01 --set method.sigma=1
 @click.argument("recipe", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: output.dir/<recipe name>)")
-@click.option("--dry-run", is_flag=True, help="validate, build the model with random weights, print the plan; "
-                                              "no data, no hub, nothing written")
+@click.option("--dry-run", is_flag=True, help="validate, build the model with random weights, print the plan the "
+                                              "run executes and its estimated duration; no image loaded, no hub, "
+                                              "nothing written")
 @click.option("--overwrite", is_flag=True, help="replace an existing prunekit run directory (only the files prunekit "
                                                 "wrote; a folder holding anything else is refused)")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
@@ -113,7 +114,9 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
                 v = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
             elif isinstance(v, float):
                 v = f"{v:.4g}"
-            console.print(f"  {k:<22} {v}")
+            elif v is None:
+                v = "unknown"
+            console.print(f"  {k:<22} {v}", markup=False)
         return None
     reporter = ProgressReporter(console=make_console(quiet=quiet))
     return run_recipe(r, out=out, overwrite=overwrite, reporter=reporter)
@@ -125,13 +128,13 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def inspect(recipe, overrides):
     """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
+    r = load_recipe(find_recipe(recipe), list(overrides))  # a recipe's mistakes are found before torch is imported
     from rich.table import Table
 
     from .run import inspect_recipe
 
-    r = load_recipe(find_recipe(recipe), list(overrides))
     info = inspect_recipe(r)
-    table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}")
+    table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}, {info.classes} classes")
     for col in ("#", "adapter", "m (fan)", "n (width)", "sigma_i", "params"):
         table.add_column(col, justify="right" if col != "adapter" else "left")
     for i, g in enumerate(info.groups):
@@ -141,6 +144,7 @@ def inspect(recipe, overrides):
     total, trainable = info.total_params, info.trainable_params
     console.print(f"groups: {len(info.groups)}  neurons: {sum(g.width for g in info.groups)}  "
                   f"trainable: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    console.print(f"classes: {info.classes}" + (f" ({info.note})" if info.note else ""), markup=False)
 
 
 @main.command("list")
@@ -151,7 +155,7 @@ def list_(what):
     Entries that installed packages add (entry points prunekit.strategies, .scorers, .scopes, .methods, .datasets,
     .models) are listed with the built-in ones.
     """
-    from .run import catalog
+    from .run.catalog import catalog  # imports only the listed registry (strategies: no torch)
 
     if what != "recipes":
         for line in catalog(what):

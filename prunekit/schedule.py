@@ -110,7 +110,8 @@ class Schedule:
     rho: float = 0.5
     sigma_target: float = 512.0
     mode: Literal["iterative", "oneshot"] = "iterative"
-    sigma_reference: float = 32.0  # one-shot runs get the training budget of an iterative run from here
+    # one-shot runs get the training budget of an iterative run from here (None: from where the adapters start)
+    sigma_reference: float | None = 32.0
 
     def __post_init__(self):
         if self.mode not in ("iterative", "oneshot"):
@@ -142,14 +143,20 @@ class Schedule:
     def cycles(self, total_width: int, total_fan: int) -> int:
         """Training cycles, the first included: prunes + 1 (iterative) or the reference run's count (one-shot)."""
         if self.mode == "oneshot":
-            if not self.sigma_reference > 0:
-                raise PrunekitError(f"sigma_reference: expected a compression rate > 0, got {self.sigma_reference}")
-            if not self.sigma_target > self.sigma_reference:
+            reference = self.reference(total_width, total_fan)
+            if not reference > 0:
+                raise PrunekitError(f"sigma_reference: expected a compression rate > 0, got {reference}")
+            if not self.sigma_target > reference:
                 raise PrunekitError(f"sigma_reference: expected a compression below sigma_target="
                                     f"{self.sigma_target:g} (a one-shot run trains as many cycles as an iterative run "
-                                    f"from sigma_reference to sigma_target), got {self.sigma_reference:g}")
-            return num_prunes(self.sigma_reference, self.sigma_target, self.rho) + 1
+                                    f"from sigma_reference to sigma_target), got {reference:g}")
+            return num_prunes(reference, self.sigma_target, self.rho) + 1
         return len(self.widths(total_width, total_fan))
+
+    def reference(self, total_width: int, total_fan: int) -> float:
+        """The compression a one-shot run's cycle count is measured from: ``sigma_reference``, or the adapters'
+        starting compression when it is None."""
+        return compression(total_fan, total_width) if self.sigma_reference is None else self.sigma_reference
 
     def prune_after(self, total_width: int, total_fan: int) -> dict[int, int]:
         """Training cycle -> total width to prune to once that cycle has trained."""

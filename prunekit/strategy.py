@@ -38,7 +38,7 @@ class Strategy:
         if self.mode not in ("iterative", "oneshot"):
             raise PrunekitError(f"strategy {self.name!r}: mode must be 'iterative' or 'oneshot', got {self.mode!r}")
 
-    def schedule(self, rho: float, sigma_target: float, sigma_reference: float = 32.0) -> Schedule:
+    def schedule(self, rho: float, sigma_target: float, sigma_reference: float | None = 32.0) -> Schedule:
         return Schedule(rho=rho, sigma_target=sigma_target, mode=self.mode, sigma_reference=sigma_reference)
 
     def initial_sigma(self, sigma0: float, sigma_target: float, rho: float) -> float:

@@ -88,6 +88,9 @@ class Trainer:
         on_epoch_end: ``fn(metrics)`` after each epoch (the run directory appends it to ``metrics.jsonl``).
         on_checkpoint: ``fn(state)`` after each epoch (and its ``on_epoch_end``) with what a resume needs:
             cycle, epoch, optimizer and scheduler state, the cycle's best / last metrics, RNG states.
+        on_step: ``fn(info)`` after each training step: ``cycle``, ``epoch``, ``step`` (0-based), ``steps`` (this
+            epoch's), ``epoch_start`` (``time.perf_counter()`` when the epoch's first step began) and ``device`` (to
+            synchronise before reading the clock; the run's duration estimate does, for its first steps only).
 
     Attributes:
         resume_from: a state given to ``on_checkpoint`` earlier; the next ``train_cycle`` of that cycle restores it
@@ -96,7 +99,8 @@ class Trainer:
 
     def __init__(self, cfg, train_loader, val_loader, device: torch.device, reporter=None,
                  on_epoch_end: Callable[[dict], None] | None = None,
-                 on_checkpoint: Callable[[dict], None] | None = None):
+                 on_checkpoint: Callable[[dict], None] | None = None,
+                 on_step: Callable[[dict], None] | None = None):
         self.cfg = cfg
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device = device
@@ -104,6 +108,7 @@ class Trainer:
         self.reporter = reporter
         self.on_epoch_end = on_epoch_end
         self.on_checkpoint = on_checkpoint
+        self.on_step = on_step
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.criterion_sum = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
         self.global_step = 0
@@ -219,6 +224,9 @@ class Trainer:
             if self.reporter is not None and self.reporter.rich:
                 dt = time.perf_counter() - t0
                 self.reporter.step(batch_loss.item(), correct.item() / max(seen, 1), world * seen / max(dt, 1e-9))
+            if self.on_step is not None:
+                self.on_step({"cycle": cycle, "epoch": epoch, "step": step, "steps": steps, "epoch_start": t0,
+                              "device": self.device})
         dt = time.perf_counter() - t0
         sums = dist_utils.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                                       torch.tensor(float(seen), device=self.device)]))

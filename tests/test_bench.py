@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("inference.py", {"scenarios"}),
     ("vs_torch_pruning.py", {"models", "big_batch"}),
     ("swin_offline_cost.py", {"methods", "grid_hours", "task_sizes"}),
+    ("cli_startup.py", {"rows", "met"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -24,3 +25,6 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert keys <= set(data) and data["machine"]["cores"] >= 1 and data["command"].startswith(script)
+    if script == "cli_startup.py":  # the timed commands did what they are timed for (the schema error exits 2)
+        codes = {name: r["exit_code"] for name, r in data["rows"].items()}
+        assert codes.pop("prunekit run BAD.yaml (schema error)") == 2 and set(codes.values()) == {0}

@@ -19,7 +19,8 @@ def test_a_one_shot_start_is_recorded_and_the_users_sigma_kept(tmp_path):
     assert checked.config.sigma == 16.0  # 32 x (1 - 0.5): one prune of rho lands on the target
     resolved = recipe_to_dict(recipe)
     assert resolved["method"]["sigma"] == 4  # what the user wrote stays
-    assert resolved["resolved"] == {"method_sigma": 16.0, "scorer": "l1_down", "scope": "local", "mode": "oneshot"}
+    assert resolved["resolved"] == {"method_sigma": 16.0, "scorer": "l1_down", "scope": "local", "mode": "oneshot",
+                                    "sigma_reference": 4.0}  # trains as long as an iterative run from sigma 4
     model = build_model(recipe, 10, random_weights=True)
     assert {g.width for g in prunable_groups(model, recipe)} == {2}  # m = 32, injected at sigma 16
 
@@ -40,6 +41,7 @@ def test_strategy_parts_replace_the_strategys_own(tmp_path):
     assert (strategy.name, strategy.scorer, strategy.scope, strategy.mode) == \
         ("tina", "prunekit.scorers:coupled_l1", "local", "oneshot")
     assert recipe.resolved.scorer == "prunekit.scorers:coupled_l1" and recipe.resolved.method_sigma == 8.0
+    assert recipe.resolved.sigma_reference == 4  # strategy.sigma_reference, as given
     assert example_inputs(recipe).shape == (1, 3, 16, 16)
 
 
@@ -49,7 +51,7 @@ def test_resolved_values_read_from_a_file_are_recomputed(tmp_path):
     recipe = load_recipe(path)
     check_recipe(recipe)
     assert recipe_to_dict(recipe)["resolved"] == {"method_sigma": 4.0, "scorer": "tina", "scope": "global",
-                                                  "mode": "iterative"}
+                                                  "mode": "iterative", "sigma_reference": None}
     assert "resolved" not in recipe_to_dict(recipe, resolved=False)
     again = load_recipe(_dump(tmp_path / "again.yaml", recipe_to_dict(recipe)))  # recipe.resolved.yaml runs as is
     check_recipe(again)

@@ -1,6 +1,7 @@
 """The command line end to end on tiny offline runs."""
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_every_shipped_recipe_passes_a_dry_run_offline(recipe, tmp_path, monkeyp
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
     r = load_recipe(ROOT / "recipes" / recipe)
     if r.strategy.name != "none":
-        assert "widths_after_prunes" in res.output
+        assert "widths_per_cycle" in res.output and "sigma_per_cycle" in res.output
 
 
 def test_paper_recipes_follow_the_protocol():
@@ -222,6 +223,30 @@ def test_inspect_and_list():
     assert "parallel_adapters" in invoke("list", "methods").output
     assert "mnist5k" in invoke("list", "datasets").output
     assert "quickstart.yaml" in invoke("list", "recipes").output
+
+
+HEAVY = ("torch", "timm", "torch_pruning", "torchvision", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list", "strategies"], ["list", "recipes"], ["run", "{bad}"],
+                                  ["run", "{bad}", "--dry-run"], ["inspect", "{bad}"]])
+def test_answers_that_need_no_model_import_no_torch(args, tmp_path):
+    """Help, `list strategies`, `list recipes` and a recipe's schema errors answer before torch, timm, torch-pruning
+    or matplotlib is imported (they cost seconds; bench/cli_startup.py measures the start-up)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian: {epochs: 1}\n")
+    code = ("import sys; from click.testing import CliRunner; from prunekit.cli import main; "
+            "r = CliRunner().invoke(main, sys.argv[1:]); "
+            f"print(r.exit_code, sorted(m for m in {HEAVY!r} if m in sys.modules)); print(r.output)")
+    res = subprocess.run([sys.executable, "-c", code, *[a.format(bad=bad) for a in args]], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    status, _, output = res.stdout.partition("\n")
+    assert res.returncode == 0, res.stderr[-2000:]
+    if "{bad}" in args:
+        assert status == "2 []" and "trian: unknown key; did you mean 'train'?" in output
+    else:
+        assert status == "0 []", output
+        assert {"--help": "Usage:", "strategies": "vanilla_l1", "recipes": "quickstart.yaml"}[args[-1]] in output
 
 
 def test_python_dash_m_and_help():

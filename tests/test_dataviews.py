@@ -9,7 +9,7 @@ from prunekit.data import load_data, task_classes
 from prunekit.dataviews import SHIFT_OPS, labels_of, stratified_subset
 from prunekit.errors import ConfigError
 from prunekit.recipe import SHIFTS, DataSection, RecipeError, load_recipe
-from prunekit.run.build import preview_classes
+from prunekit.run.task import task_size
 from prunekit.run.task import load_bundle
 
 from test_data import write_idx
@@ -73,7 +73,7 @@ def test_the_split_seed_keeps_one_split_for_every_train_seed(tmp_path):
     assert fixed[0].train.indices == fixed[1].train.indices
     anew = [load_bundle(load_recipe(recipe, [f"train.seed={s}"])) for s in (1, 2)]
     assert not torch.equal(anew[0].val.tensors[1], anew[1].val.tensors[1])  # null: the train seed splits
-    assert preview_classes(load_recipe(recipe, ["data.classes=[1, 3]"])) == 2
+    assert task_size(load_recipe(recipe, ["data.classes=[1, 3]"])).num_classes == 2
 
 
 @pytest.mark.parametrize("section,message", [

@@ -105,6 +105,26 @@ def test_every_key_is_documented():
             assert f"`{path}`" in doc, f"docs/recipes.md lacks {path} ({name})"
 
 
+def test_every_documented_key_exists():
+    """The other way round: a key in a table of docs/recipes.md that the schema lost (or never had) is a doc bug."""
+    import re
+    from pathlib import Path
+
+    from prunekit.methods import METHODS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    keys = doc[doc.index("## Keys"):]
+    documented = re.findall(r"^\| `([a-z_][a-z0-9_.]*)` \|", keys, flags=re.MULTILINE)
+    assert len(documented) > 60  # the tables were found
+    known = {path for path, *_ in field_docs(Recipe)}
+    known |= {path for _, m in METHODS.items() for path, *_ in field_docs(m.config_cls, "method.")}
+    unknown = sorted(set(documented) - known)
+    assert not unknown, f"docs/recipes.md documents keys the recipe schema does not have: {unknown}"
+    row = {k: line for line in keys.splitlines() for k in re.findall(r"^\| `([a-z_.]+)` \|", line)}
+    for path, _, help_text, _ in field_docs(Recipe):  # the meaning column is the key's help text
+        assert help_text in row[path], f"docs/recipes.md: the row of {path} does not say {help_text!r}"
+
+
 def test_shipped_recipes_parse():
     from pathlib import Path
 

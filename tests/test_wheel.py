@@ -99,7 +99,7 @@ def test_installed_wheel_runs_the_quickstart_from_any_folder(venv: Path, tmp_pat
 
     dry = run_in(venv, work, venv / "prunekit", "run", "quickstart", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "quickstart: recipe valid" in dry.stdout and "widths_after_prunes" in dry.stdout
+    assert "quickstart: recipe valid" in dry.stdout and "widths_per_cycle" in dry.stdout
     assert run_in(venv, work, venv / "prunekit", "run", "quickstart.yaml", "--dry-run").returncode == 0
     listed = run_in(venv, work, venv / "prunekit", "list", "recipes")
     assert "quickstart.yaml" in listed.stdout and "pretrain_mnist5k.yaml" in listed.stdout, listed.stdout

@@ -9,25 +9,44 @@
     data        task.py       the task's sets, normalised for the backbone, and their loaders
     train       loop.py       the cycles: the engine's prune loop, or plain cycles for strategy 'none'
                 prune.py      the one seam with the pruning engine (build it, log prunes, plan a dry run, restore)
+                estimate.py   the run's duration: two timed steps (dry run), its own first steps (run)
 
 ``pipeline.run_recipe`` strings them together; ``preview`` (``--dry-run``, ``inspect``), ``reload`` (``eval``),
 ``exporting`` (``export``) and ``catalog`` (``list``) reuse them. Layers point down: the CLI imports this package,
 this package imports the engine, strategies, methods, data and backbones, and nothing below imports it.
 """
-from .build import build_model, example_inputs, num_classes_for, preview_classes
-from .catalog import REGISTRIES, catalog, param_rows
-from .check import Checked, check_recipe
-from .exporting import export_run
-from .pipeline import end_processes, run_recipe
-from .pretrain import ensure_checkpoint
-from .preview import Inspection, dry_run, inspect_recipe
-from .record import RunFinished, RunResult
-from .reload import evaluate_run, load_run
-from .resuming import NothingToResume, recipe_to_resume
+# Every name is imported on first use (PEP 562), as in prunekit/__init__.py: `prunekit list strategies` reads one
+# registry without importing torch, timm and every phase; `from prunekit.run import run_recipe` imports its phases.
+from __future__ import annotations
 
-__all__ = [
-    "run_recipe", "end_processes", "check_recipe", "Checked", "build_model", "example_inputs", "num_classes_for",
-    "preview_classes", "ensure_checkpoint", "dry_run", "inspect_recipe", "Inspection", "load_run", "evaluate_run",
-    "export_run", "RunResult", "RunFinished", "NothingToResume", "recipe_to_resume", "REGISTRIES", "catalog",
-    "param_rows",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "build": ("build_model", "example_inputs", "num_classes_for"),
+    "catalog": ("REGISTRIES", "param_rows"),  # `catalog(kind)`: from prunekit.run.catalog (the module's name)
+    "check": ("Checked", "check_recipe"),
+    "exporting": ("export_run",),
+    "pipeline": ("end_processes", "run_recipe"),
+    "pretrain": ("ensure_checkpoint",),
+    "preview": ("Inspection", "dry_run", "inspect_recipe"),
+    "record": ("RunFinished", "RunResult"),
+    "reload": ("evaluate_run", "load_run"),
+    "resuming": ("NothingToResume", "recipe_to_resume"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunekit.run' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,14 +9,12 @@ import torch
 from torch import nn
 
 from ..backbone import create_backbone, load_backbone_weights, load_checkpoint_file
-from ..data import task_classes
+from ..data import data_size
 from ..errors import PrunekitError
 from ..recipe import Recipe
 from .check import check_recipe
 
-__all__ = ["build_model", "example_inputs", "num_classes_for", "preview_classes"]
-
-PREVIEW_CLASSES = 1000  # head size of a preview (dry run, inspect) when only the dataset's files know the classes
+__all__ = ["build_model", "example_inputs", "num_classes_for"]
 
 
 def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) -> nn.Module:
@@ -41,14 +39,9 @@ def example_inputs(recipe: Recipe, device: torch.device | str = "cpu") -> torch.
 
 
 def num_classes_for(recipe: Recipe) -> int:
-    """Classes of the recipe's dataset without loading it; an error when only its files can tell."""
-    n = task_classes(recipe.data)
+    """Classes of the recipe's dataset without loading it (the files' listing, for an image folder); an error when
+    nothing tells."""
+    n = data_size(recipe.data).num_classes
     if n is None:
         raise PrunekitError(f"data.name={recipe.data.name}: the number of classes comes from the files; load the data")
     return n
-
-
-def preview_classes(recipe: Recipe) -> int:
-    """Head size for a model built without data (dry run, inspect): the dataset's classes, or 1000 when only its
-    files can tell."""
-    return task_classes(recipe.data) or PREVIEW_CLASSES

@@ -56,6 +56,7 @@ def check_recipe(recipe: Recipe) -> Checked:
         raise RecipeError(f"data.name: {e}") from None
     _check_weights(recipe, method)
     sigma = getattr(config, "sigma", None)
+    reference = _sigma_reference(recipe, strategy, sigma)
     if strategy is not None and sigma is not None:
         s = recipe.strategy
         config = dataclasses.replace(config, sigma=strategy.initial_sigma(sigma, s.sigma_target, s.rho))
@@ -63,8 +64,25 @@ def check_recipe(recipe: Recipe) -> Checked:
         method_sigma=getattr(config, "sigma", None),
         scorer=None if strategy is None else _reference(strategy.scorer),
         scope=None if strategy is None else _reference(strategy.scope),
-        mode=None if strategy is None else strategy.mode)
+        mode=None if strategy is None else strategy.mode,
+        sigma_reference=reference)
     return Checked(method, config, strategy)
+
+
+def _sigma_reference(recipe: Recipe, strategy: Strategy | None, sigma: float | None) -> float | None:
+    """A one-shot run trains as many cycles as an iterative run from this sigma: ``strategy.sigma_reference``, else
+    where the recipe's adapters start (``method.sigma``), so both train as long. None for iterative strategies, and
+    for a fixed ``method.hidden`` width (the engine measures the adapters' starting compression then)."""
+    if strategy is None or strategy.mode != "oneshot":
+        return None
+    s = recipe.strategy
+    if s.sigma_reference is not None:
+        return s.sigma_reference
+    if sigma is not None and not s.sigma_target > sigma:
+        raise RecipeError(f"strategy.sigma_target: a one-shot run trains as many cycles as an iterative run from "
+                          f"method.sigma={sigma:g} (the default strategy.sigma_reference) to sigma_target, so "
+                          f"sigma_target must be above it; got {s.sigma_target:g}")
+    return sigma
 
 
 def _strategy(recipe: Recipe, method: Method, config: Any) -> Strategy | None:

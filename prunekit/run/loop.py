@@ -7,6 +7,7 @@ run record.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..train import Trainer
 from .check import Checked
+from .estimate import RunClock, Workload
 from .prune import engine_widths, make_engine
 from .record import RunRecord, trained_state
 from .task import Task
@@ -33,6 +35,7 @@ class CycleLoop:
         trainer: trains and evaluates one cycle at a time.
         engine: the pruning engine, or None for strategy 'none'.
         cycles: training cycles, the first included.
+        clock: logs the run's estimated duration after its first training steps.
     """
 
     def __init__(self, recipe: Recipe, checked: Checked, model: nn.Module, task: Task, device: torch.device,
@@ -45,6 +48,11 @@ class CycleLoop:
             self.engine = make_engine(recipe, checked.strategy, model, self.train_cycle, task,
                                       self.trainer.make_optimizer, device, record, reporter)
             self.cycles = self.engine.cycles
+        world = dist_utils.world_size()  # this process trains and evaluates its share of every batch
+        work = Workload(self.cycles, recipe.train.epochs, self.trainer.steps_per_epoch(),
+                        math.ceil(len(task.bundle.val) / world))
+        self.clock = RunClock(work, math.ceil(recipe.train.batch_size / world), reporter)
+        self.trainer.on_step = self.clock.on_step
 
     def run(self, start_cycle: int = 0) -> None:
         """Train cycles ``start_cycle`` .. ``cycles - 1``; the plans that were applied go to ``plan.json``."""

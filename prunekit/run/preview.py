@@ -1,5 +1,11 @@
 """Check, without training: ``prunekit run --dry-run`` and ``prunekit inspect`` build the recipe's model on random
-weights (no data, no hub) and show what a run would prune."""
+weights (no hub, no image loaded) and show what a run would do.
+
+The model is the run's: its head has the data's classes, counted from the files' names where only they can tell
+(an image folder's class folders; see :func:`~prunekit.run.task.task_size`), so the parameter counts are the run's.
+The schedule is the engine's (:func:`~prunekit.run.prune.plan_prunes`): ``tests/test_plan.py`` runs the dry run and the
+run of every strategy and method and compares the cycles, widths, sigmas, parameters, epochs and steps.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,30 +14,58 @@ from typing import Any
 from ..params import count_parameters
 from ..recipe import Recipe
 from ..report import short_group_name
-from .build import build_model, preview_classes
+from ..train import select_device
+from .build import build_model
 from .check import check_recipe
+from .estimate import Workload, format_duration, probe_speed
 from .prune import plan_prunes, prunable_groups
+from .task import task_size
 
 __all__ = ["dry_run", "inspect_recipe", "GroupRow", "Inspection"]
 
 
-def dry_run(recipe: Recipe) -> dict[str, Any]:
-    """Validate and plan: the model with random weights, its groups and the schedule (cycles, widths, sigmas)."""
+def dry_run(recipe: Recipe, estimate: bool = True) -> dict[str, Any]:
+    """Validate and plan: the data's size, the model's parameters, the schedule (cycles x epochs, the total width and
+    sigma of every cycle) and, with ``estimate``, the run's duration from two timed training steps.
+
+    Returns:
+        What ``prunekit run --dry-run`` prints, in order; ``classes_note`` says why the classes (or image counts) are
+        not known, ``estimated_duration`` is None where the data's size is unknown.
+    """
     checked = check_recipe(recipe)
-    n_classes = preview_classes(recipe)
-    model = build_model(recipe, n_classes, random_weights=True)
+    task = task_size(recipe)
+    model = build_model(recipe, task.num_classes, random_weights=True)
+    t = recipe.train
     info: dict[str, Any] = {
-        "model": recipe.model.name, "method": checked.method.name, "classes": n_classes,
-        "total_params": count_parameters(model), "trainable_params": count_parameters(model, trainable_only=True),
-        "strategy": recipe.strategy.name, "data": recipe.data.name,
-    }
+        "model": recipe.model.name, "method": checked.method.name, "data": recipe.data.name,
+        "classes": task.num_classes}
+    if task.note:
+        info["classes_note"] = task.note
+    info.update(train_images=task.size.train_images, val_images=task.size.val_images,
+                total_params=count_parameters(model), trainable_params=count_parameters(model, trainable_only=True),
+                strategy=recipe.strategy.name)
     if checked.strategy is not None:
         info["method_sigma"] = recipe.resolved.method_sigma  # what the method got; widths round up, see sigma0
         info.update(plan_prunes(recipe, checked.strategy, model))
     else:
         info.update(cycles=recipe.strategy.cycles)
-    info["epochs_total"] = info["cycles"] * recipe.train.epochs
+    steps = Workload.steps(task.size.train_images, recipe)
+    info.update(epochs_per_cycle=t.epochs, epochs_total=info["cycles"] * t.epochs, steps_per_epoch=steps,
+                schedule=f"{info['cycles']} cycles x {t.epochs} epochs = {info['cycles'] * t.epochs} epochs"
+                         + (f" of {steps} steps" if steps is not None else ""))
+    if estimate:
+        info.update(_estimate(recipe, model, info["cycles"], steps, task.size.val_images))
     return info
+
+
+def _estimate(recipe: Recipe, model, cycles: int, steps: int | None, val_images: int | None) -> dict[str, Any]:
+    device = select_device(recipe.train.device)
+    speed = probe_speed(model, recipe, device)
+    seconds = Workload(cycles, recipe.train.epochs, steps, val_images).seconds(speed.step_s, speed.eval_image_s)
+    if seconds is None:
+        return {"estimated_duration": None, "estimate_note": "the data's size is unknown (see classes_note)"}
+    return {"estimated_duration": f"~{format_duration(seconds)} on {device} (an estimate: {speed.step_s:.3g} s per "
+                                  f"training step, {speed.how})"}
 
 
 @dataclass(frozen=True)
@@ -46,18 +80,27 @@ class GroupRow:
 
 @dataclass(frozen=True)
 class Inspection:
-    """What ``prunekit inspect`` prints: the groups and the parameter counts of the recipe's model."""
+    """What ``prunekit inspect`` prints: the groups and the parameter counts of the recipe's model.
+
+    Attributes:
+        classes: the head's classes (the data's; see ``note`` when assumed).
+        note: why the classes are not the data's, or None.
+    """
 
     groups: list[GroupRow]
     total_params: int
     trainable_params: int
+    classes: int
+    note: str | None = None
 
 
 def inspect_recipe(recipe: Recipe) -> Inspection:
     """The recipe's model on random weights: every prunable group, and how much of the model trains."""
     check_recipe(recipe)
-    model = build_model(recipe, preview_classes(recipe), random_weights=True)
+    task = task_size(recipe)
+    model = build_model(recipe, task.num_classes, random_weights=True)
     rows = [GroupRow(short_group_name(g.name), g.fan, g.width,
                      sum(p.numel() for m in g.modules for p in m.parameters(recurse=False)))
             for g in prunable_groups(model, recipe)]
-    return Inspection(rows, count_parameters(model), count_parameters(model, trainable_only=True))
+    return Inspection(rows, count_parameters(model), count_parameters(model, trainable_only=True), task.num_classes,
+                      task.note)

@@ -44,7 +44,7 @@ def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: 
         calibration = calibration_batches(task, recipe, device)
     with _strategy_keys():
         engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy, rho=s.rho,
-                        sigma_target=s.sigma_target, sigma_reference=s.sigma_reference,
+                        sigma_target=s.sigma_target, sigma_reference=recipe.resolved.sigma_reference,
                         optimizer_factory=optimizer_factory, calibration=calibration, seed=recipe.train.seed)
     _check_cycles(recipe, engine.cycles)
     engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, record, reporter))
@@ -72,18 +72,23 @@ def prunable_groups(model: nn.Module, recipe: Recipe) -> list:
 
 
 def plan_prunes(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[str, Any]:
-    """What the engine would do, without training: groups, starting sigma, cycle count, widths after every prune."""
+    """What the engine will do, without training: groups, starting sigma, cycle count, and the total width and sigma
+    each cycle trains at (the run's ``metrics.jsonl`` records the same per cycle)."""
     s = recipe.strategy
     groups = prunable_groups(model, recipe)
-    schedule = strategy.schedule(s.rho, s.sigma_target, s.sigma_reference)
+    schedule = strategy.schedule(s.rho, s.sigma_target, recipe.resolved.sigma_reference)
     n0, fan = sum(g.width for g in groups), sum(g.fan for g in groups)
     with _strategy_keys():
         widths = schedule.widths(n0, fan)
         cycles = schedule.cycles(n0, fan)
     _check_cycles(recipe, cycles)
-    return {"groups": len(groups), "sigma0": compression(fan, n0), "total_fan": fan, "cycles": cycles,
-            "widths_after_prunes": widths[1:], "sigmas": [compression(fan, w) for w in widths],
+    per_cycle = widths[:cycles] + [widths[-1]] * (cycles - len(widths))  # one-shot: the last width from cycle 1 on
+    info = {"groups": len(groups), "total_fan": fan, "sigma0": compression(fan, n0), "cycles": cycles,
+            "widths_per_cycle": per_cycle, "sigma_per_cycle": [compression(fan, w) for w in per_cycle],
             "scorer": str(strategy.scorer), "scope": str(strategy.scope), "mode": strategy.mode}
+    if strategy.mode == "oneshot":
+        info["sigma_reference"] = schedule.reference(n0, fan)
+    return info
 
 
 def _on_prune(engine: Engine, plan: Plan, record: RunRecord, reporter: ProgressReporter) -> None:
@@ -100,7 +105,7 @@ def _strategy_keys() -> Iterator[None]:
         yield
     except PrunekitError as e:
         msg = str(e)
-        if msg.startswith(("sigma_target:", "rho:")):
+        if msg.startswith(("sigma_target:", "rho:", "sigma_reference:")):
             raise RecipeError(f"strategy.{msg}") from None
         raise
 

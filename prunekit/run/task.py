@@ -9,10 +9,41 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbone import normalization
-from ..data import DataBundle, load_data, make_loaders
+from ..data import DATASETS, DataBundle, DataSize, data_size, load_data, make_loaders
+from ..errors import PrunekitError
 from ..recipe import Recipe
 
-__all__ = ["Task", "load_bundle", "load_task", "calibration_batches"]
+__all__ = ["Task", "TaskSize", "load_bundle", "load_task", "calibration_batches", "task_size", "PREVIEW_CLASSES"]
+
+PREVIEW_CLASSES = 1000  # head of a preview when nothing but the (absent) files can tell the classes
+
+
+@dataclass(frozen=True)
+class TaskSize:
+    """What a preview (dry run, inspect) knows of the data without loading it.
+
+    Attributes:
+        size: classes and images from the files' names and listings (None where they cannot tell).
+        num_classes: the head a preview builds: ``size.num_classes``, else :data:`PREVIEW_CLASSES`.
+        note: why the classes or sizes are unknown (the files are not there, or not usable); None when all is known.
+    """
+
+    size: DataSize
+    num_classes: int
+    note: str | None = None
+
+
+def task_size(recipe: Recipe) -> TaskSize:
+    """The data's classes and images without loading an image; a problem with the files becomes a note, so a recipe
+    is checked where its data is not (a laptop, before the copy to the GPU machine)."""
+    try:
+        size, note = data_size(recipe.data), None
+    except PrunekitError as e:
+        size, note = DataSize(DATASETS.get(recipe.data.name).num_classes), str(e)
+    if size.num_classes is None:
+        note = note or f"data.name={recipe.data.name} tells its classes only when loaded"
+        return TaskSize(size, PREVIEW_CLASSES, f"{note}; the preview assumes {PREVIEW_CLASSES} classes")
+    return TaskSize(size, size.num_classes, note)
 
 
 @dataclass
