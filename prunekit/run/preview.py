@@ -1,5 +1,5 @@
 """Check, without training: ``prunekit run --dry-run`` and ``prunekit inspect`` build the recipe's model on random
-weights (no data, no hub) and show what a run would prune."""
+weights (no data, no hub) and show what a run would prune: adapters, or the backbone's channels, neurons and heads."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +16,8 @@ __all__ = ["dry_run", "inspect_recipe", "GroupRow", "Inspection"]
 
 
 def dry_run(recipe: Recipe) -> dict[str, Any]:
-    """Validate and plan: the model with random weights, its groups and the schedule (cycles, widths, sigmas)."""
+    """Validate and plan: the model with random weights, its groups and the schedule (cycles, widths and sigmas, or
+    for a ``strategy.budget`` the measure at the start and what every prune removes)."""
     checked = check_recipe(recipe)
     n_classes = preview_classes(recipe)
     model = build_model(recipe, n_classes, random_weights=True)
@@ -26,7 +27,10 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
         "strategy": recipe.strategy.name, "data": recipe.data.name,
     }
     if checked.strategy is not None:
-        info["method_sigma"] = recipe.resolved.method_sigma  # what the method got; widths round up, see sigma0
+        if recipe.strategy.groups == "adapters":
+            info["method_sigma"] = recipe.resolved.method_sigma  # what the method got; widths round up, see sigma0
+        else:
+            info["pruned"] = "backbone"
         info.update(plan_prunes(recipe, checked.strategy, model))
     else:
         info.update(cycles=recipe.strategy.cycles)
@@ -54,7 +58,8 @@ class Inspection:
 
 
 def inspect_recipe(recipe: Recipe) -> Inspection:
-    """The recipe's model on random weights: every prunable group, and how much of the model trains."""
+    """The recipe's model on random weights: every prunable group (adapters, or the backbone's channel, neuron and
+    head groups), and how much of the model trains."""
     check_recipe(recipe)
     model = build_model(recipe, preview_classes(recipe), random_weights=True)
     rows = [GroupRow(short_group_name(g.name), g.fan, g.width,
