@@ -89,6 +89,9 @@ def test_dry_run_plans_what_the_run_did(pruned_run):
     assert info["group_kinds"] == "6 head, 6 neuron"
     res = invoke("run", OFFLINE, *SETS, "--dry-run")
     assert "removed_after_prunes   0.3, 0.5" in res.output and "budget                 macs 0.5" in res.output
+    res = invoke("inspect", OFFLINE)  # the groups a run prunes, by kind
+    assert "blocks.5.attn.heads" in res.output and "blocks.5.mlp.fc1" in res.output
+    assert "groups: 12  units: 2322" in res.output
 
 
 class Interrupted(Exception):

@@ -40,12 +40,13 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class GroupRow:
-    """One prunable group: its short name, fan m, width n and parameters."""
+    """One prunable group: its short name, fan m, width n, parameters and kind (adapter, neuron, channel, head)."""
 
     name: str
     fan: int
     width: int
     params: int
+    kind: str = "adapter"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def inspect_recipe(recipe: Recipe) -> Inspection:
     check_recipe(recipe)
     model = build_model(recipe, preview_classes(recipe), random_weights=True)
     rows = [GroupRow(short_group_name(g.name), g.fan, g.width,
-                     sum(p.numel() for m in g.modules for p in m.parameters(recurse=False)))
+                     sum(p.numel() for m in g.modules for p in m.parameters(recurse=False)),
+                     getattr(g, "kind", "adapter"))
             for g in prunable_groups(model, recipe)]
     return Inspection(rows, count_parameters(model), count_parameters(model, trainable_only=True))

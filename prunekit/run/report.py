@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from ..cost import REPEATS, WARMUP
 from ..recipe import Recipe
 from ..report import cycle_table, human_bytes, human_count
 from ..rundir import RunDir
@@ -39,12 +40,12 @@ def _backbone_summary(cycles: list[dict[str, Any]]) -> str:
     first, last = cycles[0], cycles[-1]
     if not (first.get("macs") and last.get("macs")):
         return ""
+    params = 100 * last["total_params"] / first["total_params"]
+    removed = 100 * (1 - last["macs"] / first["macs"])
     return (f"Cycle {last['cycle']} against cycle 0: {last['total_params']:,} of {first['total_params']:,} parameters "
-            f"({100 * last['total_params'] / first['total_params']:.1f} %), {human_count(last['macs'])} of "
-            f"{human_count(first['macs'])} MACs ({100 * (1 - last['macs'] / first['macs']):.1f} % removed), "
-            f"batch-1 latency {last['latency_ms']:.2f} ms against {first['latency_ms']:.2f} ms (measured after each "
-            "cycle on the training device), top-1 {:.2f} % against {:.2f} %.\n".format(
-                100 * last["last_top1"], 100 * first["last_top1"]))
+            f"({params:.1f} %), {human_count(last['macs'])} of {human_count(first['macs'])} MACs ({removed:.1f} % "
+            f"removed), batch-1 latency {last['latency_ms']:.2f} ms against {first['latency_ms']:.2f} ms, top-1 "
+            f"{100 * last['last_top1']:.2f} % against {100 * first['last_top1']:.2f} %.\n")
 
 
 def write_report(rundir: RunDir, recipe: Recipe, cycles: list[dict[str, Any]], model_bytes: int) -> None:
@@ -70,9 +71,9 @@ def write_report(rundir: RunDir, recipe: Recipe, cycles: list[dict[str, Any]], m
     if recipe.output.plot and any(c.get("widths") for c in cycles):
         caption = "units kept per group" if backbone else "neurons per adapter"
         lines.append(f"![{caption}]({plot_file(recipe)})\n")
-    lines.append("MACs: one forward of one image, counted by torch-pruning; latency: median of 10 batch-1 forwards "
-                 "after 3 warm-up ones; wall: seconds since the previous cycle ended (its prune, training and "
-                 "evaluation).\n")
+    lines.append(f"MACs: one forward of one image, counted by torch-pruning; latency: median of {REPEATS} batch-1 "
+                 f"forwards after {WARMUP} warm-up ones, on the training device; wall: seconds since the previous "
+                 "cycle ended (its prune, training and evaluation).\n")
     lines.append("Reproduce: `prunekit run <recipe> --out <dir>` with `recipe.resolved.yaml`; check a cycle with "
                  f"`prunekit eval {rundir.path} --cycle K`.\n")
     rundir.write_text("report.md", "\n".join(lines))
