@@ -69,6 +69,10 @@ def test_run_writes_a_complete_run_directory(finished_run):
     assert len(Plan.load_all(run_dir / "plan.json")) == 2
     report = (run_dir / "report.md").read_text()
     assert "| cycle | sigma |" in report and "% of total" in report
+    assert "| MACs | latency (ms) |" in report and "wall (s)" in report
+    for c in cycles:  # every cycle's cost: the adapters' MACs shrink with them, the backbone's stay
+        assert c["macs"] > 0 and c["latency_ms"] > 0 and c["wall_s"] > 0 and c["pruned"] == "adapters"
+    assert cycles[0]["macs"] > cycles[-1]["macs"]
     assert "| 2 | 16.0 |" in output  # the per-cycle table is printed at the end
 
 
