@@ -163,3 +163,42 @@ def test_a_channels_budget_on_adapters_plans_the_widths_of_the_matching_sigma(tm
     assert by_budget["cycles"] == by_sigma["cycles"] == 3
     assert by_budget["channels_after_prunes"] == by_sigma["widths_after_prunes"]
     assert by_budget["removed_after_prunes"] == [0.5, 0.75] and "method_sigma" in by_budget
+
+
+def test_a_run_started_before_the_backbone_keys_existed_still_resumes(tmp_path, monkeypatch):
+    """resume.pt of an older prunekit has no strategy.groups / budget / backbone: defaults join it; other values
+    (the recipe edited since) are still refused."""
+    import yaml
+
+    from prunekit.resume import STATE_FILE, load_state, recipe_digest, save_state
+
+    recipe, out = tiny_recipe(tmp_path, train={"epochs": 1}), tmp_path / "run"
+    original = Trainer.train_epoch
+
+    def stop_in_cycle_1(self, model, optimizer, scheduler, cycle, epoch, steps):
+        if cycle == 1:
+            raise Interrupted()
+        return original(self, model, optimizer, scheduler, cycle, epoch, steps)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_cycle_1)
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(recipe), out=out, reporter=ProgressReporter(enabled=False))
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    state = load_state(out / STATE_FILE)
+    for key in ("groups", "budget", "backbone"):  # as an older prunekit saved it
+        del state["recipe"]["strategy"][key]
+    state["recipe_digest"] = recipe_digest(state["recipe"])
+    save_state(out / STATE_FILE, state)
+
+    resolved = out / "recipe.resolved.yaml"
+    edited = yaml.safe_load(resolved.read_text())
+    edited["strategy"]["budget"] = {"channels": 0.75}
+    text = resolved.read_text()
+    resolved.write_text(yaml.safe_dump(edited, sort_keys=False))
+    res = CliRunner().invoke(main, ["run", "--resume", str(out)])
+    assert res.exit_code == 2 and "strategy.budget.channels: (absent) in resume.pt, 0.75" in res.output
+
+    resolved.write_text(text)
+    res = invoke("run", "--resume", out)
+    assert res.exit_code == 0, res.output
+    assert [c["cycle"] for c in cycles_of(out)] == [0, 1, 2] and (out / "DONE").exists()
