@@ -135,15 +135,20 @@ def inspect(recipe, overrides):
 
     info = inspect_recipe(r)
     table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}, {info.classes} classes")
-    for col in ("#", "adapter", "m (fan)", "n (width)", "sigma_i", "params"):
-        table.add_column(col, justify="right" if col != "adapter" else "left")
+    backbone = r.strategy.groups == "backbone"  # channels, neurons and heads: a kind instead of sigma_i
+    columns = ("#", "group", "kind", "width", "params") if backbone else (
+        "#", "adapter", "m (fan)", "n (width)", "sigma_i", "params")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("adapter", "group", "kind") else "right")
     for i, g in enumerate(info.groups):
-        table.add_row(str(i), g.name, str(g.fan), str(g.width), f"{g.fan / g.width:.1f}", f"{g.params:,}")
+        cells = (g.kind, str(g.width)) if backbone else (str(g.fan), str(g.width), f"{g.fan / g.width:.1f}")
+        table.add_row(str(i), g.name, *cells, f"{g.params:,}")
     console = make_console()
     console.print(table)
     total, trainable = info.total_params, info.trainable_params
-    console.print(f"groups: {len(info.groups)}  neurons: {sum(g.width for g in info.groups)}  "
-                  f"trainable: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    console.print(f"groups: {len(info.groups)}  {'units' if backbone else 'neurons'}: "
+                  f"{sum(g.width for g in info.groups)}  trainable: {trainable:,} of {total:,} "
+                  f"({100 * trainable / total:.3f}%)")
     console.print(f"classes: {info.classes}" + (f" ({info.note})" if info.note else ""), markup=False)
 
 

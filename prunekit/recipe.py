@@ -10,7 +10,8 @@ The ``method`` section is open: its keys depend on ``method.name`` and are check
 :class:`ResolvedSection`). Strict parsing lives in :mod:`prunekit.config`, strict YAML reading in
 :mod:`prunekit.yamlfile`.
 
-Just over 300 lines: one dataclass per recipe section, each field with its help text.
+About 400 lines: one dataclass per recipe section (the strategy's budget and backbone options are sections of
+their own), each field with its help text.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from .errors import RecipeError
 from .yamlfile import MAX_YAML_VALUES, read_yaml, safe_load_bounded
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "read_yaml", "parse_section", "apply_overrides", "recipe_to_dict",
-           "field_docs", "ModelSection", "StrategySection", "DataSection", "TrainSection", "OutputSection",
-           "ResolvedSection", "MAX_YAML_VALUES", "SEED_MAX"]
+           "field_docs", "ModelSection", "StrategySection", "BudgetSection", "BackboneSection", "DataSection",
+           "TrainSection", "OutputSection", "ResolvedSection", "MAX_YAML_VALUES", "SEED_MAX"]
 
 SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1; torch takes more
 SHIFTS = Literal["invert", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose"]  # data.shift (dataviews.py)
@@ -65,19 +66,88 @@ class ModelSection:
 
 
 @dataclass
+class BudgetSection:
+    """What a prune must reach, as a fraction of the model to remove; at most one key (none: ``sigma_target``)."""
+
+    params: Optional[float] = field(**option(
+        "fraction of the whole model's parameters to remove, in (0, 1) (the classifier and unpruned layers count)",
+        default=None))
+    macs: Optional[float] = field(**option(
+        "fraction of the whole model's MACs to remove, in (0, 1): one forward of one model.img_size image, counted "
+        "by torch-pruning", default=None))
+    channels: Optional[float] = field(**option(
+        "fraction of the prunable units to remove, in (0, 1): channels, neurons and heads (strategy.groups "
+        "backbone) or adapter neurons", default=None))
+
+    def __post_init__(self):
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        for kind, value in given.items():
+            if not (0.0 < value < 1.0):
+                raise RecipeError(f"strategy.budget.{kind}: expected the fraction of the model's {kind} to remove, "
+                                  f"in (0, 1), got {value:g} (0.5 removes half)")
+        if len(given) > 1:
+            raise RecipeError(f"strategy.budget: expected one of params, macs, channels, got {len(given)} "
+                              f"({', '.join(f'{k}: {v:g}' for k, v in given.items())}); keep the one to reach")
+
+    @property
+    def kind(self) -> Optional[str]:
+        """``'params'``, ``'macs'``, ``'channels'``, or None (the adapters' ``strategy.sigma_target``)."""
+        return next((k for k, v in dataclasses.asdict(self).items() if v is not None), None)
+
+    @property
+    def value(self) -> Optional[float]:
+        kind = self.kind
+        return None if kind is None else getattr(self, kind)
+
+
+@dataclass
+class BackboneSection:
+    """How ``strategy.groups: backbone`` finds the groups (``prunekit.backbone_groups``)."""
+
+    heads: bool = field(**option("prune whole attention heads too (timm ViT / DeiT / Swin / PVT-v2 attention and "
+                                 "any module with num_heads and qkv + proj Linears)", default=True))
+    ignore: list[str] = field(**option(
+        "modules (names or glob patterns, e.g. patch_embed.proj, 'stem.*') whose output channels are kept; the "
+        "classifier and whatever feeds the model's output are always kept", default_factory=list))
+    min_width: int = field(**option("units every group keeps (channels, neurons, heads), >= 1", default=1))
+    round_to: Optional[int] = field(**option("keep every width a multiple of this, >= 1 (8 suits tensor cores); "
+                                             "null: any width", default=None))
+    max_layer_ratio: Optional[float] = field(**option(
+        "the most one group may lose over the run, as a fraction of its width, in [0, 1] (null: down to min_width)",
+        default=None))
+
+    def __post_init__(self):
+        check_count("strategy.backbone.min_width", self.min_width, 1)
+        check_count("strategy.backbone.round_to", self.round_to, 1, "any width")
+        if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
+            raise RecipeError(f"strategy.backbone.max_layer_ratio: expected a fraction in [0, 1] of a group's width "
+                              f"or null, got {self.max_layer_ratio:g}")
+
+
+@dataclass
 class StrategySection:
     name: str = field(**option("registered strategy (`prunekit list strategies`), or 'none' to train without "
                                "pruning", default="tina"))
-    rho: float = field(**option("fraction of the remaining neurons removed at each prune, in (0, 1)", default=0.5))
-    sigma_target: float = field(**option("compression sum(m_i) / sum(n_i) to reach; above the method's sigma",
-                                         default=512.0))
+    groups: Literal["adapters", "backbone"] = field(**option(
+        "what is pruned: 'adapters' (the method's adapter neurons; TINA) or 'backbone' (the model's own channels, "
+        "MLP neurons and attention heads; needs a method that trains the backbone: full)", default="adapters"))
+    rho: float = field(**option("fraction of the remaining neurons (with strategy.budget: of what is left of its "
+                                "measure) removed at each prune, in (0, 1)", default=0.5))
+    sigma_target: float = field(**option("compression sum(m_i) / sum(n_i) to reach; above the method's sigma "
+                                         "(the budget when strategy.budget sets none)", default=512.0))
+    budget: BudgetSection = field(**option(
+        "what the last prune reaches: one of params / macs / channels, a fraction of the model to remove (null: "
+        "the adapters' sigma_target)", default_factory=BudgetSection))
+    backbone: BackboneSection = field(**option("which of the backbone's groups strategy.groups: backbone prunes",
+                                               default_factory=BackboneSection))
     sigma_reference: Optional[float] = field(**option(
         "one-shot strategies train as many cycles as an iterative run from this compression to sigma_target (null: "
         "method.sigma, where the recipe's adapters start, so a one-shot run trains as long as the iterative one)",
         default=None))
     cycles: Optional[int] = field(**option(
         "training cycles: with strategy 'none' how many to train (default 1; baselines use 5 to match TINA's "
-        "budget); otherwise computed from sigma, sigma_target and rho and, when set, checked against that",
+        "budget); otherwise computed from sigma, sigma_target (or strategy.budget) and rho and, when set, checked "
+        "against that",
         default=None))
     calibration_batches: int = field(**option("training batches (in order) that activation scorers measure "
                                               "activations on and gradient (Taylor) scorers gradients on",
@@ -190,8 +260,9 @@ class OutputSection:
     dir: str = field(**option("parent folder of run directories (relative to the working directory)",
                               default="runs"))
     run_name: Optional[str] = field(**option("run directory name (default: the recipe's name)", default=None))
-    save_adapters: bool = field(**option("write the trained parameters (adapters + head) of every cycle as "
-                                         ".safetensors", default=True))
+    save_adapters: bool = field(**option(
+        "write the trained parameters (adapters + head) of every cycle as .safetensors; a run that prunes the "
+        "backbone writes the whole pruned model's weights (model/cycle_K.safetensors)", default=True))
     save_checkpoint: Optional[str] = field(**option(
         "also write the whole model's weights here at the end (how a pretraining recipe produces a backbone); "
         "'~' expands", default=None))
@@ -199,7 +270,8 @@ class OutputSection:
         "let save_checkpoint replace an existing file prunekit did not write (without it such a file is refused "
         "before training; files prunekit wrote carry a mark in their safetensors metadata and are replaced)",
         default=False))
-    plot: bool = field(**option("draw neurons per adapter per cycle (PNG, the paper's Fig. 4)", default=True))
+    plot: bool = field(**option("draw neurons per adapter per cycle (PNG, the paper's Fig. 4); a backbone run "
+                                "draws the share of every group's units kept", default=True))
     save_state: bool = field(**option(
         "write resume.pt (trained weights, optimizer, RNG, cycle) after every epoch so `prunekit run --resume "
         "RUN_DIR` continues an interrupted run; false saves the write (full fine-tuning of a large model)",
@@ -259,6 +331,7 @@ class Recipe:
         if s.sigma_reference is not None and not (s.sigma_reference > 0 and math.isfinite(s.sigma_reference)):
             raise RecipeError(f"strategy.sigma_reference: expected a finite number > 0 or null (method.sigma), got "
                               f"{s.sigma_reference}")
+        self._validate_groups()
         if s.calibration_batches < 1:
             raise RecipeError(f"strategy.calibration_batches: expected an integer >= 1, got {s.calibration_batches}")
         for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):
@@ -279,6 +352,26 @@ class Recipe:
             raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.model.img_size}")
         if not isinstance(self.method.get("name"), str):
             raise RecipeError(f"method.name: expected a method name, got {self.method.get('name')!r}")
+
+    def _validate_groups(self) -> None:
+        """``strategy.groups``, ``strategy.budget`` and ``strategy.backbone`` agree with each other."""
+        s = self.strategy
+        if s.name == "none":
+            if s.groups != "adapters" or s.budget.kind is not None:
+                key = "groups" if s.groups != "adapters" else "budget"
+                raise RecipeError(f"strategy.{key}: strategy 'none' prunes nothing; remove the key or name a strategy")
+            return
+        if s.groups == "backbone" and s.budget.kind is None:
+            raise RecipeError("strategy.budget: strategy.groups 'backbone' needs a budget, one of params, macs, "
+                              "channels (e.g. strategy.budget: {macs: 0.5}); sigma_target is the adapters' "
+                              "compression")
+        if s.groups == "adapters":
+            default = BackboneSection()
+            changed = [f.name for f in dataclasses.fields(default) if getattr(s.backbone, f.name) != getattr(
+                default, f.name)]
+            if changed:
+                raise RecipeError(f"strategy.backbone.{changed[0]}: applies to strategy.groups: backbone, but the "
+                                  "recipe prunes adapters; set strategy.groups: backbone or remove the key")
 
     @property
     def method_name(self) -> str:

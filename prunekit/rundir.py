@@ -9,8 +9,9 @@
       metrics.jsonl              one line per epoch and per cycle
       plan.json                  the pruning plans, replayable on a fresh model (prunekit.replay)
       adapters/cycle_K.safetensors   trained parameters (adapters + head) at the end of cycle K
-      report.md                  per cycle: trainable params, % of total, sigma, top-1, file size
-      plots/neurons_per_adapter.png
+      model/cycle_K.safetensors      instead, when the run prunes the backbone: the whole pruned model
+      report.md                  per cycle: sigma, params, MACs, latency, top-1, file size, wall time
+      plots/neurons_per_adapter.png  (units_per_group.png when the run prunes the backbone)
       resume.pt                  while running: the state after the last finished epoch (see resume.py)
       DONE                       written last: the run finished
 
@@ -469,6 +470,10 @@ class RunDir:
 
     def adapter_file(self, cycle: int) -> Path:
         return self.path / "adapters" / f"cycle_{cycle}.safetensors"
+
+    def model_file(self, cycle: int) -> Path:
+        """The whole pruned model of cycle ``cycle`` (a run that prunes the backbone)."""
+        return self.path / "model" / f"cycle_{cycle}.safetensors"
 
     def remove(self, name: str) -> None:
         if self.write:

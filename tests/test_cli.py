@@ -70,6 +70,10 @@ def test_run_writes_a_complete_run_directory(finished_run):
     assert len(Plan.load_all(run_dir / "plan.json")) == 2
     report = (run_dir / "report.md").read_text()
     assert "| cycle | sigma |" in report and "% of total" in report
+    assert "| MACs | latency (ms) |" in report and "wall (s)" in report
+    for c in cycles:  # every cycle's cost: the adapters' MACs shrink with them, the backbone's stay
+        assert c["macs"] > 0 and c["latency_ms"] > 0 and c["wall_s"] > 0 and c["pruned"] == "adapters"
+    assert cycles[0]["macs"] > cycles[-1]["macs"]
     assert "| 2 | 16.0 |" in output  # the per-cycle table is printed at the end
 
 
@@ -193,8 +197,9 @@ def test_every_shipped_recipe_passes_a_dry_run_offline(recipe, tmp_path, monkeyp
     assert "recipe valid" in res.output and "cycles" in res.output
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
     r = load_recipe(ROOT / "recipes" / recipe)
-    if r.strategy.name != "none":
-        assert "widths_per_cycle" in res.output and "sigma_per_cycle" in res.output
+    if r.strategy.name != "none":  # the adapters' widths and sigmas per cycle, or what a budget removes per prune
+        keys = ("widths_per_cycle", "sigma_per_cycle") if r.strategy.budget.kind is None else ("removed_after_prunes",)
+        assert all(k in res.output for k in keys), res.output
 
 
 def test_paper_recipes_follow_the_protocol():

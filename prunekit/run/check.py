@@ -44,8 +44,8 @@ class Checked:
 def check_recipe(recipe: Recipe) -> Checked:
     """Resolve every name in the recipe; fills ``recipe.resolved``.
 
-    Also refuses a method that freezes the backbone (``Method.freezes_backbone``) on random weights unless the recipe
-    says ``model.allow_random_backbone: true``.
+    Refuses ``strategy.groups: backbone`` with a method that freezes the backbone (``Method.freezes_backbone``),
+    and such a method on random weights unless the recipe says ``model.allow_random_backbone: true``.
     """
     check_model_name(recipe.model.name)
     method, config = build_method(recipe.method)
@@ -56,8 +56,9 @@ def check_recipe(recipe: Recipe) -> Checked:
         raise RecipeError(f"data.name: {e}") from None
     _check_weights(recipe, method)
     sigma = getattr(config, "sigma", None)
-    reference = _sigma_reference(recipe, strategy, sigma)
-    if strategy is not None and sigma is not None:
+    by_sigma = recipe.strategy.budget.kind is None  # a params / MACs / channels budget has no sigma schedule
+    reference = _sigma_reference(recipe, strategy, sigma) if by_sigma else None
+    if strategy is not None and sigma is not None and by_sigma:
         s = recipe.strategy
         config = dataclasses.replace(config, sigma=strategy.initial_sigma(sigma, s.sigma_target, s.rho))
     recipe.resolved = ResolvedSection(
@@ -105,10 +106,19 @@ def _strategy(recipe: Recipe, method: Method, config: Any) -> Strategy | None:
                 raise RecipeError(f"strategy.{part}: {e}") from None
             names = "names an " if isinstance(e, UnknownNameError) else ""  # a plug-in strategy's own part
             raise RecipeError(f"strategy.name: strategy {strategy.name!r} {names}{e}") from None
+    if s.groups == "backbone":
+        if method.freezes_backbone:
+            raise RecipeError(f"strategy.groups: 'backbone' prunes the model's own channels and heads and fine-tunes "
+                              f"them, but method {method.name!r} keeps the backbone frozen; use method full (every "
+                              "parameter trains), or strategy.groups: adapters")
+        return strategy
     if not method.prunable:
         raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
-                          "prunable groups; use method adapters or parallel_adapters, or strategy 'none'")
+                          "prunable groups; use method adapters or parallel_adapters, strategy.groups: backbone "
+                          "(with method full), or strategy 'none'")
     sigma = getattr(config, "sigma", None)
+    if s.budget.kind is not None:
+        return strategy
     if sigma is not None and strategy.mode == "iterative" and not s.sigma_target > sigma:
         raise RecipeError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only raises "
                           f"sigma), got {s.sigma_target:g}")

@@ -1,24 +1,27 @@
 """Train: the cycles of a run, through the engine's prune-and-fine-tune loop or, for strategy 'none', one after another.
 
 :meth:`CycleLoop.train_cycle` is the engine's ``train_fn``: it trains one cycle with the
-:class:`~prunekit.train.Trainer` and hands the cycle's summary (widths, sigma, parameters, top-1, throughput) to the
-run record.
+:class:`~prunekit.train.Trainer` and hands the cycle's summary (widths, sigma, parameters, MACs, batch-1 latency,
+top-1, throughput, wall time) to the run record.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import distributed as dist_utils
+from ..cost import model_cost
 from ..errors import PrunekitError
 from ..params import count_parameters
 from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..train import Trainer
+from .build import example_inputs
 from .check import Checked
 from .estimate import RunClock, Workload
 from .prune import engine_widths, make_engine
@@ -44,6 +47,8 @@ class CycleLoop:
         self.trainer = Trainer(recipe.train, task.train, task.val, device, reporter, on_epoch_end=record.log_epoch)
         self.engine = None
         self.cycles = recipe.strategy.cycles
+        self.device = device
+        self._clock = time.perf_counter()  # end of the previous cycle: a cycle's wall time includes its prune
         if checked.strategy is not None:
             self.engine = make_engine(recipe, checked.strategy, model, self.train_cycle, task,
                                       self.trainer.make_optimizer, device, record, reporter)
@@ -56,6 +61,7 @@ class CycleLoop:
 
     def run(self, start_cycle: int = 0) -> None:
         """Train cycles ``start_cycle`` .. ``cycles - 1``; the plans that were applied go to ``plan.json``."""
+        self._clock = time.perf_counter()
         if self.engine is not None:
             self.engine.run(start_cycle)
             self.record.save_plans(self.engine.plans)
@@ -69,16 +75,26 @@ class CycleLoop:
         """One cycle of training, then its summary recorded; returns the trainer's metrics (the engine keeps them)."""
         self.reporter.start_cycle(cycle, self.cycles, f"trainable {count_parameters(model, True):,}")
         metrics = self.trainer.train_cycle(model, optimizer, cycle)
-        widths, sigma = engine_widths(self.engine)
-        summary = {"type": "cycle", "cycle": cycle, "widths": widths, "sigma": sigma,
+        widths, sigma = engine_widths(self.engine, self.recipe)
+        cost = model_cost(model, example_inputs(self.recipe, self.device),
+                          autocast_dtype=torch.bfloat16 if self.trainer.bf16 else None)
+        summary = {"type": "cycle", "cycle": cycle, "pruned": self.pruned, "widths": widths, "sigma": sigma,
                    "trainable_params": count_parameters(model, trainable_only=True),
-                   "total_params": count_parameters(model),
+                   "total_params": count_parameters(model), "macs": cost.macs, "latency_ms": cost.latency_ms,
                    "best_top1": metrics["best_top1"], "last_top1": metrics["last_top1"],
                    "adapter_file": None, "adapter_bytes": None, "images_per_s": metrics["images_per_s"]}
         if dist_utils.is_distributed():
             summary["rank_digests"] = _check_ranks_agree(model, widths, cycle)
+        now = time.perf_counter()
+        summary["wall_s"] = now - self._clock  # since the previous cycle ended: its prune, training and evaluation
+        self._clock = now
         self.record.save_cycle(model, summary)
         return metrics
+
+    @property
+    def pruned(self) -> str | None:
+        """What the run prunes: ``'adapters'``, ``'backbone'``, or None (strategy 'none')."""
+        return None if self.engine is None else self.recipe.strategy.groups
 
 
 def _check_ranks_agree(model: nn.Module, widths: dict[str, int], cycle: int) -> list[str]:

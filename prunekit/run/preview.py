@@ -1,5 +1,6 @@
 """Check, without training: ``prunekit run --dry-run`` and ``prunekit inspect`` build the recipe's model on random
-weights (no hub, no image loaded) and show what a run would do.
+weights (no hub, no image loaded) and show what a run would do: prune adapters, or the backbone's channels, neurons
+and heads.
 
 The model is the run's: its head has the data's classes, counted from the files' names where only they can tell
 (an image folder's class folders; see :func:`~prunekit.run.task.task_size`), so the parameter counts are the run's.
@@ -26,7 +27,8 @@ __all__ = ["dry_run", "inspect_recipe", "GroupRow", "Inspection"]
 
 def dry_run(recipe: Recipe, estimate: bool = True) -> dict[str, Any]:
     """Validate and plan: the data's size, the model's parameters, the schedule (cycles x epochs, the total width and
-    sigma of every cycle) and, with ``estimate``, the run's duration from two timed training steps.
+    sigma of every cycle, or for a ``strategy.budget`` the measure at the start and what every prune removes) and,
+    with ``estimate``, the run's duration from two timed training steps.
 
     Returns:
         What ``prunekit run --dry-run`` prints, in order; ``classes_note`` says why the classes (or image counts) are
@@ -45,7 +47,10 @@ def dry_run(recipe: Recipe, estimate: bool = True) -> dict[str, Any]:
                 total_params=count_parameters(model), trainable_params=count_parameters(model, trainable_only=True),
                 strategy=recipe.strategy.name)
     if checked.strategy is not None:
-        info["method_sigma"] = recipe.resolved.method_sigma  # what the method got; widths round up, see sigma0
+        if recipe.strategy.groups == "adapters":
+            info["method_sigma"] = recipe.resolved.method_sigma  # what the method got; widths round up, see sigma0
+        else:
+            info["pruned"] = "backbone"
         info.update(plan_prunes(recipe, checked.strategy, model))
     else:
         info.update(cycles=recipe.strategy.cycles)
@@ -70,12 +75,13 @@ def _estimate(recipe: Recipe, model, cycles: int, steps: int | None, val_images:
 
 @dataclass(frozen=True)
 class GroupRow:
-    """One prunable group: its short name, fan m, width n and parameters."""
+    """One prunable group: its short name, fan m, width n, parameters and kind (adapter, neuron, channel, head)."""
 
     name: str
     fan: int
     width: int
     params: int
+    kind: str = "adapter"
 
 
 @dataclass(frozen=True)
@@ -95,12 +101,14 @@ class Inspection:
 
 
 def inspect_recipe(recipe: Recipe) -> Inspection:
-    """The recipe's model on random weights: every prunable group, and how much of the model trains."""
+    """The recipe's model on random weights: every prunable group (adapters, or the backbone's channel, neuron and
+    head groups), and how much of the model trains."""
     check_recipe(recipe)
     task = task_size(recipe)
     model = build_model(recipe, task.num_classes, random_weights=True)
     rows = [GroupRow(short_group_name(g.name), g.fan, g.width,
-                     sum(p.numel() for m in g.modules for p in m.parameters(recurse=False)))
+                     sum(p.numel() for m in g.modules for p in m.parameters(recurse=False)),
+                     getattr(g, "kind", "adapter"))
             for g in prunable_groups(model, recipe)]
     return Inspection(rows, count_parameters(model), count_parameters(model, trainable_only=True), task.num_classes,
                       task.note)

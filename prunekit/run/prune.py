@@ -8,12 +8,15 @@ history back.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from ..adapters import adapter_groups
+from ..budget import Budget
+from ..channels import BackboneGroups, backbone_groups
 from ..engine import Engine
 from ..errors import PrunekitError, RecipeError
 from ..plan import Plan, replay
@@ -26,7 +29,8 @@ from .build import example_inputs
 from .record import RunRecord
 from .task import Task, calibration_batches
 
-__all__ = ["make_engine", "engine_widths", "restore_engine", "plan_prunes", "prunable_groups"]
+__all__ = ["make_engine", "engine_widths", "restore_engine", "plan_prunes", "prunable_groups", "recipe_budget",
+           "recipe_groups_fn"]
 
 
 def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: Callable, task: Task,
@@ -42,21 +46,40 @@ def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: 
     calibration = None
     if needs_activations(scorer) or needs_gradients(scorer):
         calibration = calibration_batches(task, recipe, device)
-    with _strategy_keys():
+    with _strategy_keys(recipe):
         engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy, rho=s.rho,
                         sigma_target=s.sigma_target, sigma_reference=recipe.resolved.sigma_reference,
-                        optimizer_factory=optimizer_factory, calibration=calibration, seed=recipe.train.seed)
+                        optimizer_factory=optimizer_factory, calibration=calibration, seed=recipe.train.seed,
+                        budget=recipe_budget(recipe), groups_fn=recipe_groups_fn(recipe))
     _check_cycles(recipe, engine.cycles)
-    engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, record, reporter))
+    engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, record, reporter, recipe))
     return engine
 
 
-def engine_widths(engine: Engine | None) -> tuple[dict[str, int], float | None]:
-    """Width of every group and the compression sigma, as the current cycle trains ({}, None without an engine)."""
+def recipe_budget(recipe: Recipe) -> Budget:
+    """``strategy.budget`` as a :class:`~prunekit.budget.Budget`; the adapters' ``sigma_target`` when it sets none."""
+    b, s = recipe.strategy.budget, recipe.strategy
+    return Budget.sigma(s.sigma_target) if b.kind is None else Budget(b.kind, b.value)
+
+
+def recipe_groups_fn(recipe: Recipe) -> str | BackboneGroups:
+    """The engine's ``groups_fn``: ``'adapters'``, or the backbone's groups as ``strategy.backbone`` configures them."""
+    s = recipe.strategy
+    if s.groups == "adapters":
+        return "adapters"
+    b = s.backbone
+    with _strategy_keys(recipe):
+        return backbone_groups(ignore=b.ignore, min_width=b.min_width, round_to=b.round_to,
+                               max_layer_ratio=b.max_layer_ratio, heads=b.heads)
+
+
+def engine_widths(engine: Engine | None, recipe: Recipe) -> tuple[dict[str, int], float | None]:
+    """Width of every group and, for adapters, the compression sigma, as the current cycle trains ({}, None without
+    an engine)."""
     if engine is None:
         return {}, None
     widths = engine.widths()
-    return widths, engine.sigma(widths)
+    return widths, engine.sigma(widths) if recipe.strategy.groups == "adapters" else None
 
 
 def restore_engine(engine: Engine, state: dict[str, Any], model: nn.Module, recipe: Recipe,
@@ -67,18 +90,30 @@ def restore_engine(engine: Engine, state: dict[str, Any], model: nn.Module, reci
 
 
 def prunable_groups(model: nn.Module, recipe: Recipe) -> list:
-    """The groups a strategy prunes in the recipe's model (one per adapter)."""
-    return adapter_groups(model, example_inputs(recipe))
+    """The groups a strategy prunes in the recipe's model (one per adapter, or the backbone's channel, neuron and
+    head groups)."""
+    groups_fn = recipe_groups_fn(recipe)
+    if groups_fn == "adapters":
+        return adapter_groups(model, example_inputs(recipe))
+    with _strategy_keys(recipe):
+        return groups_fn(model, example_inputs(recipe))
 
 
 def plan_prunes(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[str, Any]:
-    """What the engine will do, without training: groups, starting sigma, cycle count, and the total width and sigma
-    each cycle trains at (the run's ``metrics.jsonl`` records the same per cycle)."""
+    """What the engine will do, without training: groups, the start, cycle count, what every cycle trains at.
+
+    For the adapters' sigma: starting sigma, and the total width and sigma each cycle trains at (the run's
+    ``metrics.jsonl`` records the same per cycle). For a ``strategy.budget``: the engine is built as a run builds it
+    (groups traced, the budget checked reachable) and reports the measure at the start and the fraction removed, and
+    what is left, after every prune.
+    """
     s = recipe.strategy
+    if s.budget.kind is not None:
+        return _plan_budget(recipe, strategy, model)
     groups = prunable_groups(model, recipe)
     schedule = strategy.schedule(s.rho, s.sigma_target, recipe.resolved.sigma_reference)
     n0, fan = sum(g.width for g in groups), sum(g.fan for g in groups)
-    with _strategy_keys():
+    with _strategy_keys(recipe):
         widths = schedule.widths(n0, fan)
         cycles = schedule.cycles(n0, fan)
     _check_cycles(recipe, cycles)
@@ -91,28 +126,67 @@ def plan_prunes(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[st
     return info
 
 
-def _on_prune(engine: Engine, plan: Plan, record: RunRecord, reporter: ProgressReporter) -> None:
+def _plan_budget(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[str, Any]:
+    s, budget = recipe.strategy, recipe_budget(recipe)
+    with _strategy_keys(recipe):
+        engine = Engine(model, lambda *_: {}, example_inputs=example_inputs(recipe), strategy=strategy, rho=s.rho,
+                        sigma_target=s.sigma_target, sigma_reference=recipe.resolved.sigma_reference, budget=budget,
+                        groups_fn=recipe_groups_fn(recipe), calibration=(), seed=recipe.train.seed)
+    _check_cycles(recipe, engine.cycles)
+    groups = engine.groups()
+    kinds = Counter(getattr(g, "kind", "group") for g in groups)
+    start = engine.measure.start
+    removed = [engine.prune_after[c] for c in sorted(engine.prune_after)]
+    info: dict[str, Any] = {
+        "groups": len(groups), "group_kinds": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
+        "units": sum(g.width for g in groups), "budget": f"{budget.kind} {budget.value:g}",
+        f"{budget.kind}_start": int(start), "cycles": engine.cycles, "removed_after_prunes": removed,
+        f"{budget.kind}_after_prunes": [round(start * (1 - r)) for r in removed]}
+    excluded = getattr(engine.groups_fn, "excluded", None)
+    if excluded:
+        info["groups_left_out"] = len(excluded)
+    info.update(scorer=str(strategy.scorer), scope=str(strategy.scope), mode=strategy.mode)
+    return info
+
+
+def _on_prune(engine: Engine, plan: Plan, record: RunRecord, reporter: ProgressReporter, recipe: Recipe) -> None:
     record.save_plans(engine.plans + [plan])
+    if recipe.strategy.budget.kind is not None:
+        b = plan.meta["budget"]
+        reporter.log(f"pruned {plan.n_removed} units -> {100 * b['reached']:.1f} % of the {b['kind']} removed "
+                     f"(target {100 * b['target']:.1f} %)")
+        return
     removed = plan.meta.get("removed_adapters")
     reporter.log(f"pruned {plan.n_removed} neurons -> sigma {engine.sigma(engine.widths()):.1f}"
                  + (f"; removed {len(removed)} adapters" if removed else ""))
 
 
+_KEYS = {"sigma_target:": "strategy.", "rho:": "strategy.", "sigma_reference:": "strategy.",
+         "ignore:": "strategy.backbone.", "min_width:": "strategy.backbone.", "round_to:": "strategy.backbone.",
+         "max_layer_ratio:": "strategy.backbone."}
+
+
 @contextlib.contextmanager
-def _strategy_keys() -> Iterator[None]:
-    """Schedule errors name ``sigma_target`` / ``rho``; in a recipe they are ``strategy.*`` keys."""
+def _strategy_keys(recipe: Recipe) -> Iterator[None]:
+    """Errors of the schedule, the budget and the backbone's groups name their arguments (``rho``, ``ratio``,
+    ``ignore`` ...); in a recipe they are ``strategy.*`` keys."""
     try:
         yield
     except PrunekitError as e:
         msg = str(e)
-        if msg.startswith(("sigma_target:", "rho:", "sigma_reference:")):
-            raise RecipeError(f"strategy.{msg}") from None
+        if msg.startswith("ratio:") and recipe.strategy.budget.kind is not None:
+            raise RecipeError(f"strategy.budget.{recipe.strategy.budget.kind}:{msg[len('ratio:'):]}") from None
+        prefix = next((p for p in _KEYS if msg.startswith(p)), None)
+        if prefix is not None:
+            raise RecipeError(f"{_KEYS[prefix]}{msg}") from None
         raise
 
 
 def _check_cycles(recipe: Recipe, n_cycles: int) -> None:
     s = recipe.strategy
-    if s.cycles is not None and s.cycles != n_cycles:
-        raise RecipeError(f"strategy.cycles: {s.name} needs {n_cycles} cycles to go from the method's sigma to "
-                          f"sigma_target={s.sigma_target:g} with rho={s.rho}, got {s.cycles}; remove the key or set "
-                          f"it to {n_cycles}")
+    if s.cycles is None or s.cycles == n_cycles:
+        return
+    goal = (f"to go from the method's sigma to sigma_target={s.sigma_target:g}" if s.budget.kind is None else
+            f"to remove {s.budget.value:g} of the model's {s.budget.kind}")
+    raise RecipeError(f"strategy.cycles: {s.name} needs {n_cycles} cycles {goal} with rho={s.rho}, got {s.cycles}; "
+                      f"remove the key or set it to {n_cycles}")

@@ -21,14 +21,14 @@ from .. import distributed as dist_utils
 from ..errors import PrunekitError
 from ..progress import ProgressReporter
 from ..recipe import Recipe, recipe_to_dict
-from ..report import COLUMNS, cycle_rows, markdown_table, plot_widths
+from ..report import cycle_table, plot_widths
 from ..resume import STATE_FILE
 from ..rundir import RunDir, run_directory
 from ..runlock import describe_holder
 from .checkpoint import save_checkpoint
-from .report import write_report
+from .report import plot_file, write_report
 
-__all__ = ["RunRecord", "RunResult", "RunFinished", "on_main_rank", "trained_state"]
+__all__ = ["RunRecord", "RunResult", "RunFinished", "on_main_rank", "trained_state", "cycle_tensors"]
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class RunResult:
 
     def table(self) -> str:
         """The per-cycle summary as a markdown table (what ``prunekit run`` prints at the end)."""
-        return markdown_table(COLUMNS, cycle_rows(self.cycles))
+        return cycle_table(self.cycles)
 
 
 class RunFinished(PrunekitError):
@@ -74,6 +74,12 @@ def on_main_rank(fn: Callable[[], T], run_path: Path) -> T | None:
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (adapters, head ...): what a cycle's ``.safetensors`` file holds."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def cycle_tensors(model: nn.Module, pruned: str | None) -> dict[str, torch.Tensor]:
+    """What a cycle's file holds: the trained parameters, or for a run that prunes the backbone the whole pruned
+    model (every parameter and buffer; with ``plan.json`` it rebuilds the model on its own)."""
+    return dict(model.state_dict()) if pruned == "backbone" else trained_state(model)
 
 
 class RunRecord:
@@ -112,11 +118,12 @@ class RunRecord:
         self.dir.append_metrics({"type": "epoch", **metrics})
 
     def save_cycle(self, model: nn.Module, summary: dict[str, Any]) -> None:
-        """A finished cycle: its trained parameters (``output.save_adapters``) and its line in ``metrics.jsonl``."""
+        """A finished cycle: its trained parameters, or the pruned model (``output.save_adapters``, see
+        :func:`cycle_tensors`), and its line in ``metrics.jsonl``."""
         if self.recipe.output.save_adapters:
-            cycle = summary["cycle"]
-            path = self.dir.adapter_file(cycle)
-            nbytes = self.dir.save_tensors(path, trained_state(model), {
+            cycle, pruned = summary["cycle"], summary.get("pruned")
+            path = self.dir.model_file(cycle) if pruned == "backbone" else self.dir.adapter_file(cycle)
+            nbytes = self.dir.save_tensors(path, cycle_tensors(model, pruned), {
                 "recipe": self.recipe.name, "cycle": cycle, "widths": json.dumps(summary["widths"])})
             summary.update(adapter_file=str(path.relative_to(self.dir.path)), adapter_bytes=nbytes)
         self.cycles.append(summary)
@@ -139,8 +146,10 @@ class RunRecord:
         if main_rank:
             write_report(self.dir, recipe, self.cycles, backbone_bytes)
             if recipe.output.plot and plot:
-                with self.dir.writing("plots/neurons_per_adapter.png") as plot_path:
-                    plot_widths(self.cycles, plot_path, title=f"{recipe.name}: neurons per adapter")
+                backbone = recipe.strategy.groups == "backbone"
+                with self.dir.writing(plot_file(recipe)) as plot_path:
+                    plot_widths(self.cycles, plot_path, title=f"{recipe.name}: " + (
+                        "units kept per group" if backbone else "neurons per adapter"))
             self.dir.finish()
             self.dir.remove(STATE_FILE)  # DONE is written: nothing left to resume
         dist_utils.barrier()  # a checkpoint rank 0 wrote is on disk before any rank goes on to use it

@@ -1,8 +1,9 @@
 """Reload: a run directory rebuilt into the model it trained, at any finished cycle, and its top-1 measured again.
 
 ``prunekit eval`` goes through the same phases as the run: the recipe of ``recipe.resolved.yaml`` checked and built,
-the plans of ``plan.json`` replayed, the cycle's trained parameters loaded, the validation set loaded as the run
-loaded it. A damaged run directory (a truncated or edited file, a missing adapter file) is a named error.
+the plans of ``plan.json`` replayed, the cycle's trained parameters (a backbone run: the whole pruned model) loaded,
+the validation set loaded as the run loaded it. A damaged run directory (a truncated or edited file, a missing adapter
+file) is a named error.
 """
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.
     if result.unexpected_keys:
         raise PrunekitError(f"{rec['adapter_file']} does not fit the rebuilt model: unexpected "
                             f"{result.unexpected_keys[:3]}")
-    missing_trained = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
+    if recipe.strategy.groups == "backbone":  # the file is the whole pruned model: every tensor must be in it
+        missing_trained = [n for n in model.state_dict() if n not in trained]
+    else:
+        missing_trained = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
     if missing_trained:
         raise PrunekitError(f"{rec['adapter_file']} lacks trained parameters {missing_trained[:3]}")
     return recipe, model, rec

@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..errors import PrunekitError
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, load_recipe, recipe_to_dict
 from ..resume import STATE_FILE, check_provenance, load_model_state, load_state, model_state, recipe_digest, save_state
 from ..rundir import RunDir
 from ..runlock import RunLockedError, holder_of
@@ -21,7 +21,9 @@ from .loop import CycleLoop
 from .prune import restore_engine
 from .record import RunFinished, RunRecord, on_main_rank
 
-__all__ = ["NothingToResume", "open_for_resume", "state_saver", "restore", "recipe_to_resume"]
+_NO_DEFAULT = object()
+
+__all__ = ["NothingToResume", "open_for_resume", "state_saver", "restore", "recipe_to_resume", "with_later_defaults"]
 
 
 class NothingToResume(PrunekitError):
@@ -69,7 +71,7 @@ def open_for_resume(record: RunRecord) -> dict[str, Any]:
         if not state_path.exists():
             raise NothingToResume(rundir)
         before = stamp()
-        state = load_state(state_path)
+        state = with_later_defaults(load_state(state_path), record.resolved)
         check_provenance(state, state_path, record.resolved, rundir.run_id,
                          metrics.stat().st_size if metrics.is_file() else None, rundir.metrics_digest)
         rundir.open_for_resume()
@@ -80,6 +82,30 @@ def open_for_resume(record: RunRecord) -> dict[str, Any]:
 
     state = on_main_rank(open_and_check, rundir.path)
     return state if dist_utils.is_main() else load_state(state_path)
+
+
+def with_later_defaults(state: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """``state`` as if saved by this prunekit: recipe keys added since it was saved (absent from its recipe) join it
+    with the value the run directory's recipe has, when that is the key's default (a run that started before
+    ``strategy.groups`` existed resumes; a recipe edited to a non-default value is still refused). A state whose
+    recipe does not match its own digest is returned as it is, for :func:`check_provenance` to refuse."""
+    saved = state.get("recipe")
+    if not isinstance(saved, dict) or state.get("recipe_digest") != recipe_digest(saved):
+        return state
+    filled = _fill(saved, resolved, recipe_to_dict(Recipe()))
+    return {**state, "recipe": filled, "recipe_digest": recipe_digest(filled)}
+
+
+def _fill(saved: dict[str, Any], current: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    out = dict(saved)
+    for key, value in current.items():
+        default = defaults.get(key, _NO_DEFAULT) if isinstance(defaults, dict) else _NO_DEFAULT
+        if key not in saved:
+            if default is not _NO_DEFAULT and value == default:
+                out[key] = value
+        elif isinstance(saved[key], dict) and isinstance(value, dict) and isinstance(default, dict):
+            out[key] = _fill(saved[key], value, default)
+    return out
 
 
 def state_saver(record: RunRecord, model: nn.Module, loop: CycleLoop) -> Callable[[dict[str, Any]], None]:
