@@ -48,7 +48,7 @@ from .rundir import RunDir, atomic_write_text
 from .schedule import num_prunes
 from .strategy import get_strategy
 
-__all__ = ["AblationSpec", "Cell", "plan_cells", "run_ablation", "load_ablation", "is_ablation_file"]
+__all__ = ["AblationSpec", "Cell", "plan_cells", "plan_ablation", "run_ablation", "load_ablation", "is_ablation_file"]
 
 VANILLA = "vanilla_adapters"
 
@@ -209,7 +209,10 @@ def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool
         done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")), resolved=False)
     except PrunekitError:  # unreadable or stale: the cell runs again
         return False
-    return done == recipe_to_dict(load_recipe(base, overrides), resolved=False)  # `resolved` follows from the rest
+    done.pop("description", None)  # free text (it says which --set overrides a recipe was run with): not a result
+    want = recipe_to_dict(load_recipe(base, overrides), resolved=False)  # `resolved` follows from the rest
+    want.pop("description", None)
+    return done == want
 
 
 def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
@@ -226,10 +229,9 @@ def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
     return out
 
 
-def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> dict[str, Any]:
-    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots."""
-    from .progress import ProgressReporter, make_console
-    from .run import check_recipe, ensure_checkpoint, run_recipe
+def _checked_grid(path: str | Path) -> tuple[AblationSpec, str, Recipe, list[Cell], list[Recipe]]:
+    """The ablation file, its base recipe, its cells and their recipes, every one checked (nothing written)."""
+    from .run import check_recipe
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
@@ -238,10 +240,60 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
     except RecipeError as e:
         raise RecipeError(f"base: {e}") from None
     check_recipe(base_recipe)
+    cells = plan_cells(spec, base_recipe.strategy.rho)
+    recipes = [load_recipe(base, c.overrides) for c in cells]
+    for r in recipes:  # validate every cell's recipe before anything is written or trained
+        check_recipe(r)
+    return spec, base, base_recipe, cells, recipes
+
+
+def plan_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """``prunekit ablate --dry-run``: every cell with its training length, and an estimate of the grid's time.
+
+    The estimate multiplies each cell's steps (cycles x epochs x (training steps + evaluation steps), from its
+    recipe and the size of the base recipe's data) by the seconds per step of the base recipe's model, measured now
+    on this machine with the threads a cell gets (cpu count / jobs), and divides by ``jobs``. Methods differ in cost
+    (a linear probe is cheaper than full fine-tuning) and the machine's load changes: an estimate, not a promise.
+    Nothing is written; the data is loaded once to count it.
+    """
+    import torch
+
+    from .run import load_bundle, step_seconds
+
+    spec, base, base_recipe, cells, recipes = _checked_grid(path)
+    out = Path(out) if out else Path(base_recipe.output.dir) / spec.name
+    bundle = load_bundle(base_recipe)
+    n_train, n_val = len(bundle.train), len(bundle.val)
+    threads, before = max(1, (os.cpu_count() or 1) // max(1, jobs)), torch.get_num_threads()
+    if jobs > 1:
+        torch.set_num_threads(threads)
+    try:
+        train_s, eval_s = step_seconds(base_recipe)
+    finally:
+        torch.set_num_threads(before)
+    rows, total = [], 0.0
+    for c, r in zip(cells, recipes):
+        t = r.train
+        cycles = max(p[2] for p in c.provides) + 1
+        steps = math.ceil(n_train / t.batch_size)
+        steps = min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps
+        seconds = cycles * t.epochs * (steps * train_s + math.ceil(n_val / t.eval_batch) * eval_s)
+        done = _finished_as_planned(out / "runs" / c.run_id, base, c.overrides)
+        rows.append({"run": c.run_id, "row": c.row, "seed": c.seed, "cycles": cycles, "epochs": t.epochs,
+                     "steps_per_epoch": steps, "seconds": seconds, "finished": done})
+        total += 0.0 if done else seconds
+    return {"name": spec.name, "out": out, "cells": rows, "train_step_s": train_s, "eval_step_s": eval_s,
+            "batch_size": base_recipe.train.batch_size, "threads": threads if jobs > 1 else before,
+            "jobs": jobs, "estimate_s": total / max(1, min(jobs, sum(not r["finished"] for r in rows) or 1))}
+
+
+def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> dict[str, Any]:
+    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots."""
+    from .progress import ProgressReporter, make_console
+    from .run import ensure_checkpoint, run_recipe
+
+    spec, base, base_recipe, cells, _ = _checked_grid(path)
     rho = base_recipe.strategy.rho
-    cells = plan_cells(spec, rho)
-    for c in cells:  # validate every cell's recipe before anything is written or trained
-        check_recipe(load_recipe(base, c.overrides))
     out = Path(out) if out else Path(base_recipe.output.dir) / spec.name
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)

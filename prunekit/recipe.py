@@ -171,6 +171,9 @@ class OutputSection:
         "before training; files prunekit wrote carry a mark in their safetensors metadata and are replaced)",
         default=False))
     plot: bool = field(**option("draw neurons per adapter per cycle (PNG, the paper's Fig. 4)", default=True))
+    tensorboard: bool = field(**option(
+        "also write TensorBoard scalars (per epoch and per cycle) under RUN_DIR/tensorboard/; needs pip install "
+        "'prunekit[tensorboard]'", default=False))
     save_state: bool = field(**option(
         "write resume.pt (trained weights, optimizer, RNG, cycle) after every epoch so `prunekit run --resume "
         "RUN_DIR` continues an interrupted run; false saves the write (full fine-tuning of a large model)",

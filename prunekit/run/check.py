@@ -20,6 +20,7 @@ from ..recipe import Recipe, ResolvedSection
 from ..scopes import get_scope
 from ..scorers import get_scorer
 from ..strategy import Strategy, get_strategy
+from .metrics import check_tensorboard
 
 __all__ = ["Checked", "check_recipe", "check_world", "STRATEGY_PARTS"]
 
@@ -55,6 +56,8 @@ def check_recipe(recipe: Recipe) -> Checked:
     except KeyError as e:
         raise RecipeError(f"data.name: {e}") from None
     _check_weights(recipe, method)
+    if recipe.output.tensorboard:
+        check_tensorboard()
     sigma = getattr(config, "sigma", None)
     if strategy is not None and sigma is not None:
         s = recipe.strategy

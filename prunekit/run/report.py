@@ -9,7 +9,7 @@ from ..recipe import Recipe
 from ..report import COLUMNS, cycle_rows, human_bytes, markdown_table
 from ..rundir import RunDir
 
-__all__ = ["write_report", "backbone_bytes"]
+__all__ = ["write_report", "backbone_bytes", "run_title"]
 
 
 def backbone_bytes(model: nn.Module) -> int:
@@ -17,16 +17,24 @@ def backbone_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values())
 
 
+def run_title(recipe: Recipe, path) -> str:
+    """What a run is called in its report and plot: its directory's name, with the recipe's when they differ."""
+    return recipe.name if path.name == recipe.name else f"{path.name} ({recipe.name} recipe)"
+
+
 def write_report(rundir: RunDir, recipe: Recipe, cycles: list[dict[str, Any]], model_bytes: int) -> None:
     """``report.md``: the recipe in brief, the per-cycle table, the size of the last trained file vs a model copy."""
-    m, s, t = recipe.model, recipe.strategy, recipe.train
+    m, s, t, d = recipe.model, recipe.strategy, recipe.train, recipe.data
     weights = "hub weights" if m.pretrained else m.checkpoint or "random weights"
-    lines = [f"# {recipe.name}", "", recipe.description or "", "",
+    strategy = (f"`none` (no pruning), {s.cycles} cycle{'s' if s.cycles != 1 else ''}" if s.name == "none" else
+                f"`{s.name}` rho={s.rho} sigma_target={s.sigma_target:g}")
+    lines = [f"# {run_title(recipe, rundir.path)}", "", recipe.description or "", "",
              f"- model: `{m.name}` ({weights}), img {m.img_size}px",
              f"- method: `{recipe.method}`",
-             f"- strategy: `{s.name}` rho={s.rho} sigma_target={s.sigma_target:g}",
-             f"- data: `{recipe.data.name}`; train: {t.epochs} epochs per cycle ({t.warmup_epochs} warm-up), lr "
-             f"{t.lr:g}, batch {t.batch_size}, seed {t.seed}",
+             f"- strategy: {strategy}",
+             f"- data: `{d.name}`{f' from `{d.root}`' if d.root else ''}; train: {t.epochs} "
+             f"epoch{'s' if t.epochs != 1 else ''} per cycle ({t.warmup_epochs} warm-up), lr {t.lr:g}, batch "
+             f"{t.batch_size}, seed {t.seed}",
              f"- whole model (one full copy per task): {human_bytes(model_bytes)}", "",
              markdown_table(COLUMNS, cycle_rows(cycles))]
     if cycles and cycles[-1].get("adapter_bytes"):

@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbone import normalization
-from ..data import DataBundle, load_data, make_loaders
+from ..data import DataBundle, eval_transform, load_data, make_loaders
 from ..recipe import Recipe
 
-__all__ = ["Task", "load_bundle", "load_task", "calibration_batches"]
+__all__ = ["Task", "load_bundle", "load_task", "calibration_batches", "image_transform"]
 
 
 @dataclass
@@ -29,6 +29,13 @@ def load_bundle(recipe: Recipe) -> DataBundle:
     mean, std = normalization(recipe.model.name)
     return load_data(recipe.data, recipe.model.img_size, mean, std, seed=recipe.train.seed,
                      in_chans=recipe.model.in_chans)
+
+
+def image_transform(recipe: Recipe) -> Callable[[object], torch.Tensor]:
+    """One image file (a PIL image) as the recipe's validation set presents its images (``data.eval_transform``,
+    normalised for the backbone as :func:`load_bundle` normalises)."""
+    mean, std = normalization(recipe.model.name)
+    return eval_transform(recipe.data.name, recipe.model.img_size, mean, std, recipe.model.in_chans)
 
 
 def load_task(recipe: Recipe, device: torch.device, distributed: bool = False, num_workers: int | None = None) -> Task:
