@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import check_count, field_docs, option, parse_section
+from .config import check_all, check_count, field_docs, option, parse_section
 from .errors import RecipeError
 from .yamlfile import MAX_YAML_VALUES, read_yaml, safe_load_bounded
 
@@ -57,7 +57,13 @@ class ModelSection:
         default=False))
 
     def __post_init__(self):
-        check_count("model.in_chans", self.in_chans, 1)
+        check_all(lambda: check_count("model.in_chans", self.in_chans, 1), self._check_size, self._check_pretrain)
+
+    def _check_size(self) -> None:
+        if self.img_size < 8:
+            raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.img_size}")
+
+    def _check_pretrain(self) -> None:
         if self.pretrain and not self.checkpoint:
             raise RecipeError(f"model.pretrain: {self.pretrain!r} runs only to write model.checkpoint, which is not "
                               "set; set model.checkpoint to the file the pretraining recipe writes")
@@ -88,6 +94,21 @@ class StrategySection:
     mode: Optional[Literal["iterative", "oneshot"]] = field(**option(
         "replaces the strategy's schedule mode (null: the strategy's own)", default=None))
 
+    def __post_init__(self):
+        problems = []
+        if not 0.0 < self.rho < 1.0:
+            problems.append(f"strategy.rho: expected a fraction in (0, 1), got {self.rho}")
+        if self.cycles is not None and self.cycles < 1:
+            problems.append(f"strategy.cycles: expected an integer >= 1, got {self.cycles}")
+        if self.name == "none" and self.cycles is None:
+            self.cycles = 1
+        if not self.sigma_target > 0 or not math.isfinite(self.sigma_target):
+            problems.append(f"strategy.sigma_target: expected a finite number > 0, got {self.sigma_target}")
+        if self.calibration_batches < 1:
+            problems.append(f"strategy.calibration_batches: expected an integer >= 1, got {self.calibration_batches}")
+        if problems:
+            raise RecipeError(*problems)
+
 
 @dataclass
 class DataSection:
@@ -109,9 +130,13 @@ class DataSection:
         "warning; false (default): a run refuses to start and names them", default=False))
 
     def __post_init__(self):
-        check_count("data.limit_train", self.limit_train, 1, "every training image")
-        check_count("data.limit_val", self.limit_val, 1, "every validation image")
-        check_count("data.num_workers", self.num_workers, 0)
+        check_all(lambda: check_count("data.limit_train", self.limit_train, 1, "every training image"),
+                  lambda: check_count("data.limit_val", self.limit_val, 1, "every validation image"),
+                  lambda: check_count("data.num_workers", self.num_workers, 0), self._check_fraction)
+
+    def _check_fraction(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise RecipeError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -141,14 +166,34 @@ class TrainSection:
                                                         "whole training set)", default=None))
 
     def __post_init__(self):
-        check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size")
-        check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1, "the whole training set")
+        check_all(lambda: check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size"),
+                  lambda: check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1,
+                                      "the whole training set"),
+                  self._check_values)
+
+    def _check_values(self) -> None:
+        problems = []
+        for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):
+            value = getattr(self, key)
+            if value < 0 or not math.isfinite(value):
+                problems.append(f"train.{key}: expected a finite number >= 0, got {value}")
+            elif key == "lr" and not value > 0:
+                problems.append(f"train.lr: expected a number > 0, got {value}")
+        if self.epochs < 1:
+            problems.append(f"train.epochs: expected an integer >= 1, got {self.epochs}")
+        elif not 0 <= self.warmup_epochs <= self.epochs:
+            problems.append(f"train.warmup_epochs: expected 0..train.epochs ({self.epochs}), got "
+                            f"{self.warmup_epochs}")
+        if self.batch_size < 1:
+            problems.append(f"train.batch_size: expected an integer >= 1, got {self.batch_size}")
         if not 0 <= self.seed <= SEED_MAX:
-            raise RecipeError(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
-                              f"seeding takes), got {self.seed}")
+            problems.append(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
+                            f"seeding takes), got {self.seed}")
         if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
-            raise RecipeError(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
-                              f"{self.grad_clip}")
+            problems.append(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
+                            f"{self.grad_clip}")
+        if problems:
+            raise RecipeError(*problems)
 
     @property
     def eval_batch(self) -> int:
@@ -216,34 +261,7 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
-        """Cross-field checks (types were checked while parsing)."""
-        s, t, d = self.strategy, self.train, self.data
-        if not 0.0 < s.rho < 1.0:
-            raise RecipeError(f"strategy.rho: expected a fraction in (0, 1), got {s.rho}")
-        if s.cycles is not None and s.cycles < 1:
-            raise RecipeError(f"strategy.cycles: expected an integer >= 1, got {s.cycles}")
-        if s.name == "none" and s.cycles is None:
-            s.cycles = 1
-        if not s.sigma_target > 0 or not math.isfinite(s.sigma_target):
-            raise RecipeError(f"strategy.sigma_target: expected a finite number > 0, got {s.sigma_target}")
-        if s.calibration_batches < 1:
-            raise RecipeError(f"strategy.calibration_batches: expected an integer >= 1, got {s.calibration_batches}")
-        for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):
-            value = getattr(t, key)
-            if value < 0 or not math.isfinite(value):
-                raise RecipeError(f"train.{key}: expected a finite number >= 0, got {value}")
-        if not t.lr > 0:
-            raise RecipeError(f"train.lr: expected a number > 0, got {t.lr}")
-        if t.epochs < 1:
-            raise RecipeError(f"train.epochs: expected an integer >= 1, got {t.epochs}")
-        if not 0 <= t.warmup_epochs <= t.epochs:
-            raise RecipeError(f"train.warmup_epochs: expected 0..train.epochs ({t.epochs}), got {t.warmup_epochs}")
-        if t.batch_size < 1:
-            raise RecipeError(f"train.batch_size: expected an integer >= 1, got {t.batch_size}")
-        if not 0.0 < d.val_fraction < 1.0:
-            raise RecipeError(f"data.val_fraction: expected a fraction in (0, 1), got {d.val_fraction}")
-        if self.model.img_size < 8:
-            raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.model.img_size}")
+        """Checks across sections (types were checked while parsing, ranges by each section)."""
         if not isinstance(self.method.get("name"), str):
             raise RecipeError(f"method.name: expected a method name, got {self.method.get('name')!r}")
 
@@ -298,9 +316,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                           f"got {_kind(data)} {_short(data)}")
     data.setdefault("name", path.stem)
     data = apply_overrides(data, overrides or [])
+    _describe_overrides(data, overrides or [], path)
     recipe = parse_section(Recipe, data)
     recipe.source = str(path.resolve())
     return recipe
+
+
+DESCRIBED_SECTIONS = ("model", "method", "strategy", "data")  # what a recipe's description speaks of
+
+
+def _describe_overrides(data: dict, overrides: list[str], path: Path) -> None:
+    """A recipe's description speaks of its own model, method, strategy and data: once ``--set`` changes one of them
+    (and not the description itself), the run is described by the recipe and those overrides instead, so a report
+    of the quickstart on a user's own images does not call it 'MNIST to digits'."""
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if "description" in keys:
+        return
+    changed = [item for item, key in zip(overrides, keys) if key.split(".")[0] in DESCRIBED_SECTIONS]
+    if changed:
+        data["description"] = f"{path.name} run with " + " ".join(f"--set {item}" for item in changed)
 
 
 def _kind(value: Any) -> str:

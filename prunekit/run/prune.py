@@ -89,8 +89,9 @@ def plan_prunes(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[st
 def _on_prune(engine: Engine, plan: Plan, record: RunRecord, reporter: ProgressReporter) -> None:
     record.save_plans(engine.plans + [plan])
     removed = plan.meta.get("removed_adapters")
-    reporter.log(f"pruned {plan.n_removed} neurons -> sigma {engine.sigma(engine.widths()):.1f}"
-                 + (f"; removed {len(removed)} adapters" if removed else ""))
+    reporter.log(f"pruned {plan.n_removed} neuron{'s' if plan.n_removed != 1 else ''} -> sigma "
+                 f"{engine.sigma(engine.widths()):.1f}"
+                 + (f"; removed {len(removed)} adapter{'s' if len(removed) != 1 else ''}" if removed else ""))
 
 
 @contextlib.contextmanager
