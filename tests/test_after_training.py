@@ -252,3 +252,10 @@ def test_overridden_data_changes_the_description_title_and_report(tmp_path):
     assert json.loads((run_dir / "classes.json").read_text())["classes"] == ["cats", "dogs"]
     res = pk.predict(run_dir, [folder / "val"])
     assert res.classes == ["cats", "dogs"] and res.accuracy == cycle_records(run_dir)[-1]["last_top1"]
+
+
+def test_list_shows_strategy_none_and_image_folders_of_any_format():
+    strategies = invoke("list", "strategies").output.splitlines()
+    assert any(line.split()[0] == "none" and "prunes nothing" in line for line in strategies)
+    folder = next(line for line in invoke("list", "datasets").output.splitlines() if line.startswith("imagefolder"))
+    assert "*.jpg" not in folder and "any image format PIL reads" in folder
