@@ -177,3 +177,30 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, one_thread)
     predicted = next(out for c, out in outputs.items() if c.startswith("prunekit predict"))
     assert "top-1 against the folder names" in predicted and "circles" in predicted
     assert "estimate:" in next(out for c, out in outputs.items() if "ablate" in c)
+
+
+def test_quickstart_use_your_result_runs(tmp_path, monkeypatch, capsys, one_thread):
+    """docs/quickstart.md ends with load, predict and export in under 15 lines; they run on a quickstart run (one
+    short epoch per cycle, random backbone) in an empty folder."""
+    from click.testing import CliRunner
+
+    from prunekit.cli import main
+
+    text = (DOCS / "quickstart.md").read_text()
+    assert text.rsplit("\n## ", 1)[1].startswith("Use your result")  # the page ends with it
+    snippet = python_blocks_of(text.rsplit("\n## ", 1)[1])[0]
+    assert len([line for line in snippet.splitlines() if line.strip()]) < 15
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run", "quickstart", *FAST])
+    assert res.exit_code == 0, res.output
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(compile(snippet, "quickstart.md", "exec"), namespace)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["digit_0.png", "digit_1.png"]
+    top = namespace["row"].top
+    assert len(top) == 2 and top[0][1] == str(top[0][0]) and top[0][2] >= top[1][2]
+    import torch
+
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(torch.jit.load("quickstart.pt")(x), namespace["model"](x), atol=1e-4, rtol=0)
