@@ -21,7 +21,8 @@ cycles, with the same data order and the same prunes (runs are deterministic), s
 smaller cells; ``tests/test_ablation.py`` checks that a shorter run equals the prefix of a longer one.
 
 Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
-again (resume), and ``--jobs N`` runs cells in N processes.
+again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` (:func:`plan_ablation`) checks every cell,
+lists it with its length and estimates the grid's time from a few steps measured on the spot.
 
 Over 300 lines: the grid file, its cells, running them and the tables they fill are one command (plots are in
 ablation_plots.py).

@@ -41,8 +41,8 @@ def main():
     prunekit run quickstart                       train + prune on the offline default (a built-in recipe)
     prunekit run tina_swin --dry-run              validate and print the plan, no data or hub needed
     prunekit inspect RECIPE                       adapters / groups, widths, parameters
+    prunekit inspect runs/quickstart              what a run did: neurons per adapter per cycle, top-1
     prunekit list strategies                      what can be named in a recipe
-    prunekit inspect runs/quickstart              what a run did: widths per adapter per cycle, top-1
     prunekit eval runs/quickstart --cycle 2       reload a cycle's adapters and re-measure top-1
     prunekit predict runs/quickstart IMAGES...    classify image files with a run's model
     prunekit export runs/quickstart --format onnx one file for inference, checked against PyTorch
@@ -123,11 +123,11 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
 
 
 @main.command()
-@click.argument("recipe")
+@click.argument("recipe", metavar="RECIPE|RUN_DIR")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def inspect(recipe, overrides):
     """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts; or, given a
-    run directory, what the run did: every adapter's width after every cycle, parameters, top-1, adapters removed.
+    run directory, what the run did: every adapter's neurons in every cycle, parameters, top-1, adapters removed.
     """
     from rich.table import Table
 
@@ -256,7 +256,8 @@ def params(model_name, classes, methods, img_size, paper):
 @click.option("--dry-run", is_flag=True, help="check every cell, list them and estimate the time; nothing is "
                                               "trained or written")
 def ablate(ablation, out, jobs, dry_run):
-    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots."""
+    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots. --dry-run lists its runs
+    and estimates the time first."""
     from .ablation import plan_ablation, run_ablation
 
     if jobs < 1:
