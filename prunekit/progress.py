@@ -49,7 +49,7 @@ class ProgressReporter:
             return
         self._progress = Progress(
             TextColumn("cycle {task.fields[cycle]} epoch {task.fields[epoch]}"), BarColumn(), TextColumn("step"),
-            MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}  train acc {task.fields[acc]}%  "
+            MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}  train acc {task.fields[acc]}  "
                                              "{task.fields[ips]} img/s  elapsed"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
         self._progress.start()
@@ -58,7 +58,7 @@ class ProgressReporter:
 
     def step(self, loss: float, acc: float, images_per_s: float) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}", acc=f"{100 * acc:.1f}",
+            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}", acc=f"{100 * acc:.1f}%",
                                   ips=f"{images_per_s:.0f}")
 
     def end_epoch(self, metrics: dict[str, Any]) -> None:

@@ -259,3 +259,22 @@ def test_list_shows_strategy_none_and_image_folders_of_any_format():
     assert any(line.split()[0] == "none" and "prunes nothing" in line for line in strategies)
     folder = next(line for line in invoke("list", "datasets").output.splitlines() if line.startswith("imagefolder"))
     assert "*.jpg" not in folder and "any image format PIL reads" in folder
+
+
+def test_the_live_bar_labels_its_columns():
+    import io
+
+    from rich.console import Console
+
+    from prunekit.progress import ProgressReporter
+
+    buf = io.StringIO()
+    reporter = ProgressReporter(console=Console(file=buf, force_terminal=True, width=160, color_system=None))
+    reporter.start_cycle(1, 4)
+    reporter.start_epoch(0, 2, 10)
+    reporter.step(0.5, 0.8, 100.0)
+    reporter.end_epoch({"cycle": 1, "epoch": 0, "train_loss": 0.5, "train_acc": 0.8, "val_acc": 0.7, "lr": 1e-3,
+                        "images_per_s": 100, "epoch_time_s": 1.0})
+    out = buf.getvalue()
+    assert "cycle 1 of 0..3" in out
+    assert "step  1/10 loss 0.5000  train acc 80.0%  100 img/s  elapsed 0:00:0" in out and " ETA " in out
