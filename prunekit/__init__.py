@@ -5,7 +5,8 @@ kind of group may lose), ``adapters`` (injection, adapter groups), ``channels`` 
 (attention heads as groups), ``scorers`` (unit importance), ``scopes`` (local / global selection), ``plan`` (selection
 as data), ``budget`` (sigma / params / MACs / channels targets), ``schedule`` (cycle count), ``engine`` (the iterative
 loop), ``pruning`` (``prune()`` in one call), ``saving`` (save / load pruned models), ``export`` (TorchScript / ONNX),
-``strategy`` (named combinations; built-ins in ``strategies/``).
+``strategy`` (named combinations; built-ins in ``strategies/``). ``load`` and ``predict`` use what a run trained
+(``prunekit.run``, the run phases).
 """
 # Every public name is imported on first use (PEP 562): ``import prunekit.cli`` answers ``prunekit --help`` without
 # importing torch, timm or torch-pruning; ``prunekit.prune`` / ``from prunekit import Engine`` import their module then.
@@ -33,6 +34,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "plan": ("Plan", "applied_plans", "replay",),
     "pruning": ("prune",),
     "registry": ("PrunekitError", "UnknownNameError",),
+    # the run phases, imported only when one of these is used: a trained run for inference
+    "run.loading": ("load",),
+    "run.predicting": ("predict",),
     "saving": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
     "schedule": ("Schedule", "num_prunes", "oneshot_sigma0", "paper_cycle_count",),
     "scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),

@@ -28,8 +28,9 @@ A task's overrides come after ``set`` and before the cell's own; its cells are n
 (``ablation_tables.py``) then hold every task's rows and their mean over tasks.
 
 Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
-again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` checks every cell and every task's data and
-prints the plan without training or writing anything. The file is read in ``ablation_spec.py``, the tables written in
+again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` (:func:`plan_ablation`) checks every cell
+and every task's data, lists every cell with its length and estimates the grid's time from a few steps measured on
+the spot, without training or writing anything. The file is read in ``ablation_spec.py``, the tables written in
 ``ablation_tables.py``, the plots drawn in ``ablation_plots.py``.
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ from .rundir import RunDir
 from .schedule import num_prunes
 from .strategy import get_strategy
 
-__all__ = ["AblationSpec", "Cell", "plan_cells", "run_ablation", "load_ablation", "is_ablation_file", "summarize"]
+__all__ = ["AblationSpec", "Cell", "plan_cells", "plan_ablation", "run_ablation", "load_ablation", "is_ablation_file",
+           "summarize"]
 
 
 @dataclass
@@ -132,7 +134,10 @@ def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool
         done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")), resolved=False)
     except PrunekitError:  # unreadable or stale: the cell runs again
         return False
-    return done == recipe_to_dict(load_recipe(base, overrides), resolved=False)  # `resolved` follows from the rest
+    done.pop("description", None)  # free text (it says which --set overrides a recipe was run with): not a result
+    want = recipe_to_dict(load_recipe(base, overrides), resolved=False)  # `resolved` follows from the rest
+    want.pop("description", None)
+    return done == want
 
 
 def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
@@ -168,19 +173,11 @@ def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
     return recipes
 
 
-def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print, dry_run: bool = False
-                 ) -> dict[str, Any]:
-    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots.
-
-    Args:
-        path: the ablation file.
-        out: output folder (default: the base recipe's ``output.dir`` / the ablation's name).
-        jobs: cells run in this many processes.
-        log: where progress lines go.
-        dry_run: check every cell's recipe and every task's data, log the plan, and stop (nothing is written).
-    """
-    from .progress import ProgressReporter, make_console
-    from .run import check_recipe, ensure_checkpoint, run_recipe
+def _checked_grid(path: str | Path, out: str | Path | None
+                  ) -> tuple[AblationSpec, str, list[Recipe], list[Cell], Path]:
+    """The ablation file, its base recipe, every task's recipe, the cells (every one's recipe checked) and the output
+    folder (default: the base recipe's ``output.dir`` / the ablation's name); nothing is written."""
+    from .run import check_recipe
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
@@ -193,8 +190,67 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
     for c in cells:  # validate every cell's recipe before anything is written or trained
         check_recipe(load_recipe(base, c.overrides))
     out = Path(out) if out else Path(task_recipes[0].output.dir) / spec.name
-    if dry_run:
-        return _log_plan(spec, cells, base, out, log)
+    return spec, base, task_recipes, cells, out
+
+
+def plan_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """``prunekit ablate --dry-run``: every cell with its training length, the epochs per task, and an estimate.
+
+    The estimate multiplies each cell's steps (cycles x epochs x (training steps + evaluation steps), from its
+    recipe and the size of its task's data) by the seconds per step of the base recipe's model, measured now on this
+    machine with the threads a cell gets (cpu count / jobs), and divides by ``jobs``. Methods differ in cost (a
+    linear probe is cheaper than full fine-tuning) and the machine's load changes: an estimate, not a promise.
+    Nothing is written; every task's data is loaded once to count it.
+    """
+    import torch
+
+    from .run import load_bundle, step_seconds
+
+    spec, base, task_recipes, cells, out = _checked_grid(path, out)
+    sizes = {}
+    for task, recipe in zip(spec.task_labels, task_recipes):
+        bundle = load_bundle(recipe)
+        sizes[task] = (len(bundle.train), len(bundle.val))
+    threads, before = max(1, (os.cpu_count() or 1) // max(1, jobs)), torch.get_num_threads()
+    if jobs > 1:
+        torch.set_num_threads(threads)
+    try:
+        train_s, eval_s = step_seconds(task_recipes[0])
+    finally:
+        torch.set_num_threads(before)
+    rows, total, epochs_per_task = [], 0.0, {task: 0 for task in spec.task_labels}
+    for c in cells:
+        t = load_recipe(base, c.overrides).train
+        n_train, n_val = sizes[c.task]
+        cycles = max(p[2] for p in c.provides) + 1
+        steps = math.ceil(n_train / t.batch_size)
+        steps = min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps
+        seconds = cycles * t.epochs * (steps * train_s + math.ceil(n_val / t.eval_batch) * eval_s)
+        done = _finished_as_planned(out / "runs" / c.run_id, base, c.overrides)
+        rows.append({"run": c.run_id, "task": c.task, "row": c.row, "seed": c.seed, "cycles": cycles,
+                     "epochs": t.epochs, "steps_per_epoch": steps, "seconds": seconds, "finished": done})
+        epochs_per_task[c.task] += cycles * t.epochs
+        total += 0.0 if done else seconds
+    todo = sum(not r["finished"] for r in rows)
+    return {"name": spec.name, "out": out, "cells": rows, "epochs_per_task": epochs_per_task,
+            "train_step_s": train_s, "eval_step_s": eval_s, "batch_size": task_recipes[0].train.batch_size,
+            "threads": threads if jobs > 1 else before, "jobs": jobs,
+            "estimate_s": total / max(1, min(jobs, todo or 1))}
+
+
+def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1, log=print) -> dict[str, Any]:
+    """Run (or resume) the grid of an ablation file and write ``table.md``, ``table.csv``, ``cells.csv``, plots.
+
+    Args:
+        path: the ablation file.
+        out: output folder (default: the base recipe's ``output.dir`` / the ablation's name).
+        jobs: cells run in this many processes.
+        log: where progress lines go.
+    """
+    from .progress import ProgressReporter, make_console
+    from .run import ensure_checkpoint, run_recipe
+
+    spec, base, task_recipes, cells, out = _checked_grid(path, out)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     # a missing backbone is pretrained once, here, not by every worker at the same time
@@ -217,25 +273,6 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
                 f.result()
                 log(f"[{i}/{len(todo)}] {futures[f].run_id} done")
     return summarize(spec, cells, out, base)
-
-
-def _log_plan(spec: AblationSpec, cells: list[Cell], base: str, out: Path, log) -> dict[str, Any]:
-    """The dry run's report: cells and training epochs per task (what the grid would cost)."""
-    log(f"ablation {spec.name}: grid valid; {len(cells)} runs -> {out} (dry run: nothing trained or written)")
-    total = 0
-    for task in spec.task_labels:
-        mine = [c for c in cells if c.task == task]
-        epochs = sum(_cell_epochs(base, c) for c in mine)
-        total += epochs
-        log(f"  {task or spec.name}: {len(mine)} runs, {epochs} training epochs")
-    log(f"  total: {total} training epochs")
-    return {"out": out, "cells": cells, "epochs": total, "dry_run": True}
-
-
-def _cell_epochs(base: str, cell: Cell) -> int:
-    """Epochs a cell trains: cycles x train.epochs (its last provided cycle is its last cycle)."""
-    recipe = load_recipe(base, cell.overrides)
-    return (max(cycle for _, _, cycle in cell.provides) + 1) * recipe.train.epochs
 
 
 def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> dict[str, Any]:

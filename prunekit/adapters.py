@@ -251,7 +251,7 @@ class AdapterConfig:
             # a fixed width overrides the default compression rate
             self.sigma = None
         if self.sigma is None and self.hidden is None:
-            raise ValueError("AdapterConfig: set sigma (compression rate) or hidden (fixed width), got neither")
+            raise ValueError("AdapterConfig.sigma: set sigma (compression rate) or hidden (fixed width), got neither")
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"AdapterConfig.sigma: expected a number > 0, got {self.sigma!r}")
         if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden < 1):

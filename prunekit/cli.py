@@ -1,4 +1,4 @@
-"""``prunekit`` command line: run, inspect, list and eval recipes.
+"""``prunekit`` command line: run, inspect, list, eval, predict and export recipes and runs.
 
 Bad input ends with ``error: <what, where, what is allowed>`` on stderr and exit code 2; nothing is written.
 ``prunekit eval`` exits 3 when the re-measured top-1 differs from the recorded one (MISMATCH).
@@ -41,8 +41,10 @@ def main():
     prunekit run quickstart                       train + prune on the offline default (a built-in recipe)
     prunekit run tina_swin --dry-run              validate and print the plan, no data or hub needed
     prunekit inspect RECIPE                       adapters / groups, widths, parameters
+    prunekit inspect runs/quickstart              what a run did: neurons per adapter per cycle, top-1
     prunekit list strategies                      what can be named in a recipe
     prunekit eval runs/quickstart --cycle 2       reload a cycle's adapters and re-measure top-1
+    prunekit predict runs/quickstart IMAGES...    classify image files with a run's model
     prunekit export runs/quickstart --format onnx one file for inference, checked against PyTorch
     """
 
@@ -124,13 +126,19 @@ def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
 
 
 @main.command()
-@click.argument("recipe")
+@click.argument("recipe", metavar="RECIPE|RUN_DIR")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def inspect(recipe, overrides):
-    """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts."""
-    r = load_recipe(find_recipe(recipe), list(overrides))  # a recipe's mistakes are found before torch is imported
+    """Adapters / prunable groups of RECIPE's model (random weights), their widths and parameter counts; or, given a
+    run directory, what the run did: every adapter's neurons in every cycle, parameters, top-1, adapters removed.
+    """
     from rich.table import Table
 
+    if Path(recipe).is_dir():
+        if overrides:
+            raise PrunekitError(f"--set: {recipe} is a run directory, inspected as it ran; drop --set")
+        return _inspect_run(recipe)
+    r = load_recipe(find_recipe(recipe), list(overrides))  # a recipe's mistakes are found before torch is imported
     from .run import inspect_recipe
 
     info = inspect_recipe(r)
@@ -150,6 +158,40 @@ def inspect(recipe, overrides):
                   f"{sum(g.width for g in info.groups)}  trainable: {trainable:,} of {total:,} "
                   f"({100 * trainable / total:.3f}%)")
     console.print(f"classes: {info.classes}" + (f" ({info.note})" if info.note else ""), markup=False)
+
+
+def _inspect_run(run_dir: str) -> None:
+    """``prunekit inspect RUN_DIR``: one column per cycle."""
+    from rich.table import Table
+
+    from .run import inspect_run
+
+    info = inspect_run(run_dir)
+    r, cycles = info.recipe, info.cycles
+    console = make_console()
+    state = "finished" if info.finished else "not finished (no DONE)"
+    console.print(f"{run_dir}: {r.model.name} + {r.method['name']}, strategy {r.strategy.name}, data {r.data.name}; "
+                  f"{len(cycles)} cycle{'s' if len(cycles) != 1 else ''} recorded, {state}")
+    table = Table(title="neurons of every adapter while each cycle trained (- : removed)" if info.adapters else
+                  "per cycle (this run prunes nothing)")
+    table.add_column("", justify="left", no_wrap=True)
+    for c in cycles:
+        table.add_column(f"cycle {c['cycle']}", justify="right")
+    for name, widths in zip(info.adapters, info.widths):
+        table.add_row(name, *[str(w) if w else "-" for w in widths])
+    if info.adapters:
+        table.add_section()
+        table.add_row("adapters", *[f"{sum(1 for w in col if w)}/{len(col)}" for col in zip(*info.widths)])
+        table.add_row("neurons", *[str(sum(col)) for col in zip(*info.widths)])
+        table.add_row("sigma", *["-" if c.get("sigma") is None else f"{c['sigma']:.1f}" for c in cycles])
+    table.add_row("trainable", *[f"{c['trainable_params']:,}" for c in cycles])
+    table.add_row("% of total", *[f"{100 * c['trainable_params'] / c['total_params']:.3f}" for c in cycles])
+    table.add_row("last top-1", *[f"{100 * c['last_top1']:.2f}" for c in cycles])
+    table.add_row("trained file", *info.file_sizes)
+    console.print(table)
+    for cycle, gone in info.removed.items():
+        console.print(f"removed before cycle {cycle}: {len(gone)} adapter{'s' if len(gone) != 1 else ''} "
+                      f"({', '.join(gone)})")
 
 
 @main.command("list")
@@ -220,19 +262,81 @@ def params(model_name, classes, methods, img_size, paper):
 @click.argument("ablation", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="output folder (default: output.dir/<ablation name>)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="cells run in this many processes")
-@click.option("--dry-run", is_flag=True, help="check every cell and task, print runs and epochs per task; nothing is "
-              "trained or written")
+@click.option("--dry-run", is_flag=True, help="check every cell, list them and estimate the time; nothing is "
+                                              "trained or written")
 def ablate(ablation, out, jobs, dry_run):
-    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots."""
-    from .ablation import run_ablation
+    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots. --dry-run lists its runs
+    and estimates the time first."""
+    from .ablation import plan_ablation, run_ablation
 
     if jobs < 1:
         raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")
-    result = run_ablation(ablation, out, jobs, log=click.echo, dry_run=dry_run)
     if dry_run:
+        _print_ablation_plan(plan_ablation(ablation, out, jobs))
         return
+    result = run_ablation(ablation, out, jobs, log=click.echo)
     click.echo((Path(result["out"]) / "table.md").read_text())
     click.echo(f"ablation folder: {result['out']}")
+
+
+def _print_ablation_plan(plan: dict) -> None:
+    cells = plan["cells"]
+    width = max(len(c["run"]) for c in cells)
+    click.echo(f"{'run':<{width}}  {'row':<26} seed  cycles x epochs x steps   est.")
+    for c in cells:
+        est = "finished" if c["finished"] else _duration(c["seconds"])
+        click.echo(f"{c['run']:<{width}}  {c['row']:<26} {c['seed']:>4}  {c['cycles']:>6} x {c['epochs']:>6} x "
+                   f"{c['steps_per_epoch']:>5}   {est}")
+    todo = sum(not c["finished"] for c in cells)
+    for task, epochs in plan["epochs_per_task"].items():
+        click.echo(f"  {task or plan['name']}: {sum(c['task'] == task for c in cells)} runs, {epochs} training epochs")
+    click.echo(f"  total: {sum(plan['epochs_per_task'].values())} training epochs")
+    click.echo(f"{len(cells)} runs, {len(cells) - todo} already finished in {plan['out']}, {todo} to run")
+    click.echo(f"estimate: {_duration(plan['estimate_s'])} with --jobs {plan['jobs']} (an estimate: "
+               f"{1000 * plan['train_step_s']:.0f} ms per training step of {plan['batch_size']} images and "
+               f"{1000 * plan['eval_step_s']:.0f} ms per evaluation step, measured now on the base recipe's model "
+               f"with {plan['threads']} thread{'s' if plan['threads'] != 1 else ''}; methods differ in cost and the "
+               "machine's load changes)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=5, show_default=True, help="classes shown per image")
+@click.option("--cycle", type=int, default=None, help="training cycle whose model answers (default: the last)")
+@click.option("--backbone", type=click.Path(dir_okay=False), default=None,
+              help="the backbone weights file, when it is not where the run's model.checkpoint says")
+def predict(run_dir, images, top_k, cycle, backbone):
+    """Classify IMAGES (files, or folders of them) with RUN_DIR's model; RUN_DIR may also be one cycle's trained
+    file (RUN_DIR/adapters/cycle_K.safetensors).
+
+    \b
+    Each image is prepared as the run's validation images were (grey or RGB, resized to model.img_size,
+    normalised). When every image sits in a folder named after a class (val/<class>/...), the top-1 accuracy
+    against those folder names is printed too.
+    \b
+    prunekit predict runs/quickstart digit.png --top-k 3
+    prunekit predict runs/my_task my_images/val
+    """
+    from .run import predict as run_predict
+
+    res = run_predict(run_dir, images, top_k=top_k, cycle=cycle, backbone=backbone)
+    if res.note:
+        click.echo(f"note: {res.note}; showing label indices")
+    width = min(60, max(len(str(r.path)) for r in res.rows))
+    for r in res.rows:
+        click.echo(f"{str(r.path):<{width}}  " + "  ".join(f"{name} {100 * p:.1f}%" for _, name, p in r.top))
+    which = "" if res.cycle is None else f"cycle {res.cycle}, "
+    click.echo(f"{len(res.rows)} image{'s' if len(res.rows) != 1 else ''} ({which}{run_dir})"
+               + ("" if res.accuracy is None else f"; top-1 against the folder names: {100 * res.accuracy:.2f}%"))
 
 
 @main.command("eval")

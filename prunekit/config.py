@@ -14,13 +14,14 @@ key or a wrong type raises :class:`~prunekit.errors.ConfigError` with the key's 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 from .errors import ConfigError, did_you_mean
 
-__all__ = ["option", "check_count", "parse_section", "field_docs", "type_name"]
+__all__ = ["option", "check_count", "check_all", "parse_section", "field_docs", "type_name"]
 
 
 def option(text: str, **kw) -> dict:
@@ -102,7 +103,14 @@ def _convert(value: Any, tp, path: str) -> Any:
 
 
 def parse_section(cls, data: Any, path: str = ""):
-    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types raise :class:`ConfigError`)."""
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys, wrong types and values its checks refuse
+    raise one :class:`ConfigError` listing every problem, in every nested section.
+
+    Every key is converted, and every nested section parsed, before anything is refused. A section whose keys did
+    not all convert is still built from the keys that did (defaults standing in for the others) so its own checks
+    run; of what they refuse, only problems of keys the user gave and that converted are kept, and none that names a
+    key that failed (``train.warmup_epochs: expected 0..train.epochs`` is not judged against a default epochs).
+    """
     where = path or "recipe"
     if data is None:
         data = {}
@@ -110,19 +118,55 @@ def parse_section(cls, data: Any, path: str = ""):
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
+    kwargs, problems = {}, []
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
             allowed = f"allowed in {where}: {', '.join(fields)}" if fields else f"{where} takes no keys here"
-            raise ConfigError(f"{key_path}: unknown key;{did_you_mean(str(key), list(fields))} {allowed}")
-        kwargs[key] = _convert(value, hints[key], key_path)
+            problems.append(f"{key_path}: unknown key;{did_you_mean(str(key), list(fields))} {allowed}")
+            continue
+        try:
+            kwargs[key] = _convert(value, hints[key], key_path)
+        except ConfigError as e:
+            problems += e.problems
+    if problems:
+        failed = [f"{path}.{k}" if path else str(k) for k in data if k not in kwargs]
+        try:
+            cls(**kwargs)
+        except ConfigError as e:
+            problems += [p for p in e.problems if _about_given(p, path, kwargs, failed)]
+        except (TypeError, ValueError):
+            pass
+        raise ConfigError(*problems)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _about_given(problem: str, path: str, given: Mapping[str, Any], failed: list[str]) -> bool:
+    """Whether ``problem`` (``key.path: ...``) is about a key of ``given`` and names no key in ``failed``."""
+    key = problem.split(":", 1)[0].strip()
+    if path:
+        if not key.startswith(path + "."):
+            return False
+        key = key[len(path) + 1:]
+    return key.split(".")[0].split("[")[0] in given and not any(
+        re.search(rf"(?<!\w){re.escape(f)}(?!\w)", problem) for f in failed)
+
+
+def check_all(*checks: Callable[[], Any]) -> None:
+    """Run every check; one :class:`ConfigError` listing what each refused (a section's ``__post_init__``)."""
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except ConfigError as e:
+            problems += e.problems
+    if problems:
+        raise ConfigError(*problems)
 
 
 def field_docs(cls, prefix: str = "") -> list[tuple[str, str, str, Any]]:

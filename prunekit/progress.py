@@ -37,8 +37,10 @@ class ProgressReporter:
             self.console.print(message)
 
     def start_cycle(self, cycle: int, cycles: int, info: str = "") -> None:
+        """A cycle starts: ``cycle 2 of 0..3`` (a run of one cycle, a pretraining, says ``training``)."""
         self._cycle = (cycle, cycles)
-        self.log(f"[bold]cycle {cycle}/{cycles - 1}[/bold] {info}".rstrip())
+        head = "training" if cycles == 1 else f"cycle {cycle} of 0..{cycles - 1}"
+        self.log(f"[bold]{head}[/bold] {info}".rstrip())
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self._epoch = (epoch, epochs)
@@ -46,16 +48,17 @@ class ProgressReporter:
         if not self.rich:
             return
         self._progress = Progress(
-            TextColumn("cycle {task.fields[cycle]} epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+            TextColumn("cycle {task.fields[cycle]} epoch {task.fields[epoch]}"), BarColumn(), TextColumn("step"),
+            MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}  train acc {task.fields[acc]}  "
+                                             "{task.fields[ips]} img/s  elapsed"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, cycle=self._cycle[0], epoch=f"{epoch + 1}/{epochs}",
                                              loss="-", acc="-", ips="-")
 
     def step(self, loss: float, acc: float, images_per_s: float) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}", acc=f"{100 * acc:.1f}",
+            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}", acc=f"{100 * acc:.1f}%",
                                   ips=f"{images_per_s:.0f}")
 
     def end_epoch(self, metrics: dict[str, Any]) -> None:

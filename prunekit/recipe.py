@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import check_count, field_docs, option, parse_section
+from .config import check_all, check_count, field_docs, option, parse_section
 from .errors import RecipeError
 from .yamlfile import MAX_YAML_VALUES, read_yaml, safe_load_bounded
 
@@ -59,7 +59,13 @@ class ModelSection:
         default=False))
 
     def __post_init__(self):
-        check_count("model.in_chans", self.in_chans, 1)
+        check_all(lambda: check_count("model.in_chans", self.in_chans, 1), self._check_size, self._check_pretrain)
+
+    def _check_size(self) -> None:
+        if self.img_size < 8:
+            raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.img_size}")
+
+    def _check_pretrain(self) -> None:
         if self.pretrain and not self.checkpoint:
             raise RecipeError(f"model.pretrain: {self.pretrain!r} runs only to write model.checkpoint, which is not "
                               "set; set model.checkpoint to the file the pretraining recipe writes")
@@ -161,6 +167,24 @@ class StrategySection:
     mode: Optional[Literal["iterative", "oneshot"]] = field(**option(
         "replaces the strategy's schedule mode (null: the strategy's own)", default=None))
 
+    def __post_init__(self):
+        problems = []
+        if not 0.0 < self.rho < 1.0:
+            problems.append(f"strategy.rho: expected a fraction in (0, 1), got {self.rho}")
+        if self.cycles is not None and self.cycles < 1:
+            problems.append(f"strategy.cycles: expected an integer >= 1, got {self.cycles}")
+        if self.name == "none" and self.cycles is None:
+            self.cycles = 1
+        if not self.sigma_target > 0 or not math.isfinite(self.sigma_target):
+            problems.append(f"strategy.sigma_target: expected a finite number > 0, got {self.sigma_target}")
+        if self.sigma_reference is not None and not (self.sigma_reference > 0 and math.isfinite(self.sigma_reference)):
+            problems.append(f"strategy.sigma_reference: expected a finite number > 0 or null (method.sigma), got "
+                            f"{self.sigma_reference}")
+        if self.calibration_batches < 1:
+            problems.append(f"strategy.calibration_batches: expected an integer >= 1, got {self.calibration_batches}")
+        if problems:
+            raise RecipeError(*problems)
+
 
 @dataclass
 class DataSection:
@@ -197,14 +221,23 @@ class DataSection:
         "warning; false (default): a run refuses to start and names them", default=False))
 
     def __post_init__(self):
-        check_count("data.limit_train", self.limit_train, 1, "every training image")
-        check_count("data.limit_val", self.limit_val, 1, "every validation image")
-        check_count("data.num_workers", self.num_workers, 0)
-        check_count("data.train_size", self.train_size, 1, "every training image")
-        check_count("data.val_size", self.val_size, 1, "every validation image")
+        check_all(lambda: check_count("data.limit_train", self.limit_train, 1, "every training image"),
+                  lambda: check_count("data.limit_val", self.limit_val, 1, "every validation image"),
+                  lambda: check_count("data.num_workers", self.num_workers, 0), self._check_fraction,
+                  lambda: check_count("data.train_size", self.train_size, 1, "every training image"),
+                  lambda: check_count("data.val_size", self.val_size, 1, "every validation image"),
+                  self._check_split_seed, self._check_classes)
+
+    def _check_fraction(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise RecipeError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
+
+    def _check_split_seed(self) -> None:
         if self.split_seed is not None and not 0 <= self.split_seed <= SEED_MAX:
             raise RecipeError(f"data.split_seed: expected an integer in 0 .. {SEED_MAX} or null (train.seed), got "
                               f"{self.split_seed}")
+
+    def _check_classes(self) -> None:
         if self.classes is not None:
             dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
             if len(self.classes) < 2 or dupes or min(self.classes) < 0:
@@ -240,14 +273,34 @@ class TrainSection:
                                                         "whole training set)", default=None))
 
     def __post_init__(self):
-        check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size")
-        check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1, "the whole training set")
+        check_all(lambda: check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size"),
+                  lambda: check_count("train.max_steps_per_epoch", self.max_steps_per_epoch, 1,
+                                      "the whole training set"),
+                  self._check_values)
+
+    def _check_values(self) -> None:
+        problems = []
+        for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):
+            value = getattr(self, key)
+            if value < 0 or not math.isfinite(value):
+                problems.append(f"train.{key}: expected a finite number >= 0, got {value}")
+            elif key == "lr" and not value > 0:
+                problems.append(f"train.lr: expected a number > 0, got {value}")
+        if self.epochs < 1:
+            problems.append(f"train.epochs: expected an integer >= 1, got {self.epochs}")
+        elif not 0 <= self.warmup_epochs <= self.epochs:
+            problems.append(f"train.warmup_epochs: expected 0..train.epochs ({self.epochs}), got "
+                            f"{self.warmup_epochs}")
+        if self.batch_size < 1:
+            problems.append(f"train.batch_size: expected an integer >= 1, got {self.batch_size}")
         if not 0 <= self.seed <= SEED_MAX:
-            raise RecipeError(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
-                              f"seeding takes), got {self.seed}")
+            problems.append(f"train.seed: expected an integer in 0 .. {SEED_MAX} (2**32 - 1, the range NumPy's "
+                            f"seeding takes), got {self.seed}")
         if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
-            raise RecipeError(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
-                              f"{self.grad_clip}")
+            problems.append(f"train.grad_clip: expected a finite number > 0 or null (no clipping), got "
+                            f"{self.grad_clip}")
+        if problems:
+            raise RecipeError(*problems)
 
     @property
     def eval_batch(self) -> int:
@@ -272,6 +325,9 @@ class OutputSection:
         default=False))
     plot: bool = field(**option("draw neurons per adapter per cycle (PNG, the paper's Fig. 4); a backbone run "
                                 "draws the share of every group's units kept", default=True))
+    tensorboard: bool = field(**option(
+        "also write TensorBoard scalars (per epoch and per cycle) under RUN_DIR/tensorboard/; needs pip install "
+        "'prunekit[tensorboard]'", default=False))
     save_state: bool = field(**option(
         "write resume.pt (trained weights, optimizer, RNG, cycle) after every epoch so `prunekit run --resume "
         "RUN_DIR` continues an interrupted run; false saves the write (full fine-tuning of a large model)",
@@ -318,38 +374,8 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
-        """Cross-field checks (types were checked while parsing)."""
-        s, t, d = self.strategy, self.train, self.data
-        if not 0.0 < s.rho < 1.0:
-            raise RecipeError(f"strategy.rho: expected a fraction in (0, 1), got {s.rho}")
-        if s.cycles is not None and s.cycles < 1:
-            raise RecipeError(f"strategy.cycles: expected an integer >= 1, got {s.cycles}")
-        if s.name == "none" and s.cycles is None:
-            s.cycles = 1
-        if not s.sigma_target > 0 or not math.isfinite(s.sigma_target):
-            raise RecipeError(f"strategy.sigma_target: expected a finite number > 0, got {s.sigma_target}")
-        if s.sigma_reference is not None and not (s.sigma_reference > 0 and math.isfinite(s.sigma_reference)):
-            raise RecipeError(f"strategy.sigma_reference: expected a finite number > 0 or null (method.sigma), got "
-                              f"{s.sigma_reference}")
+        """Checks across sections (types were checked while parsing, ranges by each section)."""
         self._validate_groups()
-        if s.calibration_batches < 1:
-            raise RecipeError(f"strategy.calibration_batches: expected an integer >= 1, got {s.calibration_batches}")
-        for key in ("lr", "weight_decay", "min_lr", "label_smoothing"):
-            value = getattr(t, key)
-            if value < 0 or not math.isfinite(value):
-                raise RecipeError(f"train.{key}: expected a finite number >= 0, got {value}")
-        if not t.lr > 0:
-            raise RecipeError(f"train.lr: expected a number > 0, got {t.lr}")
-        if t.epochs < 1:
-            raise RecipeError(f"train.epochs: expected an integer >= 1, got {t.epochs}")
-        if not 0 <= t.warmup_epochs <= t.epochs:
-            raise RecipeError(f"train.warmup_epochs: expected 0..train.epochs ({t.epochs}), got {t.warmup_epochs}")
-        if t.batch_size < 1:
-            raise RecipeError(f"train.batch_size: expected an integer >= 1, got {t.batch_size}")
-        if not 0.0 < d.val_fraction < 1.0:
-            raise RecipeError(f"data.val_fraction: expected a fraction in (0, 1), got {d.val_fraction}")
-        if self.model.img_size < 8:
-            raise RecipeError(f"model.img_size: expected at least 8 pixels, got {self.model.img_size}")
         if not isinstance(self.method.get("name"), str):
             raise RecipeError(f"method.name: expected a method name, got {self.method.get('name')!r}")
 
@@ -424,9 +450,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                           f"got {_kind(data)} {_short(data)}")
     data.setdefault("name", path.stem)
     data = apply_overrides(data, overrides or [])
+    _describe_overrides(data, overrides or [], path)
     recipe = parse_section(Recipe, data)
     recipe.source = str(path.resolve())
     return recipe
+
+
+DESCRIBED_SECTIONS = ("model", "method", "strategy", "data")  # what a recipe's description speaks of
+
+
+def _describe_overrides(data: dict, overrides: list[str], path: Path) -> None:
+    """A recipe's description speaks of its own model, method, strategy and data: once ``--set`` changes one of them
+    (and not the description itself), the run is described by the recipe and those overrides instead, so a report
+    of the quickstart on a user's own images does not call it 'MNIST to digits'."""
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if "description" in keys:
+        return
+    changed = [item for item, key in zip(overrides, keys) if key.split(".")[0] in DESCRIBED_SECTIONS]
+    if changed:
+        data["description"] = f"{path.name} run with " + " ".join(f"--set {item}" for item in changed)
 
 
 def _kind(value: Any) -> str:

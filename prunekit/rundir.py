@@ -7,11 +7,15 @@
       .prunekit-run.lock         flock'ed while a process writes the run (see runlock.py)
       recipe.resolved.yaml       the recipe after --set overrides and defaults
       metrics.jsonl              one line per epoch and per cycle
+      metrics.csv                one row per cycle (the cycle lines of metrics.jsonl, for spreadsheets)
+      classes.json               the task's class names (label k is classes[k]), for prunekit predict
       plan.json                  the pruning plans, replayable on a fresh model (prunekit.replay)
       adapters/cycle_K.safetensors   trained parameters (adapters + head) at the end of cycle K
       model/cycle_K.safetensors      instead, when the run prunes the backbone: the whole pruned model
       report.md                  per cycle: sigma, params, MACs, latency, top-1, file size, wall time
       plots/neurons_per_adapter.png  (units_per_group.png when the run prunes the backbone)
+      tensorboard/events.*       TensorBoard scalars (output.tensorboard: true)
+      export/cycle_K.pt|.onnx    prunekit export
       resume.pt                  while running: the state after the last finished epoch (see resume.py)
       DONE                       written last: the run finished
 
@@ -248,7 +252,8 @@ class RunDir:
         if not (self.path / "metrics.jsonl").exists():
             return f"no metrics.jsonl, {done}"
         return (f"{len(cycles)} cycle{'s' if len(cycles) != 1 else ''} finished"
-                f"{f' (last: cycle {cycles[-1]})' if cycles else ''}, {epochs} epochs logged in metrics.jsonl, {done}")
+                f"{f' (last: cycle {cycles[-1]})' if cycles else ''}, {epochs} epoch{'s' if epochs != 1 else ''} "
+                f"logged in metrics.jsonl, {done}")
 
     # -- taking it over ------------------------------------------------------------------------------------------------
 
@@ -369,6 +374,17 @@ class RunDir:
         if rel not in self._marker["files"]:
             self._marker["files"].append(rel)
             self._write_marker()
+
+    def adopt(self, path: Path) -> None:
+        """Add a file another library just created inside the run directory to the manifest (TensorBoard names its
+        event file as it creates it, so it cannot be registered before its first write); a no-op without writes."""
+        if not self.write:
+            return
+        path = Path(path)
+        if not path.resolve().is_relative_to(self.path.resolve()) or not path.is_file():
+            raise PrunekitError(f"{self.path}: cannot adopt {path}: not a file inside the run directory (internal "
+                                "error)")
+        self._register(self.path / path.resolve().relative_to(self.path.resolve()))
 
     def close(self) -> None:
         """Remove temporary files this process left (a failed write) and release the lock."""

@@ -226,3 +226,21 @@ def test_bad_tasks(tmp_path):
         "data.name=digits", "data.train_size=99999"]}]}))
     res = CliRunner().invoke(main, ["ablate", str(path), "--dry-run"])
     assert res.exit_code == 2 and "tasks[1] (big): data.train_size: 99999 is more than" in res.output
+
+
+def test_dry_run_lists_every_cell_with_an_estimate_and_writes_nothing(ablation, tmp_path):
+    tmp, spec, _ = ablation
+    res = invoke("ablate", spec, "--out", tmp_path / "fresh", "--dry-run", "--jobs", 2)
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line.split() for line in res.output.splitlines() if "__" in line.split()[0]}
+    assert sorted(lines) == sorted(p.name for p in (tmp / "out" / "runs").iterdir())
+    cycles = {run: int(cols[-7]) for run, cols in lines.items()}  # cycles x epochs x steps: 1 epoch, 96 / 32 steps
+    assert cycles == {"tina__s16__seed0": 3, "local_l1_oneshot__s8__seed0": 2, "local_l1_oneshot__s16__seed0": 3,
+                      "vanilla_adapters__s8__seed0": 2, "vanilla_adapters__s16__seed0": 3,
+                      "baseline_linear_probe__seed0": 3}
+    assert all(cols[-6:-2] == ["x", "1", "x", "3"] for cols in lines.values())
+    assert "6 runs, 0 already finished" in res.output and "estimate: " in res.output and "--jobs 2" in res.output
+    assert "an estimate" in res.output and "ms per training step of 32 images" in res.output
+    assert not (tmp_path / "fresh").exists()
+    done = invoke("ablate", spec, "--out", tmp / "out", "--dry-run").output
+    assert "6 runs, 6 already finished" in done and "estimate: 0 s" in done

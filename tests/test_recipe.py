@@ -137,3 +137,53 @@ def test_shipped_recipes_parse():
         r = load_recipe(p)
         assert r.description, f"{p} has no description"
         assert yaml.safe_load(p.read_text())
+
+
+def test_every_problem_of_a_recipe_is_reported_at_once(tmp_path):
+    p = write(tmp_path, "trian: {epochs: 3}\ntrain: {lr: fast, epochs: 0, batch_size: 8}\nstrategy: {rho: 1.5}\n"
+                        "data: {limit_val: 0}\nmodel: {in_chans: 0, img_size: 4}")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert sorted(e.value.problems) == sorted([
+        "trian: unknown key; did you mean 'train'? allowed in recipe: name, description, model, method, strategy, "
+        "data, train, output, resolved",
+        "train.lr: expected a float, got 'fast'",
+        "train.epochs: expected an integer >= 1, got 0",
+        "strategy.rho: expected a fraction in (0, 1), got 1.5",
+        "data.limit_val: expected an integer >= 1 or null (every validation image), got 0",
+        "model.in_chans: expected an integer >= 1, got 0",
+        "model.img_size: expected at least 8 pixels, got 4"])
+    assert str(e.value).startswith("7 problems:\n  ")
+
+
+def test_a_check_that_would_judge_a_default_is_left_out():
+    # epochs did not convert: warmup_epochs is not compared with the default epochs (100) standing in for it
+    with pytest.raises(RecipeError) as e:
+        parse_section_of({"train": {"epochs": "many", "warmup_epochs": 200}})
+    assert e.value.problems == ["train.epochs: expected an integer, got 'many'"]
+
+
+def parse_section_of(data):
+    from prunekit.config import parse_section
+
+    return parse_section(Recipe, data)
+
+
+def test_names_and_method_keys_are_checked_together(tmp_path):
+    from prunekit.run import check_recipe
+
+    r = load_recipe(write(tmp_path, "model: {allow_random_backbone: true}\nmethod: {name: adapters, sigma: 0}\n"
+                                    "strategy: {name: tinna}\ndata: {name: digitz}"))
+    with pytest.raises(RecipeError) as e:
+        check_recipe(r)
+    assert [p.split(":")[0] for p in e.value.problems] == ["method.sigma", "strategy.name", "data.name"]
+    assert "method.sigma: expected a number > 0, got 0.0" in e.value.problems
+    assert "AdapterConfig" not in str(e.value)
+
+
+def test_a_description_follows_overrides_of_what_it_describes(tmp_path):
+    p = write(tmp_path, "description: MNIST to digits\ndata: {name: digits}", "qs.yaml")
+    assert load_recipe(p, ["train.seed=3", "output.run_name=x"]).description == "MNIST to digits"
+    moved = load_recipe(p, ["data.name=imagefolder", "data.root=pics", "train.seed=3"])
+    assert moved.description == "qs.yaml run with --set data.name=imagefolder --set data.root=pics"
+    assert load_recipe(p, ["data.root=pics", "description=mine"]).description == "mine"

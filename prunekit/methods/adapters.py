@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..adapters import DEFAULT_TARGETS, AdapterConfig, inject_adapters
 from ..config import option
+from ..errors import ConfigError
 from ..params import mark_trainable
 from .base import Method, register_method
 
@@ -30,7 +31,10 @@ class AdaptersConfig:
     def __post_init__(self):
         if self.hidden is not None:
             self.sigma = None  # a fixed width replaces the default compression (recipe.resolved then says no sigma)
-        self.adapter_config()  # validates (sigma xor hidden, activation name, ...)
+        try:
+            self.adapter_config()  # validates (sigma xor hidden, activation name, ...)
+        except ValueError as e:  # AdapterConfig names its fields as Python does; in a recipe they are method.<key>
+            raise ConfigError(str(e).replace("AdapterConfig.", "method.", 1)) from None
 
 
 @dataclass

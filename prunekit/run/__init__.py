@@ -12,8 +12,10 @@
                 estimate.py   the run's duration: two timed steps (dry run), its own first steps (run)
 
 ``pipeline.run_recipe`` strings them together; ``preview`` (``--dry-run``, ``inspect``), ``reload`` (``eval``),
-``exporting`` (``export``) and ``catalog`` (``list``) reuse them. Layers point down: the CLI imports this package,
-this package imports the engine, strategies, methods, data and backbones, and nothing below imports it.
+``loading`` (``prunekit.load``), ``predicting`` (``predict``), ``exporting`` (``export``) and ``catalog`` (``list``)
+reuse them; ``metrics`` writes ``metrics.csv`` and TensorBoard scalars for ``record``. Layers point down: the CLI
+imports this package, this package imports the engine, strategies, methods, data and backbones, and nothing below
+imports it.
 """
 # Every name is imported on first use (PEP 562), as in prunekit/__init__.py: `prunekit list strategies` reads one
 # registry without importing torch, timm and every phase; `from prunekit.run import run_recipe` imports its phases.
@@ -27,12 +29,15 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "catalog": ("REGISTRIES", "param_rows"),  # `catalog(kind)`: from prunekit.run.catalog (the module's name)
     "check": ("Checked", "check_recipe"),
     "exporting": ("export_run",),
+    "loading": ("Trained", "load", "load_trained_model"),
     "pipeline": ("end_processes", "run_recipe"),
+    "predicting": ("Prediction", "Predictions", "predict"),
     "pretrain": ("ensure_checkpoint",),
-    "preview": ("Inspection", "dry_run", "inspect_recipe"),
+    "preview": ("Inspection", "RunInspection", "dry_run", "inspect_recipe", "inspect_run", "step_seconds"),
     "record": ("RunFinished", "RunResult"),
     "reload": ("evaluate_run", "load_run"),
     "resuming": ("NothingToResume", "recipe_to_resume"),
+    "task": ("load_bundle",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -24,7 +24,8 @@ def _first_line(obj: object) -> str:
 def _strategies() -> list[str]:
     from ..strategy import list_strategies
 
-    return [f"{s.name:<28} {s.scorer} / {s.scope} / {s.mode}: {s.description}" for s in list_strategies()]
+    return [f"{s.name:<28} {s.scorer} / {s.scope} / {s.mode}: {s.description}" for s in list_strategies()] + [
+        f"{'none':<28} prunes nothing: trains strategy.cycles cycles (default 1) of the method as it is (baselines)"]
 
 
 def _scorers() -> list[str]:

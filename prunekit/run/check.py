@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from .. import distributed as dist_utils
 from ..backbone import check_model_name
 from ..data import DATASETS
-from ..errors import PrunekitError, RecipeError, UnknownNameError
+from ..errors import PrunekitError, RecipeError, UnknownNameError, problems_of
 from ..methods import Method, build_method
 from ..recipe import Recipe, ResolvedSection
 from ..scopes import get_scope
 from ..scorers import get_scorer
 from ..strategy import Strategy, get_strategy
+from .metrics import check_tensorboard
 
 __all__ = ["Checked", "check_recipe", "check_world", "STRATEGY_PARTS"]
 
 STRATEGY_PARTS = ("scorer", "scope", "mode")  # what a recipe may replace in its strategy
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,34 @@ class Checked:
 def check_recipe(recipe: Recipe) -> Checked:
     """Resolve every name in the recipe; fills ``recipe.resolved``.
 
-    Refuses ``strategy.groups: backbone`` with a method that freezes the backbone (``Method.freezes_backbone``),
-    and such a method on random weights unless the recipe says ``model.allow_random_backbone: true``.
+    Every name is checked (model, method and its keys, strategy and its parts, data) and one
+    :class:`~prunekit.errors.RecipeError` lists every problem. Also refuses ``strategy.groups: backbone`` with a
+    method that freezes the backbone (``Method.freezes_backbone``), and such a method on random weights unless the
+    recipe says ``model.allow_random_backbone: true``.
     """
-    check_model_name(recipe.model.name)
-    method, config = build_method(recipe.method)
-    strategy = _strategy(recipe, method, config)
-    try:
-        DATASETS.get(recipe.data.name)
-    except KeyError as e:
-        raise RecipeError(f"data.name: {e}") from None
-    _check_weights(recipe, method)
+    problems: list[str] = []
+
+    def attempt(check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except PrunekitError as e:
+            problems.extend(problems_of(e))
+            return None
+
+    attempt(lambda: check_model_name(recipe.model.name))
+    method_config = attempt(lambda: build_method(recipe.method))
+    strategy = attempt(lambda: _resolve_strategy(recipe))
+    attempt(lambda: _check_data_name(recipe))
+    if recipe.output.tensorboard:
+        attempt(check_tensorboard)
+    if method_config is not None:
+        method, config = method_config
+        if strategy is not None:
+            attempt(lambda: _check_fit(recipe, strategy, method, config))
+        attempt(lambda: _check_weights(recipe, method))
+    if problems:
+        raise RecipeError(*problems)
+    strategy = None if strategy is NONE else strategy
     sigma = getattr(config, "sigma", None)
     by_sigma = recipe.strategy.budget.kind is None  # a params / MACs / channels budget has no sigma schedule
     reference = _sigma_reference(recipe, strategy, sigma) if by_sigma else None
@@ -86,43 +105,66 @@ def _sigma_reference(recipe: Recipe, strategy: Strategy | None, sigma: float | N
     return sigma
 
 
-def _strategy(recipe: Recipe, method: Method, config: Any) -> Strategy | None:
+NONE = Strategy("none", scorer=None)  # strategy 'none', resolved (check_recipe returns None for it)
+
+
+def _check_data_name(recipe: Recipe) -> None:
+    try:
+        DATASETS.get(recipe.data.name)
+    except KeyError as e:
+        raise RecipeError(f"data.name: {e}") from None
+
+
+def _resolve_strategy(recipe: Recipe) -> Strategy:
+    """The recipe's strategy with its scorer / scope / mode replaced, every part imported; :data:`NONE` for 'none'."""
     s = recipe.strategy
     replaced = {k: getattr(s, k) for k in STRATEGY_PARTS if getattr(s, k) is not None}
     if s.name == "none":
         if replaced:
-            raise RecipeError(f"strategy.{next(iter(replaced))}: strategy 'none' prunes nothing; remove the key or "
-                              "name a strategy")
-        return None
+            raise RecipeError(*[f"strategy.{k}: strategy 'none' prunes nothing; remove the key or name a strategy"
+                                for k in replaced])
+        return NONE
     try:
         strategy = dataclasses.replace(get_strategy(s.name), **replaced)
     except KeyError as e:
         raise RecipeError(f"strategy.name: {e} (or 'none')") from None
+    problems = []
     for part, get in (("scorer", get_scorer), ("scope", get_scope)):
         try:
             get(getattr(strategy, part))  # a 'module:function' path is imported here
         except PrunekitError as e:
             if part in replaced:
-                raise RecipeError(f"strategy.{part}: {e}") from None
-            names = "names an " if isinstance(e, UnknownNameError) else ""  # a plug-in strategy's own part
-            raise RecipeError(f"strategy.name: strategy {strategy.name!r} {names}{e}") from None
+                problems.append(f"strategy.{part}: {e}")
+            else:
+                names = "names an " if isinstance(e, UnknownNameError) else ""  # a plug-in strategy's own part
+                problems.append(f"strategy.name: strategy {strategy.name!r} {names}{e}")
+    if problems:
+        raise RecipeError(*problems)
+    return strategy
+
+
+def _check_fit(recipe: Recipe, strategy: Strategy, method: Method, config: Any) -> None:
+    """Backbone pruning needs a method that trains the backbone; adapter pruning a method with prunable groups and,
+    for the sigma budget, a sigma_target above the method's sigma."""
+    if strategy is NONE:
+        return
+    s = recipe.strategy
     if s.groups == "backbone":
         if method.freezes_backbone:
             raise RecipeError(f"strategy.groups: 'backbone' prunes the model's own channels and heads and fine-tunes "
                               f"them, but method {method.name!r} keeps the backbone frozen; use method full (every "
                               "parameter trains), or strategy.groups: adapters")
-        return strategy
+        return
     if not method.prunable:
         raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
                           "prunable groups; use method adapters or parallel_adapters, strategy.groups: backbone "
                           "(with method full), or strategy 'none'")
-    sigma = getattr(config, "sigma", None)
     if s.budget.kind is not None:
-        return strategy
+        return
+    sigma = getattr(config, "sigma", None)
     if sigma is not None and strategy.mode == "iterative" and not s.sigma_target > sigma:
         raise RecipeError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only raises "
                           f"sigma), got {s.sigma_target:g}")
-    return strategy
 
 
 def _check_weights(recipe: Recipe, method: Method) -> None:

@@ -51,6 +51,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         ensure_checkpoint(recipe, record.path.parent, reporter, run=run_recipe)  # build: pretrain the backbone first
         seed_everything(recipe.train.seed + dist_utils.rank(), recipe.train.deterministic)
         task = load_task(recipe, device, distributed=dist_utils.is_distributed())  # data
+        record.classes = task.bundle.classes
         model = build_model(recipe, task.bundle.num_classes).to(device)   # build
         loop = CycleLoop(recipe, checked, model, task, device, reporter, record)  # train: checks the engine's plan
         if recipe.output.save_state:
@@ -87,6 +88,7 @@ def _start_process(recipe: Recipe, reporter: ProgressReporter | None) -> tuple[t
 def _announce(recipe: Recipe, checked: Checked, task: Task, device: torch.device, loop: CycleLoop,
               record: RunRecord, reporter: ProgressReporter) -> None:
     world = dist_utils.world_size()
-    reporter.log(f"run {recipe.name}: {recipe.model.name} + {checked.method.name}, data {task.bundle!r}, device "
-                 f"{device}{' (bf16)' if loop.trainer.bf16 else ''}{f' x {world} processes' if world > 1 else ''}, "
-                 f"{loop.cycles} cycles -> {record.path}")
+    reporter.log(f"run {recipe.name}: {recipe.model.name} + {checked.method.name}, data {task.bundle.describe()}, "
+                 f"device {device}{' (bf16)' if loop.trainer.bf16 else ''}"
+                 f"{f' x {world} processes' if world > 1 else ''}, {loop.cycles} cycle{'s' if loop.cycles != 1 else ''}"
+                 f" of {recipe.train.epochs} epoch{'s' if recipe.train.epochs != 1 else ''} -> {record.path}")

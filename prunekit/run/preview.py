@@ -1,6 +1,7 @@
-"""Check, without training: ``prunekit run --dry-run`` and ``prunekit inspect`` build the recipe's model on random
+"""Look before or after: ``prunekit run --dry-run`` and ``prunekit inspect RECIPE`` build the recipe's model on random
 weights (no hub, no image loaded) and show what a run would do: prune adapters, or the backbone's channels, neurons
-and heads.
+and heads; ``prunekit inspect RUN_DIR`` shows what a run did (the width of every adapter after every cycle,
+parameters, top-1, the adapters removed), read from ``metrics.jsonl``.
 
 The model is the run's: its head has the data's classes, counted from the files' names where only they can tell
 (an image folder's class folders; see :func:`~prunekit.run.task.task_size`), so the parameter counts are the run's.
@@ -10,19 +11,22 @@ run of every strategy and method and compares the cycles, widths, sigmas, parame
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..params import count_parameters
 from ..recipe import Recipe
-from ..report import short_group_name
+from ..report import human_bytes, short_group_name
+from ..rundir import RunDir
 from ..train import select_device
 from .build import build_model
 from .check import check_recipe
 from .estimate import Workload, format_duration, probe_speed
 from .prune import plan_prunes, prunable_groups
+from .reload import recipe_of_run, run_cycles
 from .task import task_size
 
-__all__ = ["dry_run", "inspect_recipe", "GroupRow", "Inspection"]
+__all__ = ["dry_run", "inspect_recipe", "GroupRow", "Inspection", "RunInspection", "inspect_run", "step_seconds"]
 
 
 def dry_run(recipe: Recipe, estimate: bool = True) -> dict[str, Any]:
@@ -112,3 +116,51 @@ def inspect_recipe(recipe: Recipe) -> Inspection:
             for g in prunable_groups(model, recipe)]
     return Inspection(rows, count_parameters(model), count_parameters(model, trainable_only=True), task.num_classes,
                       task.note)
+
+
+@dataclass(frozen=True)
+class RunInspection:
+    """What ``prunekit inspect RUN_DIR`` prints.
+
+    Attributes:
+        recipe: the recipe the run was trained with.
+        cycles: the cycle records of ``metrics.jsonl``, in order.
+        adapters: every adapter's short name (``blocks.0.attn``), in model order (empty: the run prunes nothing).
+        widths: ``widths[i][k]``: neurons of adapter i while cycle k trained (0: removed).
+        removed: cycle -> the adapters that are gone when it trains (removed by the prune before it).
+        file_sizes: each cycle's trained file, in words (``22.3 KB``; ``-`` when none was saved).
+        finished: ``DONE`` is written.
+    """
+
+    recipe: Recipe
+    cycles: list[dict[str, Any]]
+    adapters: list[str]
+    widths: list[list[int]]
+    removed: dict[int, list[str]]
+    file_sizes: list[str]
+    finished: bool
+
+
+def inspect_run(run_dir: str | Path) -> RunInspection:
+    """The structure of a run directory after every cycle, from its records; nothing is built or loaded."""
+    rd = RunDir(run_dir)
+    recipe = recipe_of_run(rd)
+    cycles = run_cycles(rd)
+    groups = list(cycles[0].get("widths") or {})
+    widths = [[(c.get("widths") or {}).get(g, 0) for c in cycles] for g in groups]
+    removed: dict[int, list[str]] = {}
+    for k in range(1, len(cycles)):
+        gone = [short_group_name(g) for g, w in zip(groups, widths) if w[k - 1] and not w[k]]
+        if gone:
+            removed[cycles[k]["cycle"]] = gone
+    return RunInspection(recipe, cycles, [short_group_name(g) for g in groups], widths, removed,
+                         [human_bytes(c.get("adapter_bytes")) for c in cycles], rd.finished)
+
+
+def step_seconds(recipe: Recipe) -> tuple[float, float]:
+    """Seconds per training step and per evaluation step (``train.eval_batch`` images) of the recipe's model on this
+    machine, measured now on random images (:func:`~prunekit.run.estimate.probe_speed`): what an estimate of a run's
+    time multiplies."""
+    model = build_model(recipe, task_size(recipe).num_classes, random_weights=True)
+    speed = probe_speed(model, recipe, select_device(recipe.train.device))
+    return speed.step_s, speed.eval_image_s * recipe.train.eval_batch

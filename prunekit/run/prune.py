@@ -157,8 +157,9 @@ def _on_prune(engine: Engine, plan: Plan, record: RunRecord, reporter: ProgressR
                      f"(target {100 * b['target']:.1f} %)")
         return
     removed = plan.meta.get("removed_adapters")
-    reporter.log(f"pruned {plan.n_removed} neurons -> sigma {engine.sigma(engine.widths()):.1f}"
-                 + (f"; removed {len(removed)} adapters" if removed else ""))
+    reporter.log(f"pruned {plan.n_removed} neuron{'s' if plan.n_removed != 1 else ''} -> sigma "
+                 f"{engine.sigma(engine.widths()):.1f}"
+                 + (f"; removed {len(removed)} adapter{'s' if len(removed) != 1 else ''}" if removed else ""))
 
 
 _KEYS = {"sigma_target:": "strategy.", "rho:": "strategy.", "sigma_reference:": "strategy.",

@@ -26,9 +26,12 @@ from ..resume import STATE_FILE
 from ..rundir import RunDir, run_directory
 from ..runlock import describe_holder
 from .checkpoint import save_checkpoint
-from .report import plot_file, write_report
+from .metrics import TensorBoardScalars, cycles_csv
+from .report import plot_file, run_title, write_report
 
-__all__ = ["RunRecord", "RunResult", "RunFinished", "on_main_rank", "trained_state", "cycle_tensors"]
+__all__ = ["RunRecord", "RunResult", "RunFinished", "on_main_rank", "trained_state", "cycle_tensors", "CLASSES_FILE"]
+
+CLASSES_FILE = "classes.json"
 
 T = TypeVar("T")
 
@@ -90,6 +93,10 @@ class RunRecord:
         out: the run directory, or None for the recipe's own.
         cleanup: closes the directory when the run ends (removes temporary files of a failed write, releases the
             lock).
+
+    Attributes:
+        classes: the task's class names (set once the data is loaded): ``classes.json`` and every cycle's trained
+            file carry them, so ``prunekit predict`` names its answers.
     """
 
     def __init__(self, recipe: Recipe, out: str | Path | None, cleanup: contextlib.ExitStack):
@@ -99,6 +106,9 @@ class RunRecord:
         cleanup.callback(self.dir.close)
         self.resolved = recipe_to_dict(recipe)
         self.cycles: list[dict[str, Any]] = []
+        self.classes: list[str] | None = None
+        self._scalars: TensorBoardScalars | None = None
+        cleanup.callback(self._close_scalars)  # before the directory's lock is released (callbacks run last first)
 
     def check_target(self, overwrite: bool) -> None:
         """A new run may go here: says what is there and what to do otherwise (nothing is written)."""
@@ -109,6 +119,7 @@ class RunRecord:
         dist_utils.barrier()  # every rank has checked the run directory before rank 0 creates it
         on_main_rank(lambda: self.dir.create(overwrite=overwrite), self.path)
         self.dir.write_text("recipe.resolved.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
+        self.dir.write_json(CLASSES_FILE, {"dataset": self.recipe.data.name, "classes": self.classes})
 
     def log_taken_lock(self, reporter: ProgressReporter) -> None:
         if self.dir.stale_lock:
@@ -116,18 +127,41 @@ class RunRecord:
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         self.dir.append_metrics({"type": "epoch", **metrics})
+        if self.scalars is not None:
+            self.scalars.epoch(metrics)
 
     def save_cycle(self, model: nn.Module, summary: dict[str, Any]) -> None:
         """A finished cycle: its trained parameters, or the pruned model (``output.save_adapters``, see
-        :func:`cycle_tensors`), and its line in ``metrics.jsonl``."""
+        :func:`cycle_tensors`), its line in ``metrics.jsonl`` and its row in ``metrics.csv``.
+
+        The trained file's metadata carries what rebuilding the model from that file alone takes
+        (``prunekit.load(file, backbone=...)``): the resolved recipe, the widths and the class names.
+        """
         if self.recipe.output.save_adapters:
             cycle, pruned = summary["cycle"], summary.get("pruned")
             path = self.dir.model_file(cycle) if pruned == "backbone" else self.dir.adapter_file(cycle)
             nbytes = self.dir.save_tensors(path, cycle_tensors(model, pruned), {
-                "recipe": self.recipe.name, "cycle": cycle, "widths": json.dumps(summary["widths"])})
+                "recipe": self.recipe.name, "cycle": cycle, "widths": json.dumps(summary["widths"]),
+                "recipe_resolved": json.dumps(self.resolved, separators=(",", ":")),
+                "classes": json.dumps(self.classes, separators=(",", ":"))})
             summary.update(adapter_file=str(path.relative_to(self.dir.path)), adapter_bytes=nbytes)
         self.cycles.append(summary)
         self.dir.append_metrics(summary)
+        self.dir.write_text("metrics.csv", cycles_csv(self.cycles))
+        if self.scalars is not None:
+            self.scalars.cycle(summary)
+
+    @property
+    def scalars(self) -> TensorBoardScalars | None:
+        """TensorBoard's writer (``output.tensorboard``), opened on the first scalar; None when not writing."""
+        if self._scalars is None and self.recipe.output.tensorboard and self.dir.write:
+            self._scalars = TensorBoardScalars(self.dir, self.recipe.train.epochs)
+        return self._scalars
+
+    def _close_scalars(self) -> None:
+        if self._scalars is not None:
+            self._scalars.close()
+            self._scalars = None
 
     def save_plans(self, plans: list) -> None:
         self.dir.save_plans(plans)
@@ -148,7 +182,7 @@ class RunRecord:
             if recipe.output.plot and plot:
                 backbone = recipe.strategy.groups == "backbone"
                 with self.dir.writing(plot_file(recipe)) as plot_path:
-                    plot_widths(self.cycles, plot_path, title=f"{recipe.name}: " + (
+                    plot_widths(self.cycles, plot_path, title=f"{run_title(recipe, self.path)}: " + (
                         "units kept per group" if backbone else "neurons per adapter"))
             self.dir.finish()
             self.dir.remove(STATE_FILE)  # DONE is written: nothing left to resume

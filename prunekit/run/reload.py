@@ -25,46 +25,78 @@ from ..train import Trainer, seed_everything, select_device
 from .build import build_model, example_inputs, num_classes_for
 from .task import load_task
 
-__all__ = ["load_run", "evaluate_run"]
+__all__ = ["load_run", "evaluate_run", "run_cycles", "recipe_of_run", "read_trained_file", "load_trained",
+           "build_for_reload"]
 
 
-def load_run(run_dir: str | Path, cycle: int | None = None) -> tuple[Recipe, nn.Module, dict[str, Any]]:
+def load_run(run_dir: str | Path, cycle: int | None = None, checkpoint: str | Path | None = None
+             ) -> tuple[Recipe, nn.Module, dict[str, Any]]:
     """Rebuild the model of a run directory as it was at the end of training cycle ``cycle`` (default: last).
 
-    A damaged run directory (a truncated or edited ``recipe.resolved.yaml``, ``metrics.jsonl`` or ``plan.json``, a
+    ``checkpoint`` replaces the recipe's ``model.checkpoint`` (the backbone file is elsewhere on this machine). A
+    damaged run directory (a truncated or edited ``recipe.resolved.yaml``, ``metrics.jsonl`` or ``plan.json``, a
     missing or corrupt adapter file) raises :class:`PrunekitError` naming the file and what is wrong with it.
     """
     rd = RunDir(run_dir)
-    recipe = _recipe_of_run(rd)
-    done = [m for m in _run_metrics(rd) if m.get("type") == "cycle"]
-    if not done:
-        raise PrunekitError(f"{run_dir}: no finished cycle recorded in metrics.jsonl")
+    recipe = recipe_of_run(rd)
+    done = run_cycles(rd)
     cycle = done[-1]["cycle"] if cycle is None else cycle
     rec = next((m for m in done if m["cycle"] == cycle), None)
     if rec is None:
         raise PrunekitError(f"--cycle: {cycle} not recorded in {run_dir}; recorded: {[m['cycle'] for m in done]}")
     if not rec.get("adapter_file"):
         raise PrunekitError(f"{run_dir}: cycle {cycle} saved no trained parameters (output.save_adapters: false)")
-    adapter_path = rd.path / rec["adapter_file"]
-    trained = _read_adapter_file(adapter_path, cycle)
-    model = build_model(recipe, _classes_from_tensors(trained, recipe))
+    trained = read_trained_file(rd.path / rec["adapter_file"], cycle)
+    # The recipe's model, the plans made before this cycle replayed, the cycle's file loaded: the trained parameters
+    # (adapter runs), or every tensor of the pruned model (a run that prunes the backbone; model/cycle_K.safetensors).
+    model = build_for_reload(recipe, trained, checkpoint, str(run_dir))
     plans = _plans_before(rd.file("plan.json"), cycle)
     try:
         replay(model, plans, example_inputs(recipe))
-        result = model.load_state_dict(trained, strict=False)
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise PrunekitError(f"{run_dir}: plan.json and {rec['adapter_file']} do not fit the model of "
                             f"recipe.resolved.yaml ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    load_trained(model, trained, rec["adapter_file"], whole=recipe.strategy.groups == "backbone")
+    return recipe, model, rec
+
+
+def run_cycles(rd: RunDir) -> list[dict[str, Any]]:
+    """The cycle records of a run directory's ``metrics.jsonl``; an error when no cycle has finished."""
+    done = [m for m in _run_metrics(rd) if m.get("type") == "cycle"]
+    if not done:
+        raise PrunekitError(f"{rd.path}: no finished cycle recorded in metrics.jsonl")
+    return done
+
+
+def build_for_reload(recipe: Recipe, trained: dict[str, torch.Tensor], checkpoint: str | Path | None,
+                     source: str) -> nn.Module:
+    """The recipe's model (backbone weights + method), its head sized as the trained file's; ``checkpoint``
+    replaces ``model.checkpoint``. A backbone file that is not where the recipe says is named, with the way out."""
+    if checkpoint is not None:
+        recipe.model.checkpoint, recipe.model.pretrain, recipe.model.pretrained = str(checkpoint), None, False
+    elif recipe.model.checkpoint and not Path(recipe.model.checkpoint).expanduser().is_file():
+        raise PrunekitError(f"{source}: its backbone checkpoint {recipe.model.checkpoint} (model.checkpoint) does "
+                            "not exist on this machine; pass the backbone file: prunekit.load(..., backbone=FILE), "
+                            "or --backbone FILE")
+    return build_model(recipe, _classes_from_tensors(trained, recipe))
+
+
+def load_trained(model: nn.Module, trained: dict[str, torch.Tensor], name: str, whole: bool = False) -> None:
+    """Load a cycle's trained parameters into the rebuilt model: every trained parameter (``whole``: every tensor of
+    the model, the file of a run that prunes the backbone), and nothing else."""
+    try:
+        result = model.load_state_dict(trained, strict=False)
+    except RuntimeError as e:  # a shape differs
+        raise PrunekitError(f"{name} does not fit the rebuilt model ({str(e).splitlines()[-1].strip()[:200]})"
+                            ) from None
     if result.unexpected_keys:
-        raise PrunekitError(f"{rec['adapter_file']} does not fit the rebuilt model: unexpected "
-                            f"{result.unexpected_keys[:3]}")
-    if recipe.strategy.groups == "backbone":  # the file is the whole pruned model: every tensor must be in it
+        raise PrunekitError(f"{name} does not fit the rebuilt model: unexpected {result.unexpected_keys[:3]}")
+    if whole:  # the file is the whole pruned model: every tensor must be in it
         missing_trained = [n for n in model.state_dict() if n not in trained]
     else:
         missing_trained = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
     if missing_trained:
-        raise PrunekitError(f"{rec['adapter_file']} lacks trained parameters {missing_trained[:3]}")
-    return recipe, model, rec
+        raise PrunekitError(f"{name} lacks trained parameters {missing_trained[:3]}")
 
 
 def _plans_before(plan_path: Path, cycle: int) -> list[Plan]:
@@ -88,17 +120,21 @@ def _plans_before(plan_path: Path, cycle: int) -> list[Plan]:
     return [p for p, c in zip(plans, after) if c < cycle]
 
 
-def _recipe_of_run(rd: RunDir) -> Recipe:
+def recipe_of_run(rd: RunDir) -> Recipe:
     """The recipe a run directory was trained with, validated as any recipe is."""
     path = rd.resolved_recipe()
-    data = read_yaml(path, "resolved recipe")
+    return resolved_recipe(read_yaml(path, "resolved recipe"), str(path))
+
+
+def resolved_recipe(data: Any, where: str) -> Recipe:
+    """A resolved recipe (``recipe.resolved.yaml``, or the copy a trained file carries) as a :class:`Recipe`."""
     if not isinstance(data, dict):
-        raise PrunekitError(f"{path}: expected a mapping of sections, got {'nothing' if data is None else data!r:.60}"
+        raise PrunekitError(f"{where}: expected a mapping of sections, got {'nothing' if data is None else data!r:.60}"
                             "; truncated or edited?")
     try:
         recipe = parse_section(Recipe, data)
     except RecipeError as e:
-        raise PrunekitError(f"{path}: {e}") from None
+        raise PrunekitError(f"{where}: {e}") from None
     # The run has trained already: refusing a random frozen backbone is for starting runs, not for reloading one.
     recipe.model.allow_random_backbone = True
     return recipe
@@ -137,9 +173,11 @@ def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
     return records
 
 
-def _read_adapter_file(path: Path, cycle: int) -> dict[str, torch.Tensor]:
+def read_trained_file(path: Path, cycle: int | None = None) -> dict[str, torch.Tensor]:
     """The trained parameters of a cycle; a missing or unreadable file is a named error."""
     if not path.is_file():
+        if cycle is None:
+            raise PrunekitError(f"{path}: no such file")
         raise PrunekitError(f"{path}: missing; metrics.jsonl records it as cycle {cycle}'s trained parameters "
                             "(deleted or moved?)")
     try:

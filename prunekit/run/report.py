@@ -10,7 +10,7 @@ from ..recipe import Recipe
 from ..report import cycle_table, human_bytes, human_count
 from ..rundir import RunDir
 
-__all__ = ["write_report", "backbone_bytes", "plot_file"]
+__all__ = ["write_report", "backbone_bytes", "plot_file", "run_title"]
 
 
 def backbone_bytes(model: nn.Module) -> int:
@@ -23,8 +23,15 @@ def plot_file(recipe: Recipe) -> str:
     return "plots/units_per_group.png" if recipe.strategy.groups == "backbone" else "plots/neurons_per_adapter.png"
 
 
+def run_title(recipe: Recipe, path) -> str:
+    """What a run is called in its report and plot: its directory's name, with the recipe's when they differ."""
+    return recipe.name if path.name == recipe.name else f"{path.name} ({recipe.name} recipe)"
+
+
 def _strategy_line(recipe: Recipe) -> str:
     s = recipe.strategy
+    if s.name == "none":
+        return f"- strategy: `none` (no pruning), {s.cycles} cycle{'s' if s.cycles != 1 else ''}"
     parts = [f"`{s.name}`"] + [f"{k} `{v}`" for k in ("scorer", "scope", "mode") if (v := getattr(s, k))]
     if s.budget.kind is None:
         return f"- strategy: {' '.join(parts)} rho={s.rho} sigma_target={s.sigma_target:g}"
@@ -51,15 +58,16 @@ def _backbone_summary(cycles: list[dict[str, Any]]) -> str:
 def write_report(rundir: RunDir, recipe: Recipe, cycles: list[dict[str, Any]], model_bytes: int) -> None:
     """``report.md``: the recipe in brief, the per-cycle table, the size of the last trained file vs a model copy
     (adapters) or what the pruned model costs against cycle 0's (backbone)."""
-    m, t = recipe.model, recipe.train
+    m, t, d = recipe.model, recipe.train, recipe.data
     weights = "hub weights" if m.pretrained else m.checkpoint or "random weights"
     backbone = recipe.strategy.groups == "backbone" and recipe.strategy.name != "none"
-    lines = [f"# {recipe.name}", "", recipe.description or "", "",
+    lines = [f"# {run_title(recipe, rundir.path)}", "", recipe.description or "", "",
              f"- model: `{m.name}` ({weights}), img {m.img_size}px",
              f"- method: `{recipe.method}`",
              _strategy_line(recipe),
-             f"- data: `{recipe.data.name}`; train: {t.epochs} epochs per cycle ({t.warmup_epochs} warm-up), lr "
-             f"{t.lr:g}, batch {t.batch_size}, seed {t.seed}",
+             f"- data: `{d.name}`{f' from `{d.root}`' if d.root else ''}; train: {t.epochs} "
+             f"epoch{'s' if t.epochs != 1 else ''} per cycle ({t.warmup_epochs} warm-up), lr {t.lr:g}, batch "
+             f"{t.batch_size}, seed {t.seed}",
              f"- whole model (one full copy per task): {human_bytes(model_bytes)}", "",
              cycle_table(cycles)]
     if backbone and cycles:

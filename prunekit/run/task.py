@@ -9,11 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbone import normalization
-from ..data import DATASETS, DataBundle, DataSize, data_size, load_data, make_loaders
+from ..data import DATASETS, DataBundle, DataSize, data_size, eval_transform, load_data, make_loaders
 from ..errors import PrunekitError
 from ..recipe import Recipe
 
-__all__ = ["Task", "TaskSize", "load_bundle", "load_task", "calibration_batches", "task_size", "PREVIEW_CLASSES"]
+__all__ = ["Task", "TaskSize", "load_bundle", "load_task", "calibration_batches", "task_size", "PREVIEW_CLASSES",
+           "image_transform"]
 
 PREVIEW_CLASSES = 1000  # head of a preview when nothing but the (absent) files can tell the classes
 
@@ -62,6 +63,13 @@ def load_bundle(recipe: Recipe) -> DataBundle:
     d = recipe.data
     return load_data(d, recipe.model.img_size, mean, std, seed=recipe.train.seed if d.split_seed is None
                      else d.split_seed, in_chans=recipe.model.in_chans)
+
+
+def image_transform(recipe: Recipe) -> Callable[[object], torch.Tensor]:
+    """One image file (a PIL image) as the recipe's validation set presents its images (``data.eval_transform``,
+    normalised for the backbone as :func:`load_bundle` normalises)."""
+    mean, std = normalization(recipe.model.name)
+    return eval_transform(recipe.data.name, recipe.model.img_size, mean, std, recipe.model.in_chans)
 
 
 def load_task(recipe: Recipe, device: torch.device, distributed: bool = False, num_workers: int | None = None) -> Task:
