@@ -35,9 +35,9 @@ from torch import nn
 import prunekit as pk
 from prunekit.backbone import create_backbone, load_backbone_weights, load_checkpoint_file
 from prunekit.budget import count_macs, count_params
-from prunekit.data import load_data, make_loaders
+from prunekit.data import make_loaders
 from prunekit.recipe import load_recipe
-from prunekit.runner import _norm_kwargs
+from prunekit.run.task import load_bundle
 from prunekit.train import Trainer, seed_everything
 
 from common import device, parser, write
@@ -113,8 +113,7 @@ def main():
     recipe = load_recipe(RECIPE)
     t = dataclasses.replace(recipe.train, epochs=1 if args.quick else args.epochs, device=str(dev))
     seeds = 1 if args.quick else args.seeds
-    bundle = load_data(recipe.data, recipe.model.img_size, seed=recipe.train.seed, in_chans=recipe.model.in_chans,
-                       **_norm_kwargs(recipe))
+    bundle = load_bundle(recipe)  # as a run loads it: the backbone's normalisation, the recipe's split
     x = torch.zeros(1, recipe.model.in_chans, recipe.model.img_size, recipe.model.img_size)
     runs = []
     for method, seed in itertools.product(args.methods, range(seeds)):
