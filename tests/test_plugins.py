@@ -65,7 +65,7 @@ def test_a_recipe_runs_with_the_installed_scorer_and_dataset(installed, tmp_path
     resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
     assert resolved["strategy"]["scorer"] == "weight_product" and resolved["data"]["name"] == "stripes"
     assert resolved["resolved"] == {"method_sigma": 4.0, "scorer": "weight_product", "scope": "global",
-                                    "mode": "iterative"}
+                                    "mode": "iterative", "sigma_reference": None}
     plans = json.loads((run_dir / "plan.json").read_text())["plans"]
     assert [p["meta"]["scorer"] for p in plans] == ["weight_product", "weight_product"]
     cycles = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
