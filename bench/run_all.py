@@ -27,8 +27,9 @@ def main():
     if not args.report_only:
         for script in SCRIPTS:
             t0 = time.perf_counter()
-            cmd = [sys.executable, str(HERE / script), "--device", args.device,
-                   "--out", str(results / script.replace(".py", ".json"))] + (["--quick"] if args.quick else [])
+            out = (results / script.replace(".py", ".json")).relative_to(HERE)
+            cmd = [sys.executable, str(HERE / script), "--device", args.device, "--out", str(out)] + (
+                ["--quick"] if args.quick else [])
             print(f"$ {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True, cwd=HERE)
             print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
