@@ -25,7 +25,7 @@ from .budget import count_macs, count_params
 from .errors import PrunekitError
 from .graph import call_model
 
-__all__ = ["Cost", "model_cost", "latency_ms", "WARMUP", "REPEATS"]
+__all__ = ["Cost", "model_cost", "latency_ms", "synchronize", "WARMUP", "REPEATS"]
 
 WARMUP, REPEATS = 5, 30  # cheap: 35 batch-1 forwards per cycle (0.3 s for the offline ViT on one CPU core)
 
@@ -39,7 +39,8 @@ class Cost:
     latency_ms: float
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU. Timings call it before reading the clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -75,10 +76,10 @@ def latency_ms(model: nn.Module, example_inputs: Any, *, warmup: int = WARMUP, r
     try:
         with autocast:
             for i in range(warmup + repeats):
-                _synchronize(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 call_model(model, example_inputs, forward_fn)
-                _synchronize(device)
+                synchronize(device)
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
     finally:

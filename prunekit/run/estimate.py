@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..cost import synchronize
 from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..train import Trainer, resolve_precision
@@ -76,11 +77,6 @@ class Speed:
     how: str
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed:
     """Time the recipe's training step on ``model`` (trains its parameters: use a throw-away model).
 
@@ -98,7 +94,7 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
 
     def step(n: int) -> float:
         x = torch.randn(n, *shape, generator=gen).to(device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
@@ -107,7 +103,7 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - t0
 
     first = min(2, t.batch_size)  # two images: a model with batch norm cannot train on one
@@ -145,7 +141,7 @@ class RunClock:
         ``epoch_start`` (perf_counter when the epoch began), ``device``."""
         if self.done:
             return
-        _sync(info["device"])
+        synchronize(info["device"])
         seconds = self.now() - info["epoch_start"]
         if self.first_step_s is None:
             self.first_step_s = seconds
