@@ -12,8 +12,7 @@ loop), ``pruning`` (``prune()`` in one call), ``saving`` (save / load pruned mod
 # importing torch, timm or torch-pruning; ``prunekit.prune`` / ``from prunekit import Engine`` import their module then.
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -44,20 +43,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "scorers": ("SCORERS", "ScoreStats", "collect_activations", "combine", "normalized", "register_scorer", "scaled",),
     "strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

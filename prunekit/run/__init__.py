@@ -21,8 +21,7 @@ imports it.
 # registry without importing torch, timm and every phase; `from prunekit.run import run_recipe` imports its phases.
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "build": ("build_model", "example_inputs", "num_classes_for"),
@@ -39,19 +38,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "resuming": ("NothingToResume", "recipe_to_resume"),
     "task": ("load_bundle",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prunekit.run' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
