@@ -106,20 +106,25 @@ class Interrupted(Exception):
     pass
 
 
+def run_until_cycle(recipe, out, cycle: int, monkeypatch) -> None:
+    """Run ``recipe`` into ``out`` and stop it as training cycle ``cycle`` begins (an interrupted run)."""
+    original = Trainer.train_epoch
+
+    def stop(self, model, optimizer, scheduler, cyc, epoch, steps):
+        if cyc == cycle:
+            raise Interrupted()
+        return original(self, model, optimizer, scheduler, cyc, epoch, steps)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop)
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out=out, reporter=ProgressReporter(enabled=False))
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(pruned_run, tmp_path, monkeypatch):
     whole, _ = pruned_run
     out = tmp_path / "run"
-    original = Trainer.train_epoch
-
-    def stop_in_cycle_2(self, model, optimizer, scheduler, cycle, epoch, steps):
-        if cycle == 2:
-            raise Interrupted()
-        return original(self, model, optimizer, scheduler, cycle, epoch, steps)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_cycle_2)
-    with pytest.raises(Interrupted):
-        run_recipe(load_recipe(OFFLINE, TINY), out=out, reporter=ProgressReporter(enabled=False))
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    run_until_cycle(load_recipe(OFFLINE, TINY), out, 2, monkeypatch)
     assert [c["cycle"] for c in cycles_of(out)] == [0, 1] and not (out / "DONE").exists()
 
     res = invoke("run", "--resume", out)  # replays the first prune, makes the second again, trains cycle 2
@@ -181,17 +186,7 @@ def test_a_run_started_before_the_backbone_keys_existed_still_resumes(tmp_path, 
     from prunekit.resume import STATE_FILE, load_state, recipe_digest, save_state
 
     recipe, out = tiny_recipe(tmp_path, train={"epochs": 1}), tmp_path / "run"
-    original = Trainer.train_epoch
-
-    def stop_in_cycle_1(self, model, optimizer, scheduler, cycle, epoch, steps):
-        if cycle == 1:
-            raise Interrupted()
-        return original(self, model, optimizer, scheduler, cycle, epoch, steps)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_cycle_1)
-    with pytest.raises(Interrupted):
-        run_recipe(load_recipe(recipe), out=out, reporter=ProgressReporter(enabled=False))
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    run_until_cycle(load_recipe(recipe), out, 1, monkeypatch)
     state = load_state(out / STATE_FILE)
     for key in ("groups", "budget", "backbone"):  # as an older prunekit saved it
         del state["recipe"]["strategy"][key]
