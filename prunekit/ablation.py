@@ -15,6 +15,8 @@ An ablation file names a base recipe and the grid::
       seeds: [0, 1, 2]
       sigma0: 32                       # where iterative strategies start (method.sigma)
       vanilla_adapters: true           # the "Vanilla adapters" row: adapters injected at sigma, no pruning
+      oneshot_sigma_targets: [128, 512]  # optional: the columns one-shot strategies run (default: sigma_targets)
+      vanilla_sigma_targets: [64, 128]   # optional: the columns of the vanilla row (default: sigma_targets)
     baselines:                         # parameter-matched rows (Tables 1-2): trained as long as the longest cell
       - {label: LoRA r=1, method: {name: lora, rank: 1}}
 
@@ -22,7 +24,9 @@ Every cell gets the same training budget as the iterative run to its sigma: one-
 sigma * (1 - rho) and train as many cycles (``strategy.sigma_reference = sigma0``), vanilla adapters train that many
 cycles too. An iterative strategy's run to the largest sigma passes through every smaller target after the same
 cycles, with the same data order and the same prunes (runs are deterministic), so its per-cycle results fill the
-smaller cells; ``tests/test_ablation.py`` checks that a shorter run equals the prefix of a longer one.
+smaller cells; ``tests/test_ablation.py`` checks that a shorter run equals the prefix of a longer one. One-shot
+strategies and vanilla adapters need one run per column, so a grid can give them fewer columns
+(``oneshot_sigma_targets``, ``vanilla_sigma_targets``); their other cells are left empty ("-").
 
 A task's overrides come after ``set`` and before the cell's own; its cells are named ``<task>__<cell>``. The tables
 (``ablation_tables.py``) then hold every task's rows and their mean over tasks.
@@ -99,12 +103,12 @@ def _task_cells(spec: AblationSpec, task: str, rho: float) -> list[Cell]:
                     common + [f"method.sigma={g.sigma0}", f"strategy.name={name}", f"strategy.sigma_target={top}"],
                     [(name, s, num_prunes(g.sigma0, s, rho)) for s in sig])
                 continue
-            for s in sig:
+            for s in sorted(g.oneshot_sigma_targets if strat.mode == "oneshot" else sig):
                 add(f"{name}__s{_fmt(s)}__seed{seed}", name, seed,
                     common + [f"method.sigma={g.sigma0}", f"strategy.name={name}", f"strategy.sigma_target={s}"],
                     [(name, s, num_prunes(g.sigma0, s, rho))])
         if g.vanilla_adapters:
-            for s in sig:
+            for s in sorted(g.vanilla_sigma_targets):
                 cycles = num_prunes(g.sigma0, s, rho) + 1
                 add(f"{VANILLA}__s{_fmt(s)}__seed{seed}", VANILLA, seed,
                     common + ["strategy.name=none", f"strategy.cycles={cycles}", "method={name: adapters}",

@@ -32,6 +32,12 @@ class GridSection:
     sigma0: float = field(**option("starting compression of iterative strategies (method.sigma)", default=32.0))
     vanilla_adapters: bool = field(**option("add the 'vanilla adapters' row: adapters at sigma, no pruning",
                                             default=True))
+    oneshot_sigma_targets: Optional[list[float]] = field(**option(
+        "the columns one-shot strategies run (each costs a run; iterative ones fill every column from one run); "
+        "default: sigma_targets", default=None))
+    vanilla_sigma_targets: Optional[list[float]] = field(**option(
+        "the columns of the vanilla-adapters row (adapters cannot be narrower than 1 neuron, so large sigma repeats "
+        "one model); default: sigma_targets", default=None))
 
 
 @dataclass
@@ -89,6 +95,15 @@ class AblationSpec:
         bad = [s for s in g.sigma_targets if not s > g.sigma0]
         if bad:
             raise RecipeError(f"grid.sigma_targets: every target must exceed grid.sigma0={g.sigma0:g}, got {bad}")
+        for key in ("oneshot_sigma_targets", "vanilla_sigma_targets"):
+            sub = getattr(g, key)
+            if sub is None:
+                setattr(g, key, list(g.sigma_targets))
+                continue
+            outside = [s for s in sub if s not in g.sigma_targets]
+            if not sub or outside:
+                raise RecipeError(f"grid.{key}: expected a non-empty subset of grid.sigma_targets "
+                                  f"{[float(s) for s in g.sigma_targets]}, got {sub}")
         self.baselines = [parse_section(BaselineSection, b, f"baselines[{i}]") for i, b in enumerate(self.baselines)]
         self.tasks = [parse_section(TaskSection, t, f"tasks[{i}]") for i, t in enumerate(self.tasks)]
         for i, t in enumerate(self.tasks):

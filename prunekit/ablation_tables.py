@@ -63,12 +63,14 @@ def aggregate(raw: list[dict[str, Any]], rows: list[str], sigmas: list[float], b
         return [r for r in raw if (task is None or r["task"] == task) and r["row"] == row
                 and (sigma is None or r["sigma_target"] == sigma)]
 
+    ran = {(r["row"], r["sigma_target"]) for r in raw}  # a grid may run a row at some of its columns only
+    cells = [(row, s) for row in rows for s in sigmas if (row, s) in ran]
     out = []
     for task in tasks:
-        out += [_over_seeds(task, row, s, pick(task, row, s)) for row in rows for s in sigmas]
+        out += [_over_seeds(task, row, s, pick(task, row, s)) for row, s in cells]
         out += [_over_seeds(task, b, math.nan, pick(task, b)) for b in baselines]
     if len(tasks) > 1:
-        out += [_over_tasks(row, s, pick(None, row, s), tasks) for row in rows for s in sigmas]
+        out += [_over_tasks(row, s, pick(None, row, s), tasks) for row, s in cells]
         out += [_over_tasks(b, math.nan, pick(None, b), tasks) for b in baselines]
     return out
 
@@ -92,8 +94,8 @@ def write_tables(out: Path, spec, raw: list[dict], agg: list[dict], rows: list[s
     atomic_write_text(out / "table.md", _markdown(spec, raw, agg, rows, sigmas, tasks))
 
 
-def _pm(a: dict) -> str:
-    if not a["n"]:
+def _pm(a: dict | None) -> str:
+    if not a or not a["n"]:
         return "-"
     return f"{100 * a['top1_mean']:.2f} ± {100 * a['top1_std']:.2f}"
 
@@ -121,9 +123,10 @@ def _sections(spec, agg: list[dict], rows: list[str], sigmas: list[float]) -> li
     base_rows = [a for a in agg if math.isnan(a["sigma_target"])]
     header = ["row", "scorer / scope / mode"] + [f"σ={s:g}" for s in sigmas]
     body = [[row, "adapters at σ, no pruning" if row == VANILLA else _strategy_desc(row)]
-            + [_pm(lookup[(row, s)]) for s in sigmas] for row in rows]
+            + [_pm(lookup.get((row, s))) for s in sigmas] for row in rows]
     lines = [markdown_table(header, body), "Trainable parameters (adapters + head), mean over seeds:", ""]
-    body = [[row, ""] + [f"{lookup[(row, s)]['trainable_mean']:,.0f}" for s in sigmas] for row in rows]
+    body = [[row, ""] + [f"{lookup[(row, s)]['trainable_mean']:,.0f}" if (row, s) in lookup else "-" for s in sigmas]
+            for row in rows]
     lines.append(markdown_table(header, body))
     matched = [(f"{spec.plot.global_strategy} (σ={s:g})", lookup.get((spec.plot.global_strategy, s))) for s in sigmas]
     matched += [(f"vanilla adapters (σ={s:g})", lookup.get((VANILLA, s))) for s in sigmas]

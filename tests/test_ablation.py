@@ -114,6 +114,30 @@ def test_plan_cells_budget():
     assert "strategy.cycles=5" in by_id["vanilla_adapters__s512__seed0"].overrides
 
 
+def test_oneshot_and_vanilla_rows_can_run_fewer_columns(tmp_path):
+    spec = load_ablation_like(sigma_targets=[64, 128, 512], oneshot_sigma_targets=[512], vanilla_sigma_targets=[64])
+    ids = {c.run_id for c in plan_cells(spec, rho=0.5)}
+    assert ids == {"tina__s512__seed0", "local_l1_oneshot__s512__seed0", "vanilla_adapters__s64__seed0",
+                   "baseline_linear_probe__seed0"}
+    # the table leaves the cells that did not run empty, and the rows that ran keep their numbers
+    from prunekit.ablation_tables import aggregate, write_tables
+
+    def cell(row, sigma, top1):
+        return {"task": "", "row": row, "sigma_target": sigma, "seed": 0, "run": "r", "cycle": 0, "epochs": 3,
+                "top1": top1, "best_top1": top1, "trainable": 100, "total": 1000, "sigma": sigma, "widths": {}}
+
+    raw = [cell("tina", 64.0, 0.9), cell("tina", 512.0, 0.8), cell("local_l1_oneshot", 512.0, 0.7),
+           cell("vanilla_adapters", 64.0, 0.6)]
+    rows, sigmas = ["vanilla_adapters", "tina", "local_l1_oneshot"], [64.0, 128.0, 512.0]
+    agg = aggregate(raw, rows, sigmas, [], [""])
+    assert {(a["row"], a["sigma_target"]) for a in agg} == {(r["row"], r["sigma_target"]) for r in raw}
+    write_tables(tmp_path, spec, raw, agg, rows, sigmas, [""])
+    md = (tmp_path / "table.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| local_l1_oneshot"))
+    assert line.split("|")[3:6] == [" - ", " - ", " 70.00 ± 0.00 "]
+    assert "nan" not in md
+
+
 def load_ablation_like(**grid):
     import tempfile
     from pathlib import Path
@@ -127,6 +151,9 @@ def test_bad_ablation_files(tmp_path):
         load_ablation(write_spec(tmp_path, strategies=["tinna"]))
     with pytest.raises(RecipeError, match="every target must exceed grid.sigma0=4"):
         load_ablation(write_spec(tmp_path, sigma_targets=[2]))
+    with pytest.raises(RecipeError, match=r"grid.oneshot_sigma_targets: expected a non-empty subset of "
+                                          r"grid.sigma_targets \[8.0, 16.0\], got \[32.0\]"):
+        load_ablation(write_spec(tmp_path, oneshot_sigma_targets=[32]))
     res = CliRunner().invoke(main, ["ablate", str(write_spec(tmp_path)), "--jobs", "0"])
     assert res.exit_code != 0 and "expected an integer >= 1" in res.output
 
