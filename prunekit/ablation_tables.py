@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from pathlib import Path
@@ -24,7 +25,7 @@ __all__ = ["VANILLA", "MEAN", "aggregate", "write_tables"]
 VANILLA = "vanilla_adapters"
 MEAN = "mean"  # the task label of the rows averaged over tasks
 CELL_COLUMNS = ["row", "sigma_target", "seed", "run", "cycle", "epochs", "top1", "best_top1", "trainable", "total",
-                "sigma"]
+                "sigma", "widths"]  # widths: every adapter's neurons after the cell's cycle (JSON; {} when unpruned)
 TABLE_COLUMNS = ["row", "sigma_target", "n", "top1_mean", "top1_std", "trainable_mean", "sigma_mean", "epochs"]
 
 
@@ -80,7 +81,8 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, dict) else v)
+                    for k, v in r.items()})
     return buf.getvalue()
 
 

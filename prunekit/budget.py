@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -40,14 +39,15 @@ import torch
 from torch import nn
 
 from .graph import call_model
+from .opcount import OpCounter
 from .plan import Plan
 from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
 from .scopes import Limit, global_plans, global_scope
 
 __all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights",
-           "count_forward", "ForwardCount", "select_units", "select_cost", "select_macs", "unit_limits",
-           "check_reachable"]
+           "count_forward", "forward_count", "ForwardCount", "select_units", "select_cost", "select_macs",
+           "unit_limits", "check_reachable"]
 
 BUDGET_KINDS = ("sigma", "params", "macs", "channels")
 
@@ -108,25 +108,17 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 def _count_ops(model: nn.Module, example_inputs: Any,
                forward_fn: Callable | None = None) -> tuple[float, dict[nn.Module, float], list[tuple[int, ...]]]:
-    """torch-pruning's op counter (``tp.utils.count_ops_and_params``) on a copy of ``model`` that shares its tensors:
-    the counter adds hooks and attributes to the modules it counts, so it needs its own module objects, but not its
-    own weights (its own deep copy of every weight was a third of a prune call's time). Returns the MACs, the MACs
-    of every module of ``model`` and the shapes of the tensors the forward returned (eval mode, no grad)."""
-    from torch_pruning.utils import flatten_as_list, op_counter
-
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    copied = op_counter.add_flops_counting_methods(copy.deepcopy(model, shared))
-    copied.eval()
-    copied.start_flops_count(ost=sys.stdout, verbose=False, ignore_list=[])
+    """torch-pruning's op counter (its per-layer formulas, :class:`~prunekit.opcount.OpCounter`) on one forward of
+    ``model`` in eval mode without grad: the MACs, every counted module's MACs and the shapes of the tensors the
+    forward returned. The model is left as it was (mode, hooks, attributes)."""
+    was_training = model.training
+    model.eval()
     try:
-        with torch.no_grad():
-            out = call_model(copied, example_inputs, forward_fn)
-        macs, _, layer_macs, _ = copied.compute_average_flops_cost()
+        with OpCounter(model) as ops, torch.no_grad():
+            call_model(model, example_inputs, forward_fn)
     finally:
-        copied.stop_flops_count()
-        op_counter.CUSTOM_MODULES_MAPPING = {}
-    shapes = [tuple(t.shape) for t in flatten_as_list(out) if isinstance(t, torch.Tensor)]
-    return macs, {m: layer_macs.get(c) for m, c in zip(model.modules(), copied.modules())}, shapes
+        model.train(was_training)
+    return ops.macs, ops.layer_macs, ops.output_shapes
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -146,14 +138,18 @@ class ForwardCount:
 def count_forward(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> ForwardCount:
     """MACs, MACs per parameter and output shapes from a single counted forward (a prune needs all three, before and
     after slicing: one forward each time instead of three)."""
-    from torch_pruning.utils import op_counter
+    return forward_count(model, *_count_ops(model, example_inputs, forward_fn))
 
-    macs, layer_macs, shapes = _count_ops(model, example_inputs, forward_fn)
-    supported = getattr(op_counter, "is_supported_instance", lambda m: True)
+
+def forward_count(model: nn.Module, macs: float, layer_macs: Mapping[nn.Module, float],
+                  output_shapes: list[tuple[int, ...]]) -> ForwardCount:
+    """A :class:`ForwardCount` from an :class:`~prunekit.opcount.OpCounter`'s results (``layer_macs``: counted
+    modules only): every parameter of a counted module gets ``module MACs / module parameters``; parameters outside
+    counted modules get 0."""
     weights: dict[int, float] = {}
 
     def visit(m: nn.Module) -> None:
-        if supported(m):
+        if m in layer_macs:
             params = list(m.parameters())
             n = sum(p.numel() for p in params)
             w = (layer_macs.get(m) or 0) / n if n else 0.0
@@ -164,7 +160,7 @@ def count_forward(model: nn.Module, example_inputs: Any, forward_fn: Callable | 
             visit(c)
 
     visit(model)
-    return ForwardCount(int(macs), weights, shapes)
+    return ForwardCount(int(macs), weights, output_shapes)
 
 
 def mac_weights(model: nn.Module, example_inputs: Any) -> tuple[int, dict[int, float]]:
@@ -307,28 +303,32 @@ def select_cost(scope: Callable, scores: Mapping[str, torch.Tensor], amount: flo
     units, then the better of the two neighbours (so the result is within one unit's cost of ``amount``)."""
     limits = limits or {}
     cap = sum(_capacity(scores, limits).values())
-    plans: dict[int, tuple[Plan, float]] = {}
-    # the built-in global scope ranks once for every k; any other scope is asked for each k
-    plan_for = global_plans(scores, limits) if scope is global_scope else (
-        lambda k: select_units(scope, scores, k, limits))
+    plans: dict[int, Plan] = {}
+    costs: dict[int, float] = {}
+    # the built-in global scope ranks once for every k (and counts without building plans); any other scope is asked
+    # for each k
+    ranked = global_plans(scores, limits) if scope is global_scope else None
 
-    def at(k: int) -> tuple[Plan, float]:
+    def plan_at(k: int) -> Plan:
         if k not in plans:
-            p = plan_for(k)
-            plans[k] = (p, cost.removed(_counts(p)))
+            plans[k] = ranked(k) if ranked is not None else select_units(scope, scores, k, limits)
         return plans[k]
 
+    def at(k: int) -> float:
+        if k not in costs:
+            costs[k] = cost.removed(ranked.counts(k) if ranked is not None else _counts(plan_at(k)))
+        return costs[k]
+
     lo, hi = 0, cap  # invariant: cost(lo) <= amount; hi is the first k known to exceed it (or cap)
-    if at(cap)[1] <= amount:
-        return at(cap)[0]
+    if at(cap) <= amount:
+        return plan_at(cap)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if at(mid)[1] <= amount:
+        if at(mid) <= amount:
             lo = mid
         else:
             hi = mid
-    below, above = at(lo), at(hi)
-    return below[0] if amount - below[1] <= above[1] - amount else above[0]
+    return plan_at(lo) if amount - at(lo) <= at(hi) - amount else plan_at(hi)
 
 
 def select_macs(scope: Callable, scores: Mapping[str, torch.Tensor], amount: float, cost: CostModel,

@@ -45,6 +45,7 @@ tracing a frozen model are one abstraction.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -392,7 +393,8 @@ def channel_groups_of(dg: tp.DependencyGraph, tp_group) -> int:
     return g
 
 
-# Layers whose pruned shapes follow from their parameter shapes (and conv groups) alone: _slices_of_item caches them.
+# Layers (and subclasses, e.g. timm's BatchNormAct2d) whose pruned shapes follow from their parameter shapes (and conv
+# groups) alone: _slices_of_item caches them by type, handler and shapes.
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                  nn.LayerNorm, nn.GroupNorm)
 _SLICE_CACHE: dict[tuple, list[tuple[str, int, float]]] = {}
@@ -401,8 +403,9 @@ _SLICE_CACHE: dict[tuple, list[tuple[str, int, float]]] = {}
 def _meta_clone(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose tensors live on the meta device (shapes only, no memory).
 
-    A leaf module (conv, linear, norm: nearly every item of a group) is copied shallowly with new parameter and buffer
-    dicts, which is all a torch-pruning handler replaces; a module with children is deep-copied (memo: meta tensors).
+    A module whose tensors are all its own (conv, linear, norm, timm's norm + activation: nearly every item of a group)
+    is copied shallowly with new parameter and buffer dicts, which is all a torch-pruning handler replaces; a module
+    whose children hold tensors is deep-copied (memo: meta tensors).
     """
     def meta_param(p):
         return None if p is None else nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=p.requires_grad)
@@ -410,10 +413,12 @@ def _meta_clone(module: nn.Module) -> nn.Module:
     def meta_buffer(b):
         return None if b is None else torch.empty(b.shape, device="meta", dtype=b.dtype)
 
-    if next(module.children(), None) is None:
+    if not any(True for c in module.children() for _ in (*c.parameters(), *c.buffers())):
+        # children without tensors (BatchNormAct2d's activation): shared, a handler only slices the layer's own
         clone = copy.copy(module)
         clone.__dict__["_parameters"] = {n: meta_param(p) for n, p in module._parameters.items()}
         clone.__dict__["_buffers"] = {n: meta_buffer(b) for n, b in module._buffers.items()}
+        clone.__dict__["_modules"] = dict(module._modules)
         return clone
     memo: dict[int, Any] = {}
     for p in module.parameters():
@@ -439,7 +444,7 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
         return []
     before = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
     key = None
-    if type(module) in _PLAIN_LAYERS:  # shape arithmetic only: the same answer for the same shapes
+    if isinstance(module, _PLAIN_LAYERS):  # shape arithmetic only: the same answer for the same type and shapes
         key = (type(module), item.dep.handler, tuple(before.items()), getattr(module, "groups", None),
                len(unit_idxs))
         hit = _SLICE_CACHE.get(key)
@@ -500,8 +505,8 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
             continue
         seen_items.add(key)
         # every unit costs the same when each root channel maps to the same number of this layer's channels
-        counts = torch.bincount(torch.as_tensor(item.root_idxs), minlength=n_channels)
-        exact = exact and counts.numel() == n_channels and bool((counts == counts[0]).all())
+        counts = Counter(item.root_idxs)
+        exact = exact and len(counts) == n_channels and max(counts) < n_channels and len(set(counts.values())) == 1
         # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs that
         # much for each of them, i.e. on average times the share of units it carries
         units = [r % width for r in item.root_idxs]

@@ -29,11 +29,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .budget import Budget, CostModel, check_reachable, count_forward, count_macs, count_params, unit_limits
+from .budget import (
+    Budget, CostModel, check_reachable, count_forward, count_macs, count_params, forward_count, unit_limits,
+)
 from .channels import backbone_groups
 from .graph import UnsupportedModelError
 from .engine import _exact, select_plan
 from .graph import describe_groups_fn
+from .opcount import OpCounter
 from .saving import input_spec
 from .plan import Plan, record_applied
 from .policy import UnreachableTargetError, removal_steps, round_half_up
@@ -144,11 +147,16 @@ def prune(
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
                                 max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn)
     params_before = count_params(model)
-    before = count_forward(model, example_inputs, forward_fn)  # MACs, MACs per parameter and output shapes
-    macs_before, weights, reference = before.macs, before.weights, before.output_shapes
     snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):
-        groups = groups_fn(model, example_inputs)
+        if attempt == 0:  # the trace's forward also counts the MACs, MACs per parameter and output shapes
+            with OpCounter(model) as ops:
+                groups = groups_fn(model, example_inputs)
+            before = forward_count(model, ops.macs, ops.layer_macs, ops.output_shapes) if ops.forwards == 1 \
+                else count_forward(model, example_inputs, forward_fn)
+            macs_before, weights, reference = before.macs, before.weights, before.output_shapes
+        else:
+            groups = groups_fn(model, example_inputs)
         if not groups:
             why = "; ".join(f"{k}: {v}" for k, v in list(groups_fn.excluded.items())[:4])
             raise UnsupportedModelError(f"{type(model).__name__} has no prunable group" + (f" ({why})" if why else ""))

@@ -25,6 +25,7 @@ your own scope with :func:`register_scope`.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Mapping, NamedTuple, Protocol
 
 import torch
@@ -209,14 +210,19 @@ class _Ranking:
                     taken[g] += 1
                     self.removal.append(g)
 
-    def plan(self, k: int, fraction: float | None = None) -> Plan:
+    def counts(self, k: int) -> dict[str, int]:
+        """Units the global plan for ``k`` removes from every group (without building the plan)."""
         counts = {name: 0 for name in self.names}
         if self.total and k:
             if self.removal is not None:
-                for g in self.removal[:k]:
-                    counts[self.names[g]] += 1
+                for g, r in Counter(self.removal[:k]).items():
+                    counts[self.names[g]] = r
             else:
                 counts = _chunked(self.names, self.orders, self.steps, self.ranked, self.owner, self.local, k)
+        return counts
+
+    def plan(self, k: int, fraction: float | None = None) -> Plan:
+        counts = self.counts(k)
         remove = {n: self.orders.get(n, [])[:counts[n]] for n in self.names}
         return _plan(self.scores, remove, {"scope": "global", "fraction": fraction if fraction is not None
                                            else (k / self.total if self.total else 0.0), "target_units": k})
@@ -224,7 +230,7 @@ class _Ranking:
 
 def global_plans(scores: Mapping[str, torch.Tensor], limits: Mapping[str, Limit] | None = None):
     """``k -> global_scope(scores, target=k, limits=limits)`` with the ranking computed once (a search over ``k``
-    asks for many plans of the same scores)."""
+    asks for many plans of the same scores); ``.counts(k)`` gives the units per group alone."""
     ranking = _Ranking(scores, _steps(scores, limits))
     most = sum(s[-1] for s in ranking.steps.values())
 
@@ -233,6 +239,7 @@ def global_plans(scores: Mapping[str, torch.Tensor], limits: Mapping[str, Limit]
             _target(scores, None, k, ranking.steps)  # raises the scope's own error
         return ranking.plan(k)
 
+    plan.counts = ranking.counts  # what plan(k) removes per group, without building it (a search's inner loop)
     return plan
 
 

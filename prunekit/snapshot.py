@@ -10,7 +10,6 @@ a pruned model must still pass (same output shapes as before).
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
@@ -26,7 +25,7 @@ Snapshot = list[tuple[nn.Module, dict[str, Any]]]
 
 def _shallow(state: dict[str, Any]) -> dict[str, Any]:
     """``state`` with its dicts, lists and sets copied one level (module registries, hooks, shape lists)."""
-    return {k: (copy.copy(v) if isinstance(v, (dict, list, set)) else v) for k, v in state.items()}
+    return {k: (v.copy() if isinstance(v, (dict, list, set)) else v) for k, v in state.items()}
 
 
 def snapshot(model: nn.Module) -> Snapshot:

@@ -76,6 +76,7 @@ def test_every_cell_has_the_parameters_of_its_sigma(ablation):
         record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                   if '"type": "cycle"' in line][int(cell["cycle"])]
         widths = record["widths"]
+        assert json.loads(cell["widths"]) == widths  # cells.csv carries every adapter's width
         assert sum(widths.values()) == (adapters * dim) // target  # sigma = sum m / sum n reached exactly
         assert trainable == head + sum(2 * n * dim + n + dim for n in widths.values() if n)
 

@@ -213,8 +213,9 @@ def test_policy_lowest_width_and_steps():
 
 
 def test_count_macs_matches_torch_pruning_and_leaves_the_model_alone():
-    """prunekit counts on a copy sharing the model's tensors: same totals and per-layer MACs as torch-pruning's own
-    counter, no hook or attribute left on the model, its weights untouched."""
+    """prunekit counts with torch-pruning's formulas as hooks on the model itself: the same total as torch-pruning's
+    own counter and its per-layer MACs per sample (torch-pruning's per-layer counts cover the whole batch), no hook or
+    attribute left on the model, its mode and weights untouched."""
     import torch_pruning as tp
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
@@ -225,6 +226,6 @@ def test_count_macs_matches_torch_pruning_and_leaves_the_model_alone():
     total, weights = mac_weights(model, x)
     assert count_macs(model, x) == total == int(macs)
     conv = model[0]
-    assert weights[id(conv.weight)] == layers[conv] / (conv.weight.numel() + conv.bias.numel())
+    assert weights[id(conv.weight)] == layers[conv] / len(x) / (conv.weight.numel() + conv.bias.numel())
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not any(hasattr(m, "__flops__") or m._forward_hooks for m in model.modules())
