@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .graph import call_model
+from .graph import call_model, eval_mode
 from .opcount import OpCounter
 from .plan import Plan
 from .policy import UnreachableTargetError, policy_of, removal_steps
@@ -111,13 +111,8 @@ def _count_ops(model: nn.Module, example_inputs: Any,
     """torch-pruning's op counter (its per-layer formulas, :class:`~prunekit.opcount.OpCounter`) on one forward of
     ``model`` in eval mode without grad: the MACs, every counted module's MACs and the shapes of the tensors the
     forward returned. The model is left as it was (mode, hooks, attributes)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with OpCounter(model) as ops, torch.no_grad():
-            call_model(model, example_inputs, forward_fn)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), OpCounter(model) as ops, torch.no_grad():
+        call_model(model, example_inputs, forward_fn)
     return ops.macs, ops.layer_macs, ops.output_shapes
 
 

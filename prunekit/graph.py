@@ -44,6 +44,7 @@ tracing a frozen model are one abstraction.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
@@ -330,7 +331,6 @@ def trace(
     # torch-pruning traces autograd: frozen parameters would leave no graph, so every parameter requires grad
     # while tracing; the flags and the train/eval mode are restored afterwards.
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    was_training = model.training
     outputs: set = set()
 
     def forward(m, x):
@@ -338,11 +338,10 @@ def trace(
         outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
         return out
 
-    model.eval()
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs, forward_fn=forward, verbose=False,
                 unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
@@ -351,7 +350,6 @@ def trace(
     finally:
         for p in frozen:
             p.requires_grad_(False)
-        model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     return Trace(model, dg, outputs, names)
 
@@ -518,6 +516,21 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
     return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler)
 
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, its train / eval mode as before afterwards (``model.train(mode)``,
+    as every probe did; nothing to set, and nothing restored, when every module is in eval mode already)."""
+    if not any(m.training for m in model.modules()):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:

@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import call_model
+from .graph import call_model, eval_mode
 
 __all__ = ["snapshot", "restore", "output_shapes"]
 
@@ -46,11 +46,6 @@ def restore(model: nn.Module, snap: Snapshot) -> None:
 
 def output_shapes(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> list[tuple[int, ...]]:
     """Shapes of every tensor the model returns on ``example_inputs`` (eval mode, no grad; the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = call_model(model, example_inputs, forward_fn)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = call_model(model, example_inputs, forward_fn)
     return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
