@@ -391,6 +391,24 @@ def channel_groups_of(dg: tp.DependencyGraph, tp_group) -> int:
     return g
 
 
+def _tied_root_channels(dg: tp.DependencyGraph, root: nn.Module, handler, n: int, names: dict) -> int:
+    """How many of the root's own channels torch-pruning removes with its channel 0, for a group that passes a
+    concatenation. A concatenation can tie a layer's channels to each other: GhostNet's stem feeds a residual add
+    with ``cat([x1, cheap(x1)])``, whose halves are one channel of x1 each, so stem channels j and j + n/2 go
+    together. Such a group has n/2 units of 2 channels (like a grouped conv's); a tie of any other shape is refused
+    (:class:`UnsupportedLayerError`: the group is left out), since a unit must be the same channels every time."""
+    probe = dg.get_pruning_group(root, handler, [0])
+    tied = sorted({i for item in probe.items if item.dep.target.module is root
+                   and dg.is_out_channel_pruning_fn(item.dep.handler) for i in item.idxs})
+    k = len(tied)
+    if k <= 1:
+        return 1
+    if n % k or tied != [j * (n // k) for j in range(k)]:
+        raise UnsupportedLayerError(f"torch-pruning removes channels {tied[:8]} of {names.get(root, '?')} together "
+                                    f"(tied through a concatenation), not a fixed stride of its {n} channels")
+    return k
+
+
 # Layers (and subclasses, e.g. timm's BatchNormAct2d) whose pruned shapes follow from their parameter shapes (and conv
 # groups) alone: _slices_of_item caches them by type, handler and shapes.
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
@@ -494,6 +512,8 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     chain = [root] + [m.module for m in members if m.role == "other" and names[m.module].startswith(parent_name)]
     g = channel_groups_of(dg, tp_group)
     n_channels = len(tp_group.items[0].idxs)
+    if any(isinstance(item.dep.target.module, ops._ConcatOp) for item in tp_group.items):
+        g = max(g, _tied_root_channels(dg, root, handler, n_channels, names))
     width = n_channels // g
     slices: list[ParamSlice] = []
     exact, seen_items = True, set()

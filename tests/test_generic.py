@@ -120,3 +120,16 @@ def test_a_prune_refused_after_retries_leaves_the_model_unchanged():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_channels_tied_through_a_concatenation_are_one_unit():
+    """GhostNet's stem feeds a residual add with ``cat([x1, cheap(x1)])``: torch-pruning removes stem channels j and
+    j + n/2 together, so the stem's group has n/2 units of 2 channels. Found from the graph, the first attempt
+    prunes cleanly: no group is left out as broken (each used to be, after a failed attempt and a forward probe)."""
+    model = timm.create_model("ghostnet_050", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    stem = next(g for g in pk.backbone_groups(verify=False)(model, x) if g.name == "conv_stem")
+    assert (stem.width, stem.channel_groups) == (4, 2) and stem.channels([0]) == [0, 4]
+    plan = pk.prune(model, x, ratio=0.5, target="params")
+    assert list(plan.meta["excluded"]) == ["classifier"]
+    assert model(x).shape == (1, 10)
