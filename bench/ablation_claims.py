@@ -3,7 +3,8 @@
 For every claim of the paper it prints, as markdown, paired differences of top-1 between two rows of the grid at the
 same σ target: the same task and seed give both cells the same data order and initial adapters, so the difference
 is taken per (task, seed) and then averaged; with it, how many of the pairs have the claimed sign, the mean per task,
-the σ each row reached and its trainable parameters (a claim is only judged where the σ reached is the same). Then
+the σ each row reached, its trainable parameters and the verdict by the rule of :func:`verdict` (a claim is only
+judged where the σ reached is the same). Then
 the accuracy-against-parameters table (mean over tasks and seeds) and the adapters each strategy empties per stage.
 
     python bench/ablation_claims.py docs/img/ablation_swin_offline/cells.csv > /tmp/claims.md
@@ -79,12 +80,28 @@ def paired(cells: dict, a: str, b: str, sigma: float) -> dict | None:
                        statistics.fmean(y["trainable"] for _, y in pairs))}
 
 
+def verdict(p: dict, equal: bool) -> str:
+    """The page's rule: *held* when the mean difference has the claimed sign, so does every task's mean, and at
+    least 7 of 9 pairs (the same share of fewer) do; *reversed* when all of that holds with the opposite sign;
+    *no consistent difference* otherwise. Cells at unequal sigma are not judged."""
+    if not equal:
+        return "not judged (unequal σ)"
+    need = -(-7 * p["n"] // 9)  # 7 of 9, rounded up for other counts
+    tasks = list(p["by_task"].values())
+    if p["mean"] > 0 and all(t > 0 for t in tasks) and p["wins"] >= need:
+        return "held"
+    losses = p["n"] - p["wins"] - p["ties"]
+    if p["mean"] < 0 and all(t < 0 for t in tasks) and losses >= need:
+        return "reversed"
+    return "no consistent difference"
+
+
 def claims(rows: list[dict]) -> list[str]:
     cells = index(rows)
     sigmas = sorted({r["sigma_target"] for r in rows if r["sigma_target"] == r["sigma_target"]})
     out = ["## Paired differences (a − b, top-1 points; per task and seed, then averaged)", "",
            "| claim | a − b | σ | mean ± std | pairs a > b | per task | σ reached a / b | neurons a / b | "
-           "trainable a / b |", "|---|---|---:|---:|---:|---|---|---|---|"]
+           "trainable a / b | verdict |", "|---|---|---:|---:|---:|---|---|---|---|---|"]
     for claim, pairs in CLAIMS:
         for a, b in pairs:
             for s in sigmas:
@@ -98,7 +115,7 @@ def claims(rows: list[dict]) -> list[str]:
                            f"{p['wins']} of {p['n']}" + (f" ({p['ties']} tied)" if p["ties"] else "") + " | "
                            + ", ".join(f"{t} {fmt(v)}" for t, v in p["by_task"].items()) + f" | {reached}"
                            + ("" if same else " **unequal**") + f" | {p['neurons'][0]} / {p['neurons'][1]} | "
-                           f"{p['params'][0]:,.0f} / {p['params'][1]:,.0f} |")
+                           f"{p['params'][0]:,.0f} / {p['params'][1]:,.0f} | {verdict(p, same)} |")
     return out + [""]
 
 

@@ -192,9 +192,9 @@ def _vs_torch_pruning(vs: dict) -> list[str]:
               "which is also the check that the pruned model still runs with the same output shapes), keeps a "
               "snapshot of every module's state for the undo (tensors shared, not copied), and searches its selection "
               "to meet the budget within one unit (a bisection over the number of units on one global ranking); a "
-              "model whose first attempt breaks (ghostnet's partial "
-              "concatenations) pays a forward probe and a second attempt. Against torch-pruning with the bisection a "
-              "user needs to hit the same parameter budget, prunekit's one call is the fair comparison.", ""]
+              "model whose first attempt breaks pays a forward probe and a second attempt. Against torch-pruning "
+              "with the bisection a user needs to hit the same parameter budget, prunekit's one call is the fair "
+              "comparison.", ""]
     return parts
 
 

@@ -28,3 +28,37 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     if script == "cli_startup.py":  # the timed commands did what they are timed for (the schema error exits 2)
         codes = {name: r["exit_code"] for name, r in data["rows"].items()}
         assert codes.pop("prunekit run BAD.yaml (schema error)") == 2 and set(codes.values()) == {0}
+
+
+def test_ablation_claims_pairs_cells_by_task_and_seed(tmp_path):
+    """bench/ablation_claims.py: per-(task, seed) differences, the verdict rule, unequal sigma never judged."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import ablation_claims as ac
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(task, name, seed, top1, sigma="64", widths='{"layers.0.a": 1}'):
+        return {"task": task, "row": name, "sigma_target": "64", "seed": str(seed), "run": "r", "cycle": "1",
+                "epochs": "6", "top1": str(top1), "best_top1": str(top1), "trainable": "100", "total": "1000",
+                "sigma": sigma, "widths": widths}
+
+    rows = []
+    for task in ("a", "b", "c"):
+        for seed in range(3):
+            rows += [row(task, "tina", seed, 0.90), row(task, "local_l1", seed, 0.89 if seed else 0.91),
+                     row(task, "vanilla_adapters", seed, 0.80, sigma="", widths="{}")]
+    path = tmp_path / "cells.csv"
+    with open(path, "w", newline="") as f:
+        import csv
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cells = ac.index(ac.read(str(path)))
+    p = ac.paired(cells, "tina", "local_l1", 64.0)
+    assert p["n"] == 9 and p["wins"] == 6 and abs(p["mean"] - 100 * 0.01 / 3) < 1e-9
+    assert ac.verdict(p, True) == "no consistent difference"  # 6 of 9 pairs: below the rule's 7
+    q = ac.paired(cells, "tina", "vanilla_adapters", 64.0)
+    assert q["wins"] == 9 and ac.verdict(q, True) == "held" and ac.verdict(q, False) == "not judged (unequal σ)"
+    table = "\n".join(ac.claims(ac.read(str(path))))
+    assert "tina − vanilla_adapters | 64 | +10.00 ± 0.00 | 9 of 9" in table and "**unequal**" in table
