@@ -331,6 +331,7 @@ def trace(
     # torch-pruning traces autograd: frozen parameters would leave no graph, so every parameter requires grad
     # while tracing; the flags and the train/eval mode are restored afterwards.
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    was_training = model.training
     outputs: set = set()
 
     def forward(m, x):
@@ -338,10 +339,11 @@ def trace(
         outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
         return out
 
+    model.eval()
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with eval_mode(model), torch.enable_grad():
+        with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs, forward_fn=forward, verbose=False,
                 unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
@@ -350,6 +352,9 @@ def trace(
     finally:
         for p in frozen:
             p.requires_grad_(False)
+        # always through train(): modules drop what they cached in eval mode (timm's LeViT keeps its attention biases,
+        # here with autograd history from the traced forward, which a deepcopy of the model would refuse)
+        model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     return Trace(model, dg, outputs, names)
 
@@ -540,8 +545,9 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """``model`` in eval mode inside the block, its train / eval mode as before afterwards (``model.train(mode)``,
-    as every probe did; nothing to set, and nothing restored, when every module is in eval mode already)."""
+    """``model`` in eval mode inside the block, its train / eval mode as before afterwards (``model.train(mode)``);
+    nothing set or restored when every module is in eval mode already. For forwards without grad: what a module
+    caches in eval mode then is what any eval forward leaves (the trace, with grad, always goes through train())."""
     if not any(m.training for m in model.modules()):
         yield model
         return
