@@ -29,7 +29,9 @@ strategies and vanilla adapters need one run per column, so a grid can give them
 (``oneshot_sigma_targets``, ``vanilla_sigma_targets``); their other cells are left empty ("-").
 
 A task's overrides come after ``set`` and before the cell's own; its cells are named ``<task>__<cell>``. The tables
-(``ablation_tables.py``) then hold every task's rows and their mean over tasks.
+(``ablation_tables.py``) then hold every task's rows and their mean over tasks, and the pretrained backbone's own
+top-1 on its pretraining task when the base recipe's checkpoint says or ``model.pretrain`` can re-measure it
+(``run/backbone_result.py``).
 
 Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
 again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` (:func:`plan_ablation`) checks every cell
@@ -280,7 +282,9 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
 
 
 def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> dict[str, Any]:
-    """Collect every cell's result and write the tables and plots."""
+    """Collect every cell's result and the backbone's (``run/backbone_result.py``); write the tables and plots."""
+    from .run.backbone_result import backbone_result
+
     raw, histories = [], {}
     for c in cells:
         records = [m for m in RunDir(out / "runs" / c.run_id).read_metrics() if m.get("type") == "cycle"]
@@ -301,10 +305,11 @@ def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> di
     sigmas = sorted(spec.grid.sigma_targets)
     tasks = spec.task_labels
     agg = aggregate(raw, rows_order, sigmas, [b.label for b in spec.baselines], tasks)
-    write_tables(out, spec, raw, agg, rows_order, sigmas, tasks)
+    backbone = backbone_result(load_recipe(base, spec.task_overrides(tasks[0])))
+    write_tables(out, spec, raw, agg, rows_order, sigmas, tasks, backbone)
     _plots(spec, raw, agg, histories, rows_order, out / "plots", tasks)
     return {"out": out, "cells": raw, "table": [a for a in agg if not math.isnan(a["sigma_target"])],
-            "baselines": [a for a in agg if math.isnan(a["sigma_target"])]}
+            "baselines": [a for a in agg if math.isnan(a["sigma_target"])], "backbone": backbone}
 
 
 def _plots(spec: AblationSpec, raw, agg, histories, rows_order, plots: Path, tasks: list[str]) -> None:

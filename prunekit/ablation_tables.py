@@ -5,6 +5,8 @@ every task has those rows (``task`` column), followed by the rows of task ``mean
 ± the std over seeds of the task-averaged top-1 (seed s's mean over the tasks, then the spread of that over seeds; the
 tasks' own spread in difficulty would swamp any difference between methods). ``epochs`` is what a row's cells trained
 (every cycle); cells of one column train alike, and a comparison between cells that did not is marked in table.md.
+The pretrained backbone, when its result is known, is table.csv's last line (task ``pretraining``, row ``backbone``:
+top-1 on its own pretraining validation split, its parameters, its epochs) and the first section of table.md.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from .report import markdown_table
 from .rundir import atomic_write_text
 from .strategy import get_strategy
 
-__all__ = ["VANILLA", "MEAN", "aggregate", "write_tables"]
+__all__ = ["VANILLA", "MEAN", "PRETRAINING", "BACKBONE", "aggregate", "backbone_row", "write_tables"]
 
 VANILLA = "vanilla_adapters"
 MEAN = "mean"  # the task label of the rows averaged over tasks
+PRETRAINING, BACKBONE = "pretraining", "backbone"  # task and row of the pretrained backbone's line
 CELL_COLUMNS = ["row", "sigma_target", "seed", "run", "cycle", "epochs", "top1", "best_top1", "trainable", "total",
                 "sigma", "widths"]  # widths: every adapter's neurons after the cell's cycle (JSON; {} when unpruned)
 TABLE_COLUMNS = ["row", "sigma_target", "n", "top1_mean", "top1_std", "trainable_mean", "sigma_mean", "epochs"]
@@ -86,14 +89,24 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def backbone_row(backbone: dict[str, Any]) -> dict[str, Any]:
+    """table.csv's line for the pretrained backbone (``run/backbone_result.py``): task :data:`PRETRAINING`, row
+    :data:`BACKBONE`, its top-1 on its own validation split, all its parameters as ``trainable_mean``."""
+    return {"task": PRETRAINING, "row": BACKBONE, "sigma_target": math.nan, "n": 1, "top1_mean": backbone["top1"],
+            "top1_std": math.nan, "trainable_mean": backbone["params"], "sigma_mean": math.nan,
+            "epochs": backbone["epochs"]}
+
+
 def write_tables(out: Path, spec, raw: list[dict], agg: list[dict], rows: list[str], sigmas: list[float],
-                 tasks: list[str]) -> None:
-    """``cells.csv``, ``table.csv`` and ``table.md`` in ``out`` (a ``task`` column first when there are tasks)."""
+                 tasks: list[str], backbone: dict[str, Any] | None = None) -> None:
+    """``cells.csv``, ``table.csv`` and ``table.md`` in ``out`` (a ``task`` column first when there are tasks);
+    ``backbone`` (its pretraining result, when known) is table.csv's last line and a section of table.md."""
     multi = bool(spec.tasks)
     lead = ["task"] if multi else []
     atomic_write_text(out / "cells.csv", _csv(raw, lead + CELL_COLUMNS))
-    atomic_write_text(out / "table.csv", _csv(agg, lead + TABLE_COLUMNS))
-    atomic_write_text(out / "table.md", _markdown(spec, raw, agg, rows, sigmas, tasks))
+    extra = [backbone_row(backbone)] if backbone else []
+    atomic_write_text(out / "table.csv", _csv(agg + extra, lead + TABLE_COLUMNS))
+    atomic_write_text(out / "table.md", _markdown(spec, raw, agg, rows, sigmas, tasks, backbone))
 
 
 def _pm(a: dict | None) -> str:
@@ -102,8 +115,19 @@ def _pm(a: dict | None) -> str:
     return f"{100 * a['top1_mean']:.2f} ± {100 * a['top1_std']:.2f}"
 
 
-def _markdown(spec, raw, agg, rows, sigmas, tasks) -> str:
-    lines = [f"# {spec.name}", "", spec.description, ""]
+def _backbone_lines(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+    how = (f"re-measured by prunekit ablate on its {b['val_images']:,} validation images" if b["source"] == "measured"
+           else "recorded by its pretraining run in the checkpoint's metadata")
+    return ["## Backbone", "",
+            f"`{b['checkpoint']}`, made by `{b['recipe']}` ({b['epochs']} epochs on `{b['data']}`, "
+            f"{b['params']:,} parameters): top-1 {100 * b['top1']:.2f} % on its pretraining task's validation split "
+            f"({how}). table.csv: task `{PRETRAINING}`, row `{BACKBONE}`.", ""]
+
+
+def _markdown(spec, raw, agg, rows, sigmas, tasks, backbone=None) -> str:
+    lines = [f"# {spec.name}", "", spec.description, ""] + _backbone_lines(backbone)
     if not spec.tasks:
         lines += [f"Top-1 (%) at the end of the last cycle, mean ± std over seeds {spec.grid.seeds}.", ""]
         return "\n".join(lines + _sections(spec, [a for a in agg if a["task"] == ""], rows, sigmas)) + "\n"

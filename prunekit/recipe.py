@@ -317,8 +317,8 @@ class OutputSection:
         "write the trained parameters (adapters + head) of every cycle as .safetensors; a run that prunes the "
         "backbone writes the whole pruned model's weights (model/cycle_K.safetensors)", default=True))
     save_checkpoint: Optional[str] = field(**option(
-        "also write the whole model's weights here at the end (how a pretraining recipe produces a backbone); "
-        "'~' expands", default=None))
+        "also write the whole model's weights here at the end, with the recipe, data, epochs and final top-1 in "
+        "its metadata (how a pretraining recipe produces a backbone); '~' expands", default=None))
     replace_checkpoint: bool = field(**option(
         "let save_checkpoint replace an existing file prunekit did not write (without it such a file is refused "
         "before training; files prunekit wrote carry a mark in their safetensors metadata and are replaced)",

@@ -3,9 +3,10 @@
     check       check.py      every name resolved (did-you-mean), strategy parts replaced, recipe.resolved filled
     record      record.py     the run directory: may it be written? created, per-epoch / per-cycle files, DONE
                 resuming.py   resume.pt saved after every epoch; --resume checks it and restores model and engine
-                checkpoint.py output.save_checkpoint; report.py: report.md
+                checkpoint.py output.save_checkpoint (what made it in its metadata); report.py: report.md
     build       build.py      backbone + checkpoint weights + method, a function of the recipe alone
                 pretrain.py   model.pretrain runs first when model.checkpoint does not exist yet
+                backbone_result.py  the checkpoint's own top-1 on its pretraining task (ablate's backbone row)
     data        task.py       the task's sets, normalised for the backbone, and their loaders
     train       loop.py       the cycles: the engine's prune loop, or plain cycles for strategy 'none'
                 prune.py      the one seam with the pruning engine (build it, log prunes, plan a dry run, restore)
@@ -24,9 +25,11 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "backbone_result": ("backbone_result",),
     "build": ("build_model", "example_inputs", "num_classes_for"),
     "catalog": ("REGISTRIES", "param_rows"),  # `catalog(kind)`: from prunekit.run.catalog (the module's name)
     "check": ("Checked", "check_recipe"),
+    "checkpoint": ("checkpoint_result",),
     "exporting": ("export_run",),
     "loading": ("Trained", "load", "load_trained_model"),
     "pipeline": ("end_processes", "run_recipe"),

@@ -2,11 +2,17 @@
 
 The target is checked before the run starts (:func:`check_checkpoint_target`) and again when it is written: prunekit
 replaces only a file it wrote (its safetensors metadata carries prunekit's mark) unless ``output.replace_checkpoint``.
+
+The checkpoint carries what made it in its safetensors metadata (strings, like timm's ``pretrained_cfg``): the recipe,
+the model, the data and classes, the epochs, and the final validation result (:func:`checkpoint_result` reads it back;
+``prunekit ablate`` puts it in its tables as the backbone's row).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -15,7 +21,10 @@ from ..progress import ProgressReporter
 from ..recipe import Recipe
 from ..rundir import RunDir, RunWriteError, save_safetensors, written_by_prunekit
 
-__all__ = ["check_checkpoint_target", "save_checkpoint"]
+__all__ = ["check_checkpoint_target", "save_checkpoint", "checkpoint_result", "RESULT_KEYS"]
+
+# metadata written from the run's last cycle summary (``metrics.csv``'s columns); values are JSON
+RESULT_KEYS = ("last_top1", "best_top1", "total_params", "wall_s")
 
 
 def check_checkpoint_target(recipe: Recipe) -> None:
@@ -38,13 +47,43 @@ def check_checkpoint_target(recipe: Recipe) -> None:
                             "file system or no permission); nothing was changed")
 
 
-def save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter: ProgressReporter
-                    ) -> PrunekitError | None:
-    """Write ``output.save_checkpoint``. When it became impossible while the run trained (a foreign file appeared
-    there, the folder became read-only), keep the weights in the run directory instead and return the error to raise
-    once the run is finished."""
+def _metadata(recipe: Recipe, rundir: RunDir, cycles: list[dict[str, Any]]) -> dict[str, str]:
+    meta = {"recipe": recipe.name, "model": recipe.model.name, "run_id": rundir.run_id or "",
+            "data": recipe.data.name, "classes": json.dumps(recipe.data.classes),
+            "epochs": json.dumps(len(cycles) * recipe.train.epochs), "seed": json.dumps(recipe.train.seed)}
+    if cycles:
+        meta.update({k: json.dumps(cycles[-1].get(k)) for k in RESULT_KEYS})
+    return meta
+
+
+def checkpoint_result(path: str | Path) -> dict[str, Any] | None:
+    """What a checkpoint prunekit wrote says about its training (recipe, data, epochs, ``last_top1`` ...), or None
+    when the file is missing, not prunekit's, or older than these fields. Reads the header only."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not written_by_prunekit(path):
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "last_top1" not in meta:
+        return None
+    out: dict[str, Any] = {k: meta.get(k, "") for k in ("recipe", "model", "run_id", "data")}
+    for k in ("classes", "epochs", "seed") + RESULT_KEYS:
+        try:
+            out[k] = json.loads(meta[k]) if k in meta else None
+        except ValueError:
+            out[k] = None
+    return out
+
+
+def save_checkpoint(recipe: Recipe, model: nn.Module, rundir: RunDir, reporter: ProgressReporter,
+                    cycles: list[dict[str, Any]] | None = None) -> PrunekitError | None:
+    """Write ``output.save_checkpoint`` with what made it in the metadata (``cycles``: the run's cycle summaries).
+    When it became impossible while the run trained (a foreign file appeared there, the folder became read-only),
+    keep the weights in the run directory instead and return the error to raise once the run is finished."""
     dest = Path(recipe.output.save_checkpoint).expanduser()
-    meta = {"recipe": recipe.name, "model": recipe.model.name, "run_id": rundir.run_id or ""}
+    meta = _metadata(recipe, rundir, cycles or [])
     try:
         check_checkpoint_target(recipe)
     except PrunekitError as e:

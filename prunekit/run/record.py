@@ -175,7 +175,7 @@ class RunRecord:
         recipe, main_rank = self.recipe, dist_utils.is_main()
         checkpoint_error = None
         if recipe.output.save_checkpoint and main_rank:
-            checkpoint_error = save_checkpoint(recipe, model, self.dir, reporter)
+            checkpoint_error = save_checkpoint(recipe, model, self.dir, reporter, self.cycles)
         result = RunResult(self.dir.path, self.cycles, backbone_bytes)
         if main_rank:
             write_report(self.dir, recipe, self.cycles, backbone_bytes)
