@@ -146,26 +146,23 @@ class Member:
         order = torch.argsort(root, stable=True)
         if grouped_input:
             # a grouped conv reads input channel c with the out channels of conv group c // cpg, at column c % cpg
+            # (groups * opg, cpg, ...) -> row c = g * cpg + j: the opg kernels of group g at column j
             cpg, opg = w.shape[1], w.shape[0] // groups
-            cols = [w[(c // cpg) * opg:(c // cpg + 1) * opg, c % cpg].reshape(-1) for c in idx[order].tolist()]
-            per_channel = torch.stack(cols)
+            by_input = w.reshape(groups, opg, cpg, -1).transpose(1, 2).reshape(groups * cpg, -1)
+            per_channel = by_input.index_select(0, idx[order])
         else:
             per_channel = w.index_select(dim, idx[order]).movedim(dim, 0).reshape(len(self.idxs), -1)
         channels = width * channel_groups
         counts = torch.bincount(root, minlength=channels) if len(self.root_idxs) else root.new_zeros(channels)
         if counts.numel() != channels or not bool((counts == counts[0]).all()) or not int(counts[0]):
-            roots = root[order].tolist()
             # partial or uneven coverage (a layer behind a concatenation carries some of the root's channels):
-            # row r gathers the rows mapped to root channel r, zero-padded; uncovered channels stay zero
-            per_root: dict[int, list[torch.Tensor]] = {}
-            for r, row in zip(roots, per_channel):
-                per_root.setdefault(r, []).append(row)
-            most = max(len(v) for v in per_root.values())
-            out = per_channel.new_zeros(channels, most * per_channel.shape[1])
-            for r, rows in per_root.items():
-                if r < channels:
-                    out[r, :len(rows) * per_channel.shape[1]] = torch.cat(rows)
-            per_channel = out
+            # row r gathers the rows mapped to root channel r in order, zero-padded; uncovered channels stay zero
+            roots = root[order]
+            rank = torch.arange(len(roots), device=w.device) - torch.searchsorted(roots, roots)  # k-th row of its root
+            out = per_channel.new_zeros(channels, int(torch.bincount(roots).max()), per_channel.shape[1])
+            keep = roots < channels
+            out[roots[keep], rank[keep]] = per_channel[keep]
+            per_channel = out.reshape(channels, -1)
         return self._by_unit(per_channel, width, channel_groups)
 
     @staticmethod
@@ -522,19 +519,24 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     width = n_channels // g
     slices: list[ParamSlice] = []
     exact, seen_items = True, set()
+    every_channel = list(range(n_channels))
     for item in tp_group.items:
         key = (id(item.dep.target.module), item.dep.handler)
         if key in seen_items or not item.idxs:
             continue
         seen_items.add(key)
-        # every unit costs the same when each root channel maps to the same number of this layer's channels
-        counts = Counter(item.root_idxs)
-        exact = exact and len(counts) == n_channels and max(counts) < n_channels and len(set(counts.values())) == 1
-        # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs that
-        # much for each of them, i.e. on average times the share of units it carries
-        units = [r % width for r in item.root_idxs]
-        probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
-        share = len(set(units)) / width
+        if item.root_idxs == every_channel:  # the usual case: this layer carries every root channel once, in order
+            probe, share = item.idxs[::width], 1.0  # unit 0: root channels 0, width, 2 * width ...
+        else:
+            # every unit costs the same when each root channel maps to the same number of this layer's channels
+            counts = Counter(item.root_idxs)
+            exact = exact and len(counts) == n_channels and max(counts) < n_channels and \
+                len(set(counts.values())) == 1
+            # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs
+            # that much for each of them, i.e. on average times the share of units it carries
+            units = [r % width for r in item.root_idxs]
+            probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
+            share = len(set(units)) / width
         for s in _slices_of_item(dg, item, probe, names):
             slices.append(s._replace(size=s.size * share))
     if kind is None:

@@ -25,7 +25,6 @@ your own scope with :func:`register_scope`.
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Mapping, NamedTuple, Protocol
 
 import torch
@@ -191,32 +190,35 @@ class _Ranking:
         self.ranked: list[int] = []
         self.owner: list[int] = []
         self.local: list[int] = []
-        self.removal: list[int] | None = None  # unit steps: group index of every removal, in order
+        self.removal: torch.Tensor | None = None  # unit steps: group index of every removal, in order
         if not self.total:
             return
-        flat = torch.cat([scores[n].float().reshape(-1) for n in self.names])
-        self.owner = torch.cat([torch.full((self.widths[n],), i) for i, n in enumerate(self.names)]).tolist()
-        self.local = torch.cat([torch.arange(self.widths[n]) for n in self.names]).tolist()
-        self.ranked = torch.argsort(flat, stable=True).tolist()
-        for j in self.ranked:
-            self.orders.setdefault(self.names[self.owner[j]], []).append(self.local[j])
-        if self.unit_steps:  # walk the ranking, skipping groups at their limit
-            caps = [steps[n][-1] for n in self.names]
-            taken = [0] * len(self.names)
-            self.removal = []
-            for j in self.ranked:
-                g = self.owner[j]
-                if taken[g] < caps[g]:
-                    taken[g] += 1
-                    self.removal.append(g)
+        flat = torch.cat([scores[n].float().reshape(-1).cpu() for n in self.names])
+        widths = torch.tensor([self.widths[n] for n in self.names])
+        owner = torch.repeat_interleave(torch.arange(len(self.names)), widths)
+        local = torch.arange(self.total) - torch.repeat_interleave(torch.cumsum(widths, 0) - widths, widths)
+        ranked = torch.argsort(flat, stable=True)
+        self.owner, self.local, self.ranked = owner.tolist(), local.tolist(), ranked.tolist()
+        # every group's units in ranking order: the ranked positions sorted by group, stably
+        owner_r = owner[ranked]
+        by_group = torch.argsort(owner_r, stable=True)
+        for i, order in enumerate(torch.split(local[ranked][by_group], widths.tolist())):
+            if len(order):
+                self.orders[self.names[i]] = order.tolist()
+        if self.unit_steps:  # walk the ranking, skipping groups at their limit: a unit goes if fewer than the
+            # group's cap of its units rank before it
+            occurrence = torch.empty_like(by_group)
+            occurrence[by_group] = torch.arange(self.total) - (torch.cumsum(widths, 0) - widths)[owner_r[by_group]]
+            caps = torch.tensor([steps[n][-1] for n in self.names])
+            self.removal = owner_r[occurrence < caps[owner_r]]
 
     def counts(self, k: int) -> dict[str, int]:
         """Units the global plan for ``k`` removes from every group (without building the plan)."""
         counts = {name: 0 for name in self.names}
         if self.total and k:
             if self.removal is not None:
-                for g, r in Counter(self.removal[:k]).items():
-                    counts[self.names[g]] = r
+                taken = torch.bincount(self.removal[:k], minlength=len(self.names)).tolist()
+                counts = dict(zip(self.names, taken))
             else:
                 counts = _chunked(self.names, self.orders, self.steps, self.ranked, self.owner, self.local, k)
         return counts

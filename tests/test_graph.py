@@ -121,3 +121,17 @@ def test_prune_index_out_of_range_is_refused(vit):
     g = adapter_groups(vit, torch.randn(1, 3, 16, 16))[0]
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         g.prune([4])
+
+
+def test_a_grouped_conv_reads_each_unit_with_its_conv_groups_kernels():
+    # conv -> grouped conv (4 groups of 2 input channels): input channel c is read by the 3 kernels of group c // 2
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 12, 3, groups=4), nn.Flatten(),
+                          nn.LazyLinear(4))
+    model(torch.randn(1, 3, 5, 5))
+    group = {g.name: g for g in find_groups(model, torch.randn(1, 3, 5, 5))}["0"]
+    assert (group.width, group.channel_groups) == (2, 4)  # a unit: one channel of every conv group
+    w = model[2].weight
+    per_channel = torch.stack([w[(c // 2) * 3:(c // 2 + 1) * 3, c % 2].reshape(-1) for c in range(8)])
+    assert torch.equal(group.consumers[0].channel_weights(8), per_channel)
+    (columns,) = group.columns()  # unit j: channels j, j + 2, j + 4, j + 6
+    assert torch.equal(columns, torch.cat([per_channel[j::2] for j in range(2)]).reshape(2, -1))
