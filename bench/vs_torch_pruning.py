@@ -9,8 +9,9 @@ Both sides remove 50 % of the parameters of the same randomly initialised model 
   a channel ratio, so it is bisected (on copies) until the parameters removed are within 1 % of the same target;
   ``seconds`` is one pruner construction + ``step()`` at the ratio found, ``seconds_with_search`` adds the bisection.
 
-``seconds`` on both sides is the median of ``calls`` (3) calls, each on a fresh copy of the model, after a warm-up
-(prunekit: one untimed call; torch-pruning: the bisection), so neither side pays first-call costs the other does not.
+``seconds`` on both sides is the median of ``calls`` (5) calls, each on a fresh copy of the model, after a warm-up
+(prunekit: one untimed call; torch-pruning: the bisection), so neither side pays first-call costs the other does not;
+the two sides alternate call by call, so that a busy moment of the machine hits both.
 
 A side *handles* a model when it prunes without raising, the forward works and the output shape is unchanged.
 Latency: the pruned model over the unpruned one, batch 1 and a large batch, median of repeats, all three models timed
@@ -122,15 +123,19 @@ def latencies(models: dict[str, nn.Module], x: torch.Tensor, repeat: int) -> dic
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def timed(base: nn.Module, prune_fn, calls: int) -> tuple[nn.Module, float]:
-    """Median seconds of ``prune_fn`` on ``calls`` fresh copies of ``base`` (the copying not timed); the last copy."""
-    seconds = []
+def timed(base: nn.Module, prune_fns: dict, calls: int) -> dict[str, tuple[nn.Module, float]]:
+    """Median seconds of every side's prune on ``calls`` fresh copies of ``base`` (the copying not timed), the sides
+    alternating call by call so that machine load hits them alike; the last copy of each."""
+    seconds: dict[str, list[float]] = {k: [] for k in prune_fns}
+    last = {}
     for _ in range(calls):
-        m = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        prune_fn(m)
-        seconds.append(time.perf_counter() - t0)
-    return m, statistics.median(seconds)
+        for side, fn in prune_fns.items():
+            m = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            fn(m)
+            seconds[side].append(time.perf_counter() - t0)
+            last[side] = m
+    return {k: (last[k], statistics.median(v)) for k, v in seconds.items()}
 
 
 def run_model(name: str, ratio: float, big: int, repeat: int, bisect: int, calls: int) -> dict:
@@ -140,30 +145,38 @@ def run_model(name: str, ratio: float, big: int, repeat: int, bisect: int, calls
     with torch.no_grad():
         ref = shapes(base(x))
     row = {"params": count_params(base), "macs": count_macs(base, x), "input": size}
-    pruned = {}
-    for side in ("prunekit", "torch-pruning"):
+    fns, extra = {}, {}
+    for side in ("prunekit", "torch-pruning"):  # warm-ups: prunekit one call, torch-pruning its bisection
         try:
             if side == "prunekit":
-                pk.prune(copy.deepcopy(base), x, ratio=ratio, target="params")  # warm-up, as the bisection is below
-                m, seconds = timed(base, lambda c: pk.prune(c, x, ratio=ratio, target="params"), calls)
-                extra = {}
+                m = copy.deepcopy(base)
+                pk.prune(m, x, ratio=ratio, target="params")
+                fns[side] = lambda c: pk.prune(c, x, ratio=ratio, target="params")
+                extra[side] = {}
             else:
                 t0 = time.perf_counter()
                 r, _ = tp_at_params(base, x, ratio, bisect)
-                search = time.perf_counter() - t0
-                m, seconds = timed(base, lambda c, r=r: tp_prune(c, x, r), calls)
-                extra = {"channel_ratio": r, "seconds_with_search": search + seconds}
+                extra[side] = {"channel_ratio": r, "search_seconds": time.perf_counter() - t0}
+                m = copy.deepcopy(base)
+                tp_prune(m, x, r)
+                fns[side] = lambda c, r=r: tp_prune(c, x, r)
             with torch.no_grad():
                 out = shapes(m(x))
             if out != ref:
                 raise RuntimeError(f"output shapes changed from {ref} to {out}")
-            pruned[side] = m
-            row[side] = {"handled": True, "seconds": seconds, "params": count_params(m), "macs": count_macs(m, x),
-                         "params_removed": 1 - count_params(m) / row["params"],
-                         "macs_removed": 1 - count_macs(m, x) / row["macs"], **extra}
         except Exception as e:  # noqa: BLE001 - a failure is a result here
             row[side] = {"handled": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            fns.pop(side, None)
             traceback.print_exc()
+    pruned = {}
+    for side, (m, seconds) in timed(base, fns, calls).items():
+        more = extra[side]
+        if "search_seconds" in more:
+            more = {"channel_ratio": more["channel_ratio"], "seconds_with_search": more["search_seconds"] + seconds}
+        pruned[side] = m
+        row[side] = {"handled": True, "seconds": seconds, "params": count_params(m), "macs": count_macs(m, x),
+                     "params_removed": 1 - count_params(m) / row["params"],
+                     "macs_removed": 1 - count_macs(m, x) / row["macs"], **more}
     for batch in (1, big):
         xb = torch.randn(batch, 3, size, size)
         lat = latencies({"unpruned": base, **pruned}, xb, repeat)
@@ -181,7 +194,7 @@ def main():
     names = args.models or (["resnet18", "vit_tiny_patch16_224"] if args.quick else list(MODELS))
     ratio, big = 0.5, (4 if args.quick else 32)
     repeat, bisect = (3, 4) if args.quick else (7, 12)
-    calls = 1 if args.quick else 3
+    calls = 1 if args.quick else 5
     rows = {}
     for name in names:
         t0 = time.perf_counter()

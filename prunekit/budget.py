@@ -38,12 +38,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .graph import call_model, eval_mode
 from .opcount import OpCounter
 from .plan import Plan
 from .policy import UnreachableTargetError, policy_of, removal_steps
 from .registry import PrunekitError
 from .scopes import Limit, global_plans, global_scope
+from .snapshot import output_shapes
 
 __all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights",
            "count_forward", "forward_count", "ForwardCount", "select_units", "select_cost", "select_macs",
@@ -111,9 +111,9 @@ def _count_ops(model: nn.Module, example_inputs: Any,
     """torch-pruning's op counter (its per-layer formulas, :class:`~prunekit.opcount.OpCounter`) on one forward of
     ``model`` in eval mode without grad: the MACs, every counted module's MACs and the shapes of the tensors the
     forward returned. The model is left as it was (mode, hooks, attributes)."""
-    with eval_mode(model), OpCounter(model) as ops, torch.no_grad():
-        call_model(model, example_inputs, forward_fn)
-    return ops.macs, ops.layer_macs, ops.output_shapes
+    with OpCounter(model) as ops:
+        shapes = output_shapes(model, example_inputs, forward_fn)
+    return ops.macs, ops.layer_macs, shapes
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
