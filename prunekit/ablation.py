@@ -278,11 +278,13 @@ def run_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1,
             for i, f in enumerate(as_completed(futures), 1):
                 f.result()
                 log(f"[{i}/{len(todo)}] {futures[f].run_id} done")
-    return summarize(spec, cells, out, base)
+    return summarize(spec, cells, out, base, log)
 
 
-def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> dict[str, Any]:
-    """Collect every cell's result and the backbone's (``run/backbone_result.py``); write the tables and plots."""
+def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str, log=print) -> dict[str, Any]:
+    """Collect every cell's result and the backbone's (``run/backbone_result.py``); write the tables and plots.
+    A backbone that cannot be measured here (its pretraining data gone, say) leaves its row out, with a line in
+    ``log``: the cells' tables do not wait on it."""
     from .run.backbone_result import backbone_result
 
     raw, histories = [], {}
@@ -305,7 +307,11 @@ def summarize(spec: AblationSpec, cells: list[Cell], out: Path, base: str) -> di
     sigmas = sorted(spec.grid.sigma_targets)
     tasks = spec.task_labels
     agg = aggregate(raw, rows_order, sigmas, [b.label for b in spec.baselines], tasks)
-    backbone = backbone_result(load_recipe(base, spec.task_overrides(tasks[0])))
+    try:
+        backbone = backbone_result(load_recipe(base, spec.task_overrides(tasks[0])))
+    except PrunekitError as e:
+        backbone = None
+        log(f"the backbone's row is left out of the tables: {e}")
     write_tables(out, spec, raw, agg, rows_order, sigmas, tasks, backbone)
     _plots(spec, raw, agg, histories, rows_order, out / "plots", tasks)
     return {"out": out, "cells": raw, "table": [a for a in agg if not math.isnan(a["sigma_target"])],

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+from prunekit.errors import PrunekitError
 from prunekit.recipe import load_recipe
 from prunekit.run.backbone_result import backbone_result
 from prunekit.run.checkpoint import checkpoint_result
@@ -81,3 +82,25 @@ def test_ablate_puts_the_backbone_in_its_tables(pretrained):
     assert rows[-1]["trainable_mean"] == str(cycle["total_params"]) and rows[-1]["epochs"] == "1"
     md = (tmp / "abl" / "table.md").read_text()
     assert "## Backbone" in md and f"top-1 {100 * cycle['last_top1']:.2f} %" in md
+
+
+def test_a_backbone_that_cannot_be_measured_leaves_its_row_out_with_a_line(pretrained):
+    tmp, ckpt, _ = pretrained
+    plain = tmp / "plain_other.safetensors"  # no result inside, and its pretraining recipe no longer matches it
+    save_file(load_file(ckpt), plain)
+    other = yaml.safe_load((tmp / "pre.yaml").read_text())
+    other["model"]["kwargs"] = {**other["model"]["kwargs"], "depth": 3}
+    (tmp / "pre_other.yaml").write_text(yaml.safe_dump(other))
+    base = tiny_recipe(tmp, name="abl_other", model={**TINY_MODEL, "allow_random_backbone": False,
+                                                     "checkpoint": str(plain), "pretrain": "pre_other.yaml"},
+                       train={"epochs": 1, "warmup_epochs": 0}, data={"limit_train": 96, "limit_val": 48})
+    with pytest.raises(PrunekitError):
+        backbone_result(load_recipe(base))
+    spec = tmp / "abl_other_grid.yaml"
+    spec.write_text(yaml.safe_dump({"name": "abl_other", "base": base.name, "grid": {
+        "strategies": ["tina"], "sigma_targets": [8], "seeds": [0], "sigma0": 4, "vanilla_adapters": False}}))
+    res = invoke("ablate", spec, "--out", tmp / "abl_other")
+    assert res.exit_code == 0, res.output
+    assert "the backbone's row is left out of the tables" in res.output
+    with open(tmp / "abl_other" / "table.csv") as f:
+        assert [r["row"] for r in csv.DictReader(f)] == ["tina"]

@@ -66,7 +66,7 @@ def checkpoint_result(path: str | Path) -> dict[str, Any] | None:
         return None
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if "last_top1" not in meta:
+    if meta.get("last_top1", "null") == "null":  # older than these fields, or a run that measured nothing
         return None
     out: dict[str, Any] = {k: meta.get(k, "") for k in ("recipe", "model", "run_id", "data")}
     for k in ("classes", "epochs", "seed") + RESULT_KEYS:
