@@ -47,7 +47,8 @@ from .registry import PrunekitError
 from .runlock import LOCK_FILE, RunLock, RunLockedError, holder_of
 
 __all__ = ["RunDir", "MARKER", "NotARunDirError", "RunWriteError", "atomic_write_bytes", "atomic_write_text",
-           "save_safetensors", "written_by_prunekit", "run_directory", "check_run_name", "describe_contents"]
+           "save_safetensors", "safetensors_metadata", "written_by_prunekit", "run_directory", "check_run_name",
+           "describe_contents"]
 
 MARKER = ".prunekit-run.json"
 MARKER_FORMAT = "prunekit.run/1"
@@ -100,21 +101,27 @@ def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: 
     return len(data)
 
 
-def written_by_prunekit(path: Path) -> bool:
-    """Whether ``path`` is a .safetensors file whose metadata carries prunekit's mark (reads the header only)."""
+def safetensors_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a .safetensors file (reads the header only); None when ``path`` is not one or has none."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) != 8:
-                return False
+                return None
             (n,) = struct.unpack("<Q", head)
             if n > 100_000_000:
-                return False
+                return None
             header = json.loads(f.read(n).decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
+        return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get(SAFETENSORS_MARK) == SAFETENSORS_MARK_VALUE
+    return meta if isinstance(meta, dict) else None
+
+
+def written_by_prunekit(path: Path) -> bool:
+    """Whether ``path`` is a .safetensors file whose metadata carries prunekit's mark (reads the header only)."""
+    meta = safetensors_metadata(path)
+    return meta is not None and meta.get(SAFETENSORS_MARK) == SAFETENSORS_MARK_VALUE
 
 
 # ---------------------------------------------------------------------------------------------------------------------

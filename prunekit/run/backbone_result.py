@@ -37,19 +37,14 @@ def backbone_result(recipe: Recipe) -> dict[str, Any] | None:
 
 
 def _measure(recipe: Recipe, ckpt: str) -> dict[str, Any]:
-    from ..train import Trainer, seed_everything, select_device
     from .build import build_model, num_classes_for
-    from .task import load_task
+    from .reload import validation_top1
 
     base = Path(recipe.source).parent if recipe.source else Path.cwd()
     pre = load_recipe(base / recipe.model.pretrain, [f"model.checkpoint={ckpt}", "model.reset_head=false",
                                                      "model.pretrained=false"])
-    t = pre.train
-    seed_everything(t.seed, t.deterministic)
-    device = select_device(t.device)
     model = build_model(pre, num_classes_for(pre))
-    task = load_task(pre, device, num_workers=0)
-    top1 = Trainer(t, None, task.val, device).evaluate(model)["top1"]
+    top1, images = validation_top1(pre, model)
     return {"checkpoint": ckpt, "recipe": pre.name, "data": pre.data.name, "top1": top1,
-            "params": sum(p.numel() for p in model.parameters()), "epochs": (pre.strategy.cycles or 1) * t.epochs,
-            "val_images": len(task.bundle.val), "source": "measured"}
+            "params": sum(p.numel() for p in model.parameters()),
+            "epochs": (pre.strategy.cycles or 1) * pre.train.epochs, "val_images": images, "source": "measured"}

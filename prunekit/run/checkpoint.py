@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import PrunekitError, RecipeError
 from ..progress import ProgressReporter
 from ..recipe import Recipe
-from ..rundir import RunDir, RunWriteError, save_safetensors, written_by_prunekit
+from ..rundir import RunDir, RunWriteError, safetensors_metadata, save_safetensors, written_by_prunekit
 
 __all__ = ["check_checkpoint_target", "save_checkpoint", "checkpoint_result", "RESULT_KEYS"]
 
@@ -59,14 +59,9 @@ def _metadata(recipe: Recipe, rundir: RunDir, cycles: list[dict[str, Any]]) -> d
 def checkpoint_result(path: str | Path) -> dict[str, Any] | None:
     """What a checkpoint prunekit wrote says about its training (recipe, data, epochs, ``last_top1`` ...), or None
     when the file is missing, not prunekit's, or older than these fields. Reads the header only."""
-    from safetensors import safe_open
-
     path = Path(path).expanduser()
-    if not written_by_prunekit(path):
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("last_top1", "null") == "null":  # older than these fields, or a run that measured nothing
+    meta = safetensors_metadata(path) if written_by_prunekit(path) else None
+    if meta is None or meta.get("last_top1", "null") == "null":  # older than these fields, or nothing measured
         return None
     out: dict[str, Any] = {k: meta.get(k, "") for k in ("recipe", "model", "run_id", "data")}
     for k in ("classes", "epochs", "seed") + RESULT_KEYS:

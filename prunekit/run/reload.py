@@ -25,8 +25,8 @@ from ..train import Trainer, seed_everything, select_device
 from .build import build_model, example_inputs, num_classes_for
 from .task import load_task
 
-__all__ = ["load_run", "evaluate_run", "run_cycles", "recipe_of_run", "read_trained_file", "load_trained",
-           "build_for_reload"]
+__all__ = ["load_run", "evaluate_run", "validation_top1", "run_cycles", "recipe_of_run", "read_trained_file",
+           "load_trained", "build_for_reload"]
 
 
 def load_run(run_dir: str | Path, cycle: int | None = None, checkpoint: str | Path | None = None
@@ -195,15 +195,19 @@ def _classes_from_tensors(trained: dict[str, torch.Tensor], recipe: Recipe) -> i
     return num_classes_for(recipe)
 
 
-def evaluate_run(run_dir: str | Path, cycle: int | None = None) -> dict[str, Any]:
-    """Reload backbone + trained parameters of a cycle and measure top-1 on the validation set."""
-    recipe, model, rec = load_run(run_dir, cycle)
+def validation_top1(recipe: Recipe, model: nn.Module) -> tuple[float, int]:
+    """Top-1 of ``model`` on the recipe's validation set, loaded and evaluated as its run did; and the set's size."""
     t = recipe.train
     seed_everything(t.seed, t.deterministic)
     device = select_device(t.device)
     task = load_task(recipe, device, num_workers=0)
-    trainer = Trainer(t, None, task.val, device)
-    top1 = trainer.evaluate(model)["top1"]
+    return Trainer(t, None, task.val, device).evaluate(model)["top1"], len(task.bundle.val)
+
+
+def evaluate_run(run_dir: str | Path, cycle: int | None = None) -> dict[str, Any]:
+    """Reload backbone + trained parameters of a cycle and measure top-1 on the validation set."""
+    recipe, model, rec = load_run(run_dir, cycle)
+    top1, _ = validation_top1(recipe, model)
     epochs = [m for m in _run_metrics(RunDir(run_dir)) if m.get("type") == "epoch" and m.get("cycle") == rec["cycle"]]
     return {"cycle": rec["cycle"], "top1": top1, "recorded_last_top1": rec["last_top1"],
             "recorded_epochs": len(epochs), "match": math.isclose(top1, rec["last_top1"], abs_tol=1e-9)}
