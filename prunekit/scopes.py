@@ -195,8 +195,9 @@ class _Ranking:
             return
         flat = torch.cat([scores[n].float().reshape(-1).cpu() for n in self.names])
         widths = torch.tensor([self.widths[n] for n in self.names])
+        starts = torch.cumsum(widths, 0) - widths  # each group's first index in ``flat``
         owner = torch.repeat_interleave(torch.arange(len(self.names)), widths)
-        local = torch.arange(self.total) - torch.repeat_interleave(torch.cumsum(widths, 0) - widths, widths)
+        local = torch.arange(self.total) - torch.repeat_interleave(starts, widths)
         ranked = torch.argsort(flat, stable=True)
         self.owner, self.local, self.ranked = owner.tolist(), local.tolist(), ranked.tolist()
         # every group's units in ranking order: the ranked positions sorted by group, stably
@@ -208,7 +209,7 @@ class _Ranking:
         if self.unit_steps:  # walk the ranking, skipping groups at their limit: a unit goes if fewer than the
             # group's cap of its units rank before it
             occurrence = torch.empty_like(by_group)
-            occurrence[by_group] = torch.arange(self.total) - (torch.cumsum(widths, 0) - widths)[owner_r[by_group]]
+            occurrence[by_group] = torch.arange(self.total) - starts[owner_r[by_group]]
             caps = torch.tensor([steps[n][-1] for n in self.names])
             self.removal = owner_r[occurrence < caps[owner_r]]
 
