@@ -22,6 +22,7 @@ in one interleaved loop so that machine load hits them alike.
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 import traceback
@@ -125,12 +126,16 @@ def latencies(models: dict[str, nn.Module], x: torch.Tensor, repeat: int) -> dic
 
 def timed(base: nn.Module, prune_fns: dict, calls: int) -> dict[str, tuple[nn.Module, float]]:
     """Median seconds of every side's prune on ``calls`` fresh copies of ``base`` (the copying not timed), the sides
-    alternating call by call so that machine load hits them alike; the last copy of each."""
+    alternating call by call so that machine load hits them alike; the last copy of each. Python's garbage is
+    collected before every timed call, so that no call pays the cyclic collector for the copying (or for the other
+    side's last call): each pays for the collections its own allocations trigger."""
     seconds: dict[str, list[float]] = {k: [] for k in prune_fns}
     last = {}
     for _ in range(calls):
         for side, fn in prune_fns.items():
             m = copy.deepcopy(base)
+            last.pop(side, None)
+            gc.collect()
             t0 = time.perf_counter()
             fn(m)
             seconds[side].append(time.perf_counter() - t0)

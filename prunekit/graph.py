@@ -53,7 +53,8 @@ from typing import Any, Callable, Iterable, Literal, NamedTuple, Protocol, Seque
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning import ops
+from torch_pruning import _helpers as _tp_helpers, ops
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 from .policy import CHANNEL_POLICY, Policy
 from .registry import PrunekitError, Registry
@@ -200,6 +201,7 @@ class Group:
     exact: bool = True
     _dg: tp.DependencyGraph | None = field(default=None, repr=False)
     _handler: Callable | None = field(default=None, repr=False)
+    _every: Any = field(default=None, repr=False)  # torch-pruning's group of all channels, while it stays valid
 
     @property
     def root(self) -> nn.Module:
@@ -268,7 +270,12 @@ class Group:
             raise PrunekitError(f"group {self.name} was not built from a dependency graph and cannot be pruned")
         owners = self.modules + [s.owner for s in self.slices]
         flags = {(id(m), n): p.requires_grad for m in owners for n, p in m.named_parameters(recurse=False)}
-        self._dg.get_pruning_group(self.root, self._handler, self.channels(idxs)).prune(record_history=False)
+        channels = self.channels(idxs)
+        every, self._every = self._every, None  # after this prune (or a failed one) it no longer describes the model
+        tp_group = _subgroup(every, channels) if every is not None else None
+        if tp_group is None:
+            tp_group = self._dg.get_pruning_group(self.root, self._handler, channels)
+        tp_group.prune(record_history=False)
         for m in owners:
             for n, p in m.named_parameters(recurse=False):
                 p.requires_grad_(flags.get((id(m), n), p.requires_grad))
@@ -488,8 +495,77 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
     return out
 
 
+_FROZEN_ATTR = "_prunekit_index_mapping_frozen"
+_tp_update_index_mapping = _tp_index_mapping.update_index_mapping
+
+
+def _update_index_mapping(graph: tp.DependencyGraph) -> None:
+    """torch-pruning's ``update_index_mapping``, skipped for a graph inside :func:`frozen_index_mapping`."""
+    if getattr(graph, _FROZEN_ATTR, False):
+        return
+    _tp_update_index_mapping(graph)
+
+
+_tp_index_mapping.update_index_mapping = _update_index_mapping  # every other graph: torch-pruning's own, unchanged
+
+
+@contextlib.contextmanager
+def frozen_index_mapping(dg: tp.DependencyGraph):
+    """Inside the block, ``dg.get_pruning_group`` reuses one index mapping instead of recomputing it on every call.
+
+    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph on each
+    ``get_pruning_group`` call, because a prune in between changes the channel counts they are derived from. Finding
+    groups prunes nothing, so one computation at the start serves every call (on GhostNet, most of the time spent
+    finding groups). Nothing may be pruned through ``dg`` inside the block; :meth:`Group.prune` is never called in one.
+    """
+    if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
+        yield dg
+        return
+    _tp_update_index_mapping(dg)
+    setattr(dg, _FROZEN_ATTR, True)
+    try:
+        yield dg
+    finally:
+        delattr(dg, _FROZEN_ATTR)
+
+
+# Node types whose index mappings torch-pruning recomputes from the current channel counts: in a graph with none of
+# them but reshapes (which map one group's own channels), pruning one group never moves another group's indices.
+_SHIFTING = (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND, ops.OPTYPE.EXPAND, ops.OPTYPE.SLICE)
+
+
+def _static_mapping(dg: tp.DependencyGraph) -> bool:
+    """Whether every group's channel indices in ``dg`` stay where they are when other groups are pruned."""
+    return not any(node.type in _SHIFTING for node in dg.module2node.values())
+
+
+def _subgroup(every, channels: Sequence[int]):
+    """torch-pruning's group for root ``channels``, cut from its group of every channel: each item keeps the indices
+    that root channels in ``channels`` map to (what ``get_pruning_group(root, fn, channels)`` finds again by walking
+    the graph, without the walk). None when the full group's items carry no root indices."""
+    wanted, channels = set(channels), sorted(channels)
+    every_channel = list(range(len(every.items[0].idxs)))
+    out = type(every)()
+    for item in every.items:
+        root_idxs = item.root_idxs
+        if root_idxs is None or len(root_idxs) != len(item.idxs):
+            return None
+        if root_idxs == every_channel:  # the usual case: root channel r at position r
+            idxs, roots = [item.idxs[r] for r in channels], list(channels)
+        else:
+            pairs = [(i, r) for i, r in zip(item.idxs, root_idxs) if r in wanted]
+            idxs, roots = [i for i, _ in pairs], [r for _, r in pairs]
+        if not idxs:
+            continue
+        cut = _tp_helpers.GroupItem(dep=item.dep, idxs=idxs)
+        cut.root_idxs = roots
+        out.items.append(cut)
+    out._DG = every._DG
+    return out
+
+
 def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str], kind: str | None,
-                 policy: Policy, tp_group=None) -> Group:
+                 policy: Policy, tp_group=None, static: bool = False) -> Group:
     pruner = dg.get_pruner_of_module(root)
     handler = pruner.prune_out_channels
     if tp_group is None:
@@ -528,20 +604,22 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         if item.root_idxs == every_channel:  # the usual case: this layer carries every root channel once, in order
             probe, share = item.idxs[::width], 1.0  # unit 0: root channels 0, width, 2 * width ...
         else:
-            # every unit costs the same when each root channel maps to the same number of this layer's channels
-            counts = Counter(item.root_idxs)
-            exact = exact and len(counts) == n_channels and max(counts) < n_channels and \
-                len(set(counts.values())) == 1
+            # root channel r belongs to unit r % width: every unit costs the same when this layer carries the same
+            # number of channels of each (behind a concatenation that may be half of each unit's channels)
+            units = [r % width for r in item.root_idxs]
+            per_unit = Counter(units)
+            exact = exact and len(per_unit) == width and len(set(per_unit.values())) == 1
             # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs
             # that much for each of them, i.e. on average times the share of units it carries
-            units = [r % width for r in item.root_idxs]
             probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
             share = len(set(units)) / width
         for s in _slices_of_item(dg, item, probe, names):
             slices.append(s._replace(size=s.size * share))
     if kind is None:
         kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
-    return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler)
+    every = tp_group if static else None  # pruning other groups first leaves its indices valid
+    return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler,
+                 every)
 
 
 
@@ -618,7 +696,15 @@ def find_groups(
         allowed = {names[sub] for mod in only for sub in mod.modules() if sub in names}
         inside = allowed.__contains__
 
+    with frozen_index_mapping(dg):
+        return _find_groups(model, dg, names, inside, root_types, kind, policy, keep, on_skip)
+
+
+def _find_groups(model: nn.Module, dg: tp.DependencyGraph, names: dict, inside: Callable[[str], bool],
+                 root_types: Sequence[type], kind: str | None, policy: Policy, keep: Callable | None,
+                 on_skip: Callable | None) -> list[Group]:
     groups, visited = [], set()
+    static = _static_mapping(dg)
     for name, module in model.named_modules():
         if not isinstance(module, tuple(root_types)) or module in visited or module not in dg.module2node:
             continue
@@ -634,7 +720,7 @@ def find_groups(
         if keep is not None and not keep(tp_group):
             continue
         try:
-            group = _build_group(dg, module, names, kind, policy, tp_group)
+            group = _build_group(dg, module, names, kind, policy, tp_group, static)
         except UnsupportedLayerError as e:
             if on_skip is None:
                 raise
