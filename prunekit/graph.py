@@ -522,7 +522,7 @@ def frozen_index_mapping(dg: tp.DependencyGraph):
     if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
         yield dg
         return
-    _tp_update_index_mapping(dg)
+    _tp_update_index_mapping(dg)  # a reused trace (``find_groups(traced=...)``) may have been pruned since it was built
     setattr(dg, _FROZEN_ATTR, True)
     try:
         yield dg
@@ -613,7 +613,7 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
             # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs
             # that much for each of them, i.e. on average times the share of units it carries
             probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
-            share = len(set(units)) / width
+            share = len(per_unit) / width
         for s in _slices_of_item(dg, item, probe, names):
             slices.append(s._replace(size=s.size * share))
     if kind is None:
