@@ -11,6 +11,7 @@ package adds a model family with one :func:`register_model` call (or a ``pruneki
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,7 @@ from torch import nn
 
 from .params import head_names
 from .registry import PrunekitError, Registry
+from .statedict import load_into, load_safetensors, with_versions
 
 __all__ = ["ModelBuilder", "MODELS", "register_model", "check_model_name", "create_backbone", "load_checkpoint_file",
            "load_backbone_weights", "normalization"]
@@ -131,9 +133,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise PrunekitError(f"model.checkpoint: no such file {str(path)!r}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
+            sd = load_safetensors(path)
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file to the user
@@ -144,7 +144,12 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise PrunekitError(f"model.checkpoint: {str(path)!r} does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    versions = getattr(sd, "_metadata", None)  # a torch file's state_dict() keeps them; load_safetensors reads them
+    strip = lambda k: k[len("module."):] if k == "module" or k.startswith("module.") else k  # DDP's wrapper
+    out = OrderedDict((strip(k), v) for k, v in sd.items())
+    if versions is not None:
+        out._metadata = OrderedDict((strip(k), v) for k, v in versions.items())
+    return out
 
 
 def _load_failure(path: Path, error: Exception) -> str:
@@ -187,7 +192,7 @@ def load_backbone_weights(model: nn.Module, state_dict: dict[str, torch.Tensor],
         ]))
         raise PrunekitError(f"model.checkpoint: {source} is not a checkpoint of {type(model).__name__} as configured "
                             f"(another architecture or model.kwargs?): {detail}")
-    model.load_state_dict(sd, strict=False)
+    load_into(model, with_versions(sd, state_dict) if hasattr(state_dict, "_metadata") else sd, strict=False)
 
 
 def _build_registered(builder: ModelBuilder, cfg, num_classes: int, pretrained: bool) -> nn.Module:

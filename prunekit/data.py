@@ -101,7 +101,7 @@ class DatasetInfo:
     grey: bool = False  # grey uint8 images batched by GreyBatchTransform; an image file is read as grey the same way
 
 
-DATASETS: Registry[DatasetInfo] = Registry("dataset", entry_point_group="prunekit.datasets")
+DATASETS: Registry[DatasetInfo] = Registry("dataset", entry_point_group="prunekit.datasets", builtins=(__name__,))
 
 DatasetLoader = Callable[..., DataBundle]
 """``loader(cfg, img_size, mean, std, seed, in_chans) -> DataBundle``: ``cfg`` is the recipe's ``data`` section

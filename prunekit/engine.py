@@ -31,6 +31,7 @@ resume are one object's life cycle.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .budget import (
 from .distributed import broadcast_object, is_main
 from .graph import UnsupportedModelError, describe_groups_fn, groups_fn_from
 from .plan import Plan, record_applied
+from .saving import input_spec
 from .policy import round_half_up
 from .registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
@@ -366,6 +368,8 @@ class Engine:
         source = describe_groups_fn(self.groups_fn)
         if source is not None:
             plan.meta["groups"] = source
+        with contextlib.suppress(PrunekitError):  # inputs that are not tensors: save_pruned then asks for a batch
+            plan.meta["example_inputs"] = input_spec(self.example_inputs)
         plan.meta["budget"] = {"kind": self.budget.kind, "target": target, "goal": goal, "planned": done,
                                "tolerance": tol}
         return plan

@@ -739,7 +739,8 @@ def groups_by_name(groups: Iterable[Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # Group sources: named ways of finding groups, so a plan can say how to find its groups again on a fresh model.
 
-GROUP_SOURCES: Registry[Callable[..., GroupsFn]] = Registry("group source")
+GROUP_SOURCES: Registry[Callable[..., GroupsFn]] = Registry(
+    "group source", entry_point_group="prunekit.group_sources", builtins=("prunekit.channels", "prunekit.adapters"))
 
 
 def register_group_source(name: str, factory: Callable[..., GroupsFn], *, overwrite: bool = False):

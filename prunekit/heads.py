@@ -68,7 +68,7 @@ from timm.models import pvt_v2, swin_transformer
 from torch import nn
 
 from .policy import Policy
-from .registry import PrunekitError
+from .registry import PrunekitError, TypeRegistry
 from .wrap import BaseLayerWrapper
 
 __all__ = [
@@ -77,6 +77,7 @@ __all__ = [
     "HeadGroup",
     "HeadDimGroup",
     "UnsupportedAttentionError",
+    "HEAD_LAYOUTS",
     "register_head_layout",
     "attention_modules",
     "head_layout",
@@ -137,7 +138,8 @@ class HeadLayout:
 
 
 LayoutFn = Callable[[nn.Module], HeadLayout]
-_LAYOUTS: dict[type, LayoutFn] = {}
+HEAD_LAYOUTS: TypeRegistry[LayoutFn] = TypeRegistry("head layout", entry_point_group="prunekit.head_layouts",
+                                                    builtins=(__name__,))
 
 
 def register_head_layout(cls: type, fn: LayoutFn | None = None, *, overwrite: bool = False):
@@ -147,13 +149,7 @@ def register_head_layout(cls: type, fn: LayoutFn | None = None, *, overwrite: bo
     layout with a ``forward_cls`` registers the same ``fn`` for that class too, so a pruned instance resolves again.
     """
 
-    def _add(f: LayoutFn) -> LayoutFn:
-        if cls in _LAYOUTS and not overwrite and _LAYOUTS[cls] is not f:
-            raise ValueError(f"a head layout for {cls.__qualname__} is already registered; pass overwrite=True")
-        _LAYOUTS[cls] = f
-        return f
-
-    return _add if fn is None else _add(fn)
+    return HEAD_LAYOUTS.register(cls, fn, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------------- layouts
@@ -325,7 +321,7 @@ def _declares_num_heads(m: nn.Module) -> bool:
 
 
 def _resolve(m: nn.Module) -> HeadLayout:
-    fn = _LAYOUTS.get(type(m))
+    fn = HEAD_LAYOUTS.find(type(m))
     if fn is not None:
         layout = fn(m)
     else:

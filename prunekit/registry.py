@@ -4,7 +4,12 @@ Scorers, scopes, strategies, methods, datasets and model builders are registered
 can refer to them as strings, and so that a user can add their own with one ``register_*`` call (or, from an
 installed package, an entry point in the matching ``prunekit.*`` group). A duplicate name raises instead of silently
 replacing an entry, and an unknown name raises with the closest registered names (unlike timm's bare
-``Unknown model (%s)``). Where a recipe may name a function, :func:`import_object` also takes a
+``Unknown model (%s)``).
+
+Every registry loads its built-ins on first lookup: it names the modules that register them (``builtins=``), and
+the first ``get`` / ``names`` / ``in`` imports them, then the installed entry points. So a lookup in a fresh
+interpreter never depends on what happened to be imported before (``load_pruned`` in a new process finds the
+``backbone`` group source without anyone importing :mod:`prunekit.channels` first). Where a recipe may name a function, :func:`import_object` also takes a
 ``package.module:function`` path to the user's own code.
 
 The error types live in :mod:`prunekit.errors` (re-exported here, where they used to be defined).
@@ -13,11 +18,11 @@ from __future__ import annotations
 
 import importlib
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 from .errors import PrunekitError, UnknownNameError, did_you_mean
 
-__all__ = ["Registry", "import_object", "is_import_path", "PrunekitError", "UnknownNameError", "did_you_mean"]
+__all__ = ["Registry", "TypeRegistry", "import_object", "is_import_path", "PrunekitError", "UnknownNameError", "did_you_mean"]
 
 T = TypeVar("T")
 
@@ -29,29 +34,39 @@ class Registry(Generic[T]):
         kind: what the registry holds, e.g. ``'scorer'``.
         entry_point_group: optional ``importlib.metadata`` entry-point group; its entries are imported the first time
             the registry is read, so a third-party package can add entries by being installed.
-        load_builtins: optional callable that registers the built-in entries, called the first time the registry is
-            read (before the entry points).
+        builtins: the modules (dotted names) whose import registers the built-in entries; imported the first time the
+            registry is read, before the entry points.
+        load_builtins: optional callable that registers built-in entries a module import cannot (the strategies,
+            found by file location); called after ``builtins`` are imported.
         import_paths: whether :meth:`get` also takes a ``package.module:function`` path (registries of functions:
             scorers, scopes), importing it with :func:`import_object`.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None,
+    def __init__(self, kind: str, entry_point_group: str | None = None, *, builtins: Sequence[str] = (),
                  load_builtins: Callable[[], None] | None = None, import_paths: bool = False):
         self.kind = kind
         self.import_paths = import_paths
         self.entry_point_group = entry_point_group
+        self.builtins = tuple(builtins)
         self._load_builtins = load_builtins
-        self._entries: dict[str, T] = {}
-        self._loaded_entry_points = entry_point_group is None and load_builtins is None
+        self._entries: dict[Any, T] = {}
+        self._loaded_entry_points = False
 
-    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
-        """Register ``obj`` under ``name``; used bare or as a decorator (``@registry.register('name')``)."""
+    def _check_key(self, name: Any) -> None:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{self.kind} name must be a Python identifier, got {name!r}")
 
+    def _label(self, name: Any) -> str:
+        return repr(name)
+
+    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
+        """Register ``obj`` under ``name``; used bare or as a decorator (``@registry.register('name')``)."""
+        self._check_key(name)
+
         def _add(o: T) -> T:
             if name in self._entries and not overwrite and self._entries[name] is not o:
-                raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
+                raise ValueError(f"{self.kind} {self._label(name)} is already registered; pass overwrite=True to "
+                                 "replace it")
             self._entries[name] = o
             return o
 
@@ -60,7 +75,9 @@ class Registry(Generic[T]):
     def _load_entry_points(self) -> None:
         if self._loaded_entry_points:
             return
-        self._loaded_entry_points = True
+        self._loaded_entry_points = True  # first: a built-in module that reads the registry while importing sees it
+        for module in self.builtins:
+            importlib.import_module(module)
         if self._load_builtins is not None:
             self._load_builtins()
         if self.entry_point_group is None:
@@ -92,9 +109,14 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r};{did_you_mean(str(name), names)} allowed: {', '.join(names)}"
             ) from None
 
+    def find(self, name: Hashable, default: T | None = None) -> T | None:
+        """The entry called ``name``, or ``default``; built-ins and entry points are loaded first, as for :meth:`get`."""
+        self._load_entry_points()
+        return self._entries.get(name, default)
+
     def names(self) -> list[str]:
         self._load_entry_points()
-        return sorted(self._entries)
+        return sorted(self._entries, key=str)
 
     def __contains__(self, name: object) -> bool:
         self._load_entry_points()
@@ -108,6 +130,28 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._entries[n]) for n in self.names()]
+
+
+class TypeRegistry(Registry[T]):
+    """A registry keyed by class (exact type) instead of by name: the per-class layouts (attention head layouts)."""
+
+    def _check_key(self, name: Any) -> None:
+        if not isinstance(name, type):
+            raise ValueError(f"{self.kind}: expected a class, got {name!r}")
+
+    def _label(self, name: Any) -> str:
+        return f"for {name.__module__}.{name.__qualname__}"
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(f"{c.__module__}.{c.__qualname__}" for c in self._entries)
+
+    def classes(self) -> list[type]:
+        self._load_entry_points()
+        return sorted(self._entries, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+    def items(self) -> list[tuple[type, T]]:
+        return [(c, self._entries[c]) for c in self.classes()]
 
 
 def is_import_path(value: object) -> bool:

@@ -31,6 +31,7 @@ from torch import nn
 
 from .registry import PrunekitError
 from .rundir import atomic_write_bytes
+from .statedict import load_into, with_versions
 
 __all__ = ["STATE_FILE", "FORMAT", "ResumeMismatchError", "capture_rng", "restore_rng", "save_state", "load_state",
            "model_state", "load_model_state", "recipe_digest", "recipe_differences", "check_provenance"]
@@ -72,7 +73,7 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trained parameters and every buffer (what differs from a freshly built model with the same plans)."""
     out = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
     out.update({n: b.detach().cpu().clone() for n, b in model.named_buffers()})
-    return out
+    return with_versions(out, model)
 
 
 def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -81,7 +82,7 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     if missing or unexpected:
         raise PrunekitError(f"{source}: the saved state does not fit the rebuilt model (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}); was the recipe or prunekit changed since the run started?")
-    model.load_state_dict(tensors, strict=False)
+    load_into(model, tensors, strict=False)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> int:

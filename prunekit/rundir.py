@@ -45,6 +45,7 @@ import torch
 
 from .registry import PrunekitError
 from .runlock import LOCK_FILE, RunLock, RunLockedError, holder_of
+from .statedict import versions_metadata
 
 __all__ = ["RunDir", "MARKER", "NotARunDirError", "RunWriteError", "atomic_write_bytes", "atomic_write_text",
            "save_safetensors", "safetensors_metadata", "written_by_prunekit", "run_directory", "check_run_name",
@@ -91,10 +92,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
                      ) -> int:
-    """Write tensors atomically, marked as prunekit's (:func:`written_by_prunekit`); returns the size in bytes."""
+    """Write tensors atomically, marked as prunekit's (:func:`written_by_prunekit`), with the module versions of a
+    state dict's ``_metadata`` (:mod:`prunekit.statedict`); returns the size in bytes."""
     from safetensors.torch import save
 
     meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta.update(versions_metadata(tensors))
     meta[SAFETENSORS_MARK] = SAFETENSORS_MARK_VALUE
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     atomic_write_bytes(path, data)

@@ -9,7 +9,7 @@
 
 The directory holds ``prunekit.json`` (format tag, model class, the example input's shapes, every plan with the
 group source and config that finds its groups again: ignore patterns, round_to, heads ...) and ``model.safetensors``
-(the full state dict after pruning). Loading traces the fresh model on zeros of the recorded shapes, replays the
+(the full state dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata). Loading traces the fresh model on zeros of the recorded shapes, replays the
 plans in order (each is checked against the model's groups before it cuts anything) and loads the weights strictly.
 A model of another architecture fails with :class:`ArchitectureMismatchError`, naming the first group, key or shape
 that differs.
@@ -26,6 +26,7 @@ from torch import nn
 from .graph import groups_fn_from
 from .plan import LEGACY_GROUP_SOURCE, Plan, applied_plans, record_applied
 from .registry import PrunekitError
+from .statedict import load_into, load_safetensors, versions_metadata, with_versions
 
 __all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "input_spec", "inputs_from_spec", "FORMAT"]
 
@@ -84,8 +85,9 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
                                 "example_inputs= (a batch the model accepts)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    own = model.state_dict()
+    state = with_versions({k: v.detach().to("cpu").contiguous().clone() for k, v in own.items()}, own)
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, **versions_metadata(state)})
     meta = {"format": FORMAT, "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "example_inputs": spec, "plans": [p.to_dict() for p in plans],
             "params": sum(v.numel() for v in state.values())}
@@ -97,9 +99,7 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
 
 def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
     """Replay the saved plans on ``model`` (a freshly built, unpruned instance of the saved architecture) and load
-    the saved weights into it; returns it (in place)."""
-    from safetensors.torch import load_file
-
+    the saved weights into it, with the module versions they were saved with; returns it (in place)."""
     directory = Path(directory)
     meta_path = directory / META_FILE
     if not meta_path.is_file():
@@ -124,7 +124,7 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
                                             f"same architecture, built with the same arguments, and unpruned?")
         plan.apply(model, groups)
         record_applied(model, plan)
-    saved = load_file(str(directory / WEIGHTS_FILE))
+    saved = load_safetensors(directory / WEIGHTS_FILE)
     own = model.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
@@ -135,5 +135,5 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
                                          f"unexpected keys {unexpected[:3]}" if unexpected else "",
                                          f"shapes differ {shapes[:3]}" if shapes else ""]))
         raise ArchitectureMismatchError(f"load_pruned: the saved weights do not fit the replayed model ({detail})")
-    model.load_state_dict(saved, strict=True)
+    load_into(model, saved, strict=True)
     return model

@@ -50,7 +50,8 @@ class Scope(Protocol):
                  limits: Mapping[str, Limit] | None = None) -> Plan: ...
 
 
-SCOPES: Registry[Scope] = Registry("scope", entry_point_group="prunekit.scopes", import_paths=True)
+SCOPES: Registry[Scope] = Registry("scope", entry_point_group="prunekit.scopes", builtins=(__name__,),
+                                  import_paths=True)
 
 
 def register_scope(name: str, fn: Scope | None = None, *, overwrite: bool = False):

@@ -90,7 +90,8 @@ class Scorer(Protocol):
     def __call__(self, group: Any, stats: ScoreStats) -> torch.Tensor: ...
 
 
-SCORERS: Registry[Scorer] = Registry("scorer", entry_point_group="prunekit.scorers", import_paths=True)
+SCORERS: Registry[Scorer] = Registry("scorer", entry_point_group="prunekit.scorers", builtins=(__name__,),
+                                    import_paths=True)
 
 
 def register_scorer(name: str, fn: Scorer | None = None, *, overwrite: bool = False):

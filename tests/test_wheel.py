@@ -1,7 +1,8 @@
 """Install anywhere: the wheel holds every subpackage, the built-in strategies and recipes, and runs from any folder.
 
 The wheel is built from a copy of the checkout (``pip wheel`` writes ``build/`` next to the sources), installed into
-a fresh virtual environment that reuses this interpreter's packages (torch, timm, ...) but not its prunekit, and run
+a fresh virtual environment that reaches this interpreter's packages (torch, timm, ...; whether this interpreter is a
+virtual environment or not) but not its prunekit, and run
 from an empty temporary folder with no ``PYTHONPATH``. Skipped with the reason when this Python cannot build wheels.
 """
 from __future__ import annotations
@@ -60,13 +61,26 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def site_dirs() -> list[str]:
+    """The running interpreter's package folders: a venv's own (and its base's, with system site packages), or the
+    base interpreter's. ``venv --system-site-packages`` would reach the *base* interpreter's, where a venv's torch is
+    not."""
+    return [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(wheel: Path) -> Path:
-    """A fresh virtual environment (outside the checkout) with the wheel installed; returns its bin/ folder."""
+    """A fresh virtual environment (outside the checkout) with the wheel installed; returns its bin/ folder.
+
+    It reaches this interpreter's packages (torch, timm, ...) through a ``.pth`` file listing their folders. A
+    ``.pth`` line adds a folder to ``sys.path`` without running the ``.pth`` files inside it, so an editable install
+    of this checkout there stays out of reach: ``prunekit`` can only come from the wheel."""
     env_dir = wheel.parent / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
-                   check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, env=clean_env(), timeout=60).stdout.strip()
+    (Path(purelib) / "_reuse_test_packages.pth").write_text("\n".join(site_dirs()) + "\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
                            "--no-index", str(wheel)], capture_output=True, text=True, env=clean_env(), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -39,7 +39,7 @@ class Method:
         return parse_section(self.config_cls, {k: v for k, v in section.items() if k != "name"}, path)
 
 
-METHODS: Registry[Method] = Registry("method", entry_point_group="prunekit.methods")
+METHODS: Registry[Method] = Registry("method", entry_point_group="prunekit.methods", builtins=("prunekit.methods",))
 
 
 def register_method(method: Method, *, overwrite: bool = False) -> Method:

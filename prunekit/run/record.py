@@ -25,6 +25,7 @@ from ..report import cycle_table, plot_widths
 from ..resume import STATE_FILE
 from ..rundir import RunDir, run_directory
 from ..runlock import describe_holder
+from ..statedict import with_versions
 from .checkpoint import save_checkpoint
 from .metrics import TensorBoardScalars, cycles_csv
 from .report import plot_file, run_title, write_report
@@ -76,13 +77,13 @@ def on_main_rank(fn: Callable[[], T], run_path: Path) -> T | None:
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (adapters, head ...): what a cycle's ``.safetensors`` file holds."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return with_versions({n: p for n, p in model.named_parameters() if p.requires_grad}, model)
 
 
 def cycle_tensors(model: nn.Module, pruned: str | None) -> dict[str, torch.Tensor]:
     """What a cycle's file holds: the trained parameters, or for a run that prunes the backbone the whole pruned
     model (every parameter and buffer; with ``plan.json`` it rebuilds the model on its own)."""
-    return dict(model.state_dict()) if pruned == "backbone" else trained_state(model)
+    return with_versions(model.state_dict()) if pruned == "backbone" else trained_state(model)
 
 
 class RunRecord:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..config import parse_section
@@ -21,6 +20,7 @@ from ..errors import PrunekitError, RecipeError
 from ..plan import Plan, replay
 from ..recipe import Recipe, read_yaml
 from ..rundir import RunDir
+from ..statedict import load_into, load_safetensors
 from ..train import Trainer, seed_everything, select_device
 from .build import build_model, example_inputs, num_classes_for
 from .task import load_task
@@ -85,7 +85,7 @@ def load_trained(model: nn.Module, trained: dict[str, torch.Tensor], name: str, 
     """Load a cycle's trained parameters into the rebuilt model: every trained parameter (``whole``: every tensor of
     the model, the file of a run that prunes the backbone), and nothing else."""
     try:
-        result = model.load_state_dict(trained, strict=False)
+        result = load_into(model, trained, strict=False)
     except RuntimeError as e:  # a shape differs
         raise PrunekitError(f"{name} does not fit the rebuilt model ({str(e).splitlines()[-1].strip()[:200]})"
                             ) from None
@@ -181,7 +181,7 @@ def read_trained_file(path: Path, cycle: int | None = None) -> dict[str, torch.T
         raise PrunekitError(f"{path}: missing; metrics.jsonl records it as cycle {cycle}'s trained parameters "
                             "(deleted or moved?)")
     try:
-        return load_file(str(path))
+        return load_safetensors(path)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError) on bad bytes
         detail = str(e).splitlines()[0][:200] if str(e) else ""
         raise PrunekitError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {detail}); corrupt "
