@@ -46,8 +46,7 @@ from .budget import (
 )
 from .distributed import broadcast_object, is_main
 from .graph import UnsupportedModelError, describe_groups_fn, groups_fn_from
-from .plan import Plan, record_applied
-from .saving import input_spec
+from .plan import Plan, input_spec, record_applied
 from .policy import round_half_up
 from .registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps

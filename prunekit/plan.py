@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from .graph import groups_by_name, groups_fn_from
@@ -25,7 +26,7 @@ from .registry import PrunekitError
 # Plans written before group sources were recorded were all adapter plans (TINA runs).
 LEGACY_GROUP_SOURCE = "adapters"
 
-__all__ = ["Plan", "replay", "applied_plans", "record_applied"]
+__all__ = ["Plan", "replay", "applied_plans", "record_applied", "input_spec", "inputs_from_spec"]
 
 # model -> plans applied to it by prune(), the engine or replay(); weak, so nothing is written on the model and a
 # discarded model takes its record with it
@@ -166,3 +167,23 @@ def replay(
         plan.apply(model, fn(model, example_inputs))
         record_applied(model, plan)
     return model
+
+
+def input_spec(x: Any) -> Any:
+    """JSON description of example inputs (shapes and dtypes of a tensor, or a list / dict of them)."""
+    if isinstance(x, torch.Tensor):
+        return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+    if isinstance(x, (list, tuple)):
+        return {"list": [input_spec(v) for v in x]}
+    if isinstance(x, dict):
+        return {"dict": {str(k): input_spec(v) for k, v in x.items()}}
+    raise PrunekitError(f"example_inputs: expected a tensor, or a list / dict of tensors, got {type(x).__name__}")
+
+
+def inputs_from_spec(spec: Any) -> Any:
+    """Zeros shaped like :func:`input_spec` describes (tracing needs shapes only)."""
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+    if "list" in spec:
+        return [inputs_from_spec(v) for v in spec["list"]]
+    return {k: inputs_from_spec(v) for k, v in spec["dict"].items()}

@@ -37,8 +37,7 @@ from .graph import UnsupportedModelError
 from .engine import _exact, select_plan
 from .graph import describe_groups_fn
 from .opcount import OpCounter
-from .saving import input_spec
-from .plan import Plan, record_applied
+from .plan import Plan, input_spec, record_applied
 from .policy import UnreachableTargetError, removal_steps, round_half_up
 from .registry import PrunekitError
 from .scopes import get_scope

@@ -1,16 +1,18 @@
 """Name -> object registries with did-you-mean errors, open to other packages through entry points.
 
-Scorers, scopes, strategies, methods, datasets and model builders are registered by name so that recipes and the CLI
-can refer to them as strings, and so that a user can add their own with one ``register_*`` call (or, from an
-installed package, an entry point in the matching ``prunekit.*`` group). A duplicate name raises instead of silently
-replacing an entry, and an unknown name raises with the closest registered names (unlike timm's bare
-``Unknown model (%s)``).
+Scorers, scopes, strategies, methods, datasets, model builders and group sources are registered by name (attention
+head layouts by class, :class:`TypeRegistry`) so that recipes and the CLI can refer to them as strings, and so that a
+user can add their own with one ``register_*`` call (or, from an installed package, an entry point in the matching
+``prunekit.*`` group). A duplicate name raises instead of silently replacing an entry, and an unknown name raises
+with the closest registered names (unlike timm's bare ``Unknown model (%s)``).
 
 Every registry loads its built-ins on first lookup: it names the modules that register them (``builtins=``), and
 the first ``get`` / ``names`` / ``in`` imports them, then the installed entry points. So a lookup in a fresh
 interpreter never depends on what happened to be imported before (``load_pruned`` in a new process finds the
-``backbone`` group source without anyone importing :mod:`prunekit.channels` first). Where a recipe may name a function, :func:`import_object` also takes a
-``package.module:function`` path to the user's own code.
+``backbone`` group source without anyone importing :mod:`prunekit.channels` first).
+
+Where a recipe may name a function, :func:`import_object` also takes a ``package.module:function`` path to the
+user's own code.
 
 The error types live in :mod:`prunekit.errors` (re-exported here, where they used to be defined).
 """
@@ -22,7 +24,8 @@ from typing import Any, Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 from .errors import PrunekitError, UnknownNameError, did_you_mean
 
-__all__ = ["Registry", "TypeRegistry", "import_object", "is_import_path", "PrunekitError", "UnknownNameError", "did_you_mean"]
+__all__ = ["Registry", "TypeRegistry", "import_object", "is_import_path", "PrunekitError", "UnknownNameError",
+           "did_you_mean"]
 
 T = TypeVar("T")
 
@@ -110,7 +113,7 @@ class Registry(Generic[T]):
             ) from None
 
     def find(self, name: Hashable, default: T | None = None) -> T | None:
-        """The entry called ``name``, or ``default``; built-ins and entry points are loaded first, as for :meth:`get`."""
+        """The entry called ``name``, or ``default``; built-ins and entry points load first, as for :meth:`get`."""
         self._load_entry_points()
         return self._entries.get(name, default)
 

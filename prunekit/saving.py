@@ -9,8 +9,9 @@
 
 The directory holds ``prunekit.json`` (format tag, model class, the example input's shapes, every plan with the
 group source and config that finds its groups again: ignore patterns, round_to, heads ...) and ``model.safetensors``
-(the full state dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata). Loading traces the fresh model on zeros of the recorded shapes, replays the
-plans in order (each is checked against the model's groups before it cuts anything) and loads the weights strictly.
+(the full state dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata).
+Loading traces the fresh model on zeros of the recorded shapes, replays the plans in order (each is checked against
+the model's groups before it cuts anything) and loads the weights strictly, with their module versions.
 A model of another architecture fails with :class:`ArchitectureMismatchError`, naming the first group, key or shape
 that differs.
 """
@@ -20,15 +21,14 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 from torch import nn
 
 from .graph import groups_fn_from
-from .plan import LEGACY_GROUP_SOURCE, Plan, applied_plans, record_applied
+from .plan import LEGACY_GROUP_SOURCE, Plan, applied_plans, input_spec, inputs_from_spec, record_applied
 from .registry import PrunekitError
 from .statedict import load_into, load_safetensors, versions_metadata, with_versions
 
-__all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "input_spec", "inputs_from_spec", "FORMAT"]
+__all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "FORMAT"]
 
 FORMAT = "prunekit.pruned/1"
 META_FILE = "prunekit.json"
@@ -37,26 +37,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 class ArchitectureMismatchError(PrunekitError, ValueError):
     """The model given to :func:`load_pruned` is not the (unpruned) architecture the directory was saved from."""
-
-
-def input_spec(x: Any) -> Any:
-    """JSON description of example inputs (shapes and dtypes of a tensor, or a list / dict of them)."""
-    if isinstance(x, torch.Tensor):
-        return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-    if isinstance(x, (list, tuple)):
-        return {"list": [input_spec(v) for v in x]}
-    if isinstance(x, dict):
-        return {"dict": {str(k): input_spec(v) for k, v in x.items()}}
-    raise PrunekitError(f"example_inputs: expected a tensor, or a list / dict of tensors, got {type(x).__name__}")
-
-
-def inputs_from_spec(spec: Any) -> Any:
-    """Zeros shaped like :func:`input_spec` describes (tracing needs shapes only)."""
-    if "shape" in spec:
-        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-    if "list" in spec:
-        return [inputs_from_spec(v) for v in spec["list"]]
-    return {k: inputs_from_spec(v) for k, v in spec["dict"].items()}
 
 
 def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] | None = None, *,
