@@ -122,8 +122,8 @@ def run_cycles(run_dir: Path) -> list[dict[str, Any]]:
 
 def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with every adapter wrapper replaced by its bare sub-layer (the backbone alone), in place."""
-    from prunekit.adapters import AdapterLayer
-    from prunekit.wrap import set_submodule
+    from prunekit.adapters.layers import AdapterLayer
+    from prunekit.core.wrapper import set_submodule
 
     for name, mod in list(model.named_modules()):
         if isinstance(mod, AdapterLayer):

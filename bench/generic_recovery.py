@@ -4,7 +4,7 @@ The backbone is the quickstart recipe's (``recipes/quickstart.yaml``: timm ``vit
 dim 96, depth 6, 3 heads, MNIST-5k-pretrained checkpoint), its head reset to the 10 digits classes. Each method
 removes 50 % of the model's MACs by pruning MLP neurons and whole attention heads (the embedding width is kept), then
 every parameter is fine-tuned for the same number of epochs on the quickstart's data (scikit-learn's digits, the
-recipe's split and ``train`` settings, ``prunekit.train.Trainer``):
+recipe's split and ``train`` settings, ``prunekit.train.trainer.Trainer``):
 
 * ``unpruned``: the baseline, fine-tuned only;
 * ``prunekit_l1``: ``prunekit.prune(..., target="macs", scorer="l1_mean")`` (coupled L1, divided by the group's mean:
@@ -33,12 +33,12 @@ import torch_pruning as tp
 from torch import nn
 
 import prunekit as pk
-from prunekit.backbone import create_backbone, load_backbone_weights, load_checkpoint_file
-from prunekit.budget import count_macs, count_params
-from prunekit.data import make_loaders
-from prunekit.recipe import load_recipe
+from prunekit.models.backbone import create_backbone, load_backbone_weights, load_checkpoint_file
+from prunekit.budget.search import count_macs, count_params
+from prunekit.data.datasets import make_loaders
+from prunekit.recipe.spec import load_recipe
 from prunekit.run.task import load_bundle
-from prunekit.train import Trainer, seed_everything
+from prunekit.train.trainer import Trainer, seed_everything
 
 from common import device, parser, write
 

@@ -72,7 +72,7 @@ def measure_all(name, models, img, batch, dev, repeat, chans=3):
 
 def trained_scenario(run_dir, batch, dev, repeat):
     """The backbone alone and every cycle of a finished quickstart run, as trained (``load_run``)."""
-    from prunekit.runner import load_run
+    from prunekit.run import load_run
 
     models = []
     for rec in run_cycles(run_dir):

@@ -21,9 +21,9 @@ from torch import nn
 
 from common import device, median, parser, small_vit, sync, timeit, write
 from prunekit import Engine, inject_adapters, mark_trainable
-from prunekit.adapters import adapter_groups
-from prunekit.scopes import global_scope
-from prunekit.scorers import score_groups, tina
+from prunekit.adapters.layers import adapter_groups
+from prunekit.ranking.scopes import global_scope
+from prunekit.ranking.scorers import score_groups, tina
 
 
 def prune_step(model: nn.Module, x: torch.Tensor, dev) -> dict[str, float]:
@@ -112,9 +112,9 @@ def scenario(name, make, img, batch, epoch_images, dev, repeat, steps, real_epoc
 
 def offline_epoch(model):
     """One real epoch of the offline default: scikit-learn digits at 32 px, batch 64, through prunekit's Trainer."""
-    from prunekit.data import load_data, make_loaders
-    from prunekit.recipe import DataSection, TrainSection
-    from prunekit.train import Trainer
+    from prunekit.data.datasets import load_data, make_loaders
+    from prunekit.recipe.spec import DataSection, TrainSection
+    from prunekit.train.trainer import Trainer
 
     bundle = load_data(DataSection(name="digits"), 32)
     train, val = make_loaders(bundle, 64, 128, 0, 0)

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, machine
-from prunekit.cost import latency_ms
+from prunekit.budget.cost import latency_ms
 from prunekit.run import load_run
-from prunekit.runner import example_inputs
+from prunekit.run import example_inputs
 
 
 def main() -> None:

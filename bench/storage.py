@@ -17,7 +17,7 @@ from torch import nn
 
 from common import device, parser, quickstart_run, run_cycles, strip_adapters, write
 from prunekit import Engine, find_adapters, inject_adapters, mark_trainable
-from prunekit.rundir import save_safetensors
+from prunekit.io.rundir import save_safetensors
 
 
 def trained(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -55,7 +55,7 @@ def scenario(name: str, model_name: str, tmp: Path, quick: bool) -> list[dict]:
 
 def trained_scenario(run_dir: Path, tmp: Path) -> list[dict]:
     """The adapter files of a finished quickstart run, one per cycle, against the run's whole model on disk."""
-    from prunekit.runner import load_run
+    from prunekit.run import load_run
 
     rows = []
     for rec in run_cycles(run_dir):

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from common import device, parser, write
-from prunekit.ablation import load_ablation, plan_cells
+from prunekit.ablation.grid import load_ablation, plan_cells
 from prunekit.errors import PrunekitError
-from prunekit.recipe import load_recipe
+from prunekit.recipe.spec import load_recipe
 from prunekit.run import build_model
 from prunekit.run.task import load_bundle
-from prunekit.strategy import get_strategy
+from prunekit.engine.strategy import get_strategy
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

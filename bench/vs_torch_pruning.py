@@ -34,7 +34,7 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-from prunekit.budget import count_macs, count_params
+from prunekit.budget.search import count_macs, count_params
 
 from common import device, parser, write
 

@@ -1,12 +1,11 @@
 """prunekit: structured pruning for PyTorch; flagship strategy TINA (Tiny Adapters for Vision Transformers).
 
-The pieces, one module each: ``graph`` (coupled groups via torch-pruning, the group protocol), ``policy`` (what a
-kind of group may lose), ``adapters`` (injection, adapter groups), ``channels`` (any model's channel groups), ``heads``
-(attention heads as groups), ``scorers`` (unit importance), ``scopes`` (local / global selection), ``plan`` (selection
-as data), ``budget`` (sigma / params / MACs / channels targets), ``schedule`` (cycle count), ``engine`` (the iterative
-loop), ``pruning`` (``prune()`` in one call), ``saving`` (save / load pruned models), ``export`` (TorchScript / ONNX),
-``strategy`` (named combinations; built-ins in ``strategies/``). ``load`` and ``predict`` use what a run trained
-(``prunekit.run``, the run phases).
+The layers, one folder each, lowest first: ``core`` (the group protocol on torch-pruning's dependency graph, policy,
+plans, undo), ``groups`` (channels, attention heads), ``ranking`` (scorers, scopes), ``budget`` (budgets, cost,
+the selection search), ``engine`` (the iterative engine, ``prune()``, schedule, strategies; built-ins in
+``strategies/``), ``adapters`` (TINA's adapters), ``methods`` (the PET baselines), ``io`` (files: run directories,
+saved pruned models, export), ``data``, ``models``, ``train``, ``recipe``, ``run`` (a recipe's phases), ``ablation``;
+``cli`` on top. ``docs/architecture.md`` draws them.
 """
 # Every public name is imported on first use (PEP 562): ``import prunekit.cli`` answers ``prunekit --help`` without
 # importing torch, timm or torch-pruning; ``prunekit.prune`` / ``from prunekit import Engine`` import their module then.
@@ -17,30 +16,33 @@ from .lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "adapters": (
+    "adapters.layers": (
         "ADAPTER_POLICY", "Adapter", "AdapterConfig", "NoMatchingModuleError", "adapter_groups", "find_adapters",
         "inject_adapters", "remove_empty_adapters",
     ),
-    "budget": ("Budget",),
-    "channels": ("BackboneGroups", "backbone_groups",),
-    "engine": ("CycleRecord", "Engine",),
-    "graph": ("Group", "UnsupportedModelError", "find_groups",),
-    "heads": (
+    "budget.search": ("Budget",),
+    "groups.channels": ("BackboneGroups", "backbone_groups",),
+    "engine.iterative": ("CycleRecord", "Engine",),
+    "core.graph": ("Group", "UnsupportedModelError", "find_groups",),
+    "groups.heads": (
         "HeadDimGroup", "HeadGroup", "UnsupportedAttentionError", "attention_modules", "head_dim_groups",
         "head_groups",
     ),
-    "params": ("count_parameters", "mark_trainable",),
-    "plan": ("Plan", "applied_plans", "replay",),
-    "pruning": ("prune",),
+    "models.params": ("count_parameters", "mark_trainable",),
+    "core.plan": ("Plan", "applied_plans",),
+    "engine.sources": ("register_group_source", "replay",),
+    "engine.oneshot": ("prune",),
     "registry": ("PrunekitError", "UnknownNameError",),
     # the run phases, imported only when one of these is used: a trained run for inference
     "run.loading": ("load",),
     "run.predicting": ("predict",),
-    "saving": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
-    "schedule": ("Schedule", "num_prunes", "oneshot_sigma0", "paper_cycle_count",),
-    "scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),
-    "policy": ("Policy", "UnreachableTargetError",),
-    "scorers": ("SCORERS", "ScoreStats", "collect_activations", "combine", "normalized", "register_scorer", "scaled",),
-    "strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
+    "io.pruned": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
+    "engine.schedule": ("Schedule", "num_prunes", "oneshot_sigma0", "paper_cycle_count",),
+    "ranking.scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),
+    "core.policy": ("Policy", "UnreachableTargetError",),
+    "ranking.scorers": (
+        "SCORERS", "ScoreStats", "collect_activations", "combine", "normalized", "register_scorer", "scaled",
+    ),
+    "engine.strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from .errors import PrunekitError
-from .progress import ProgressReporter, make_console
-from .recipe import load_recipe
-from .shipped import builtin_recipes, builtin_recipes_dir, find_recipe
+from .run.progress import ProgressReporter, make_console
+from .recipe.spec import load_recipe
+from .recipe.builtin import builtin_recipes, builtin_recipes_dir, find_recipe
 
 LISTABLE = ("strategies", "scorers", "scopes", "methods", "datasets", "models", "recipes")
 EXIT_BAD_INPUT = 2  # a user's mistake: an `error: ...` line, nothing written
@@ -219,7 +219,7 @@ def list_(what):
 
 
 def _description(path: Path) -> str:
-    from .recipe import read_yaml
+    from .recipe.spec import read_yaml
 
     try:
         data = read_yaml(path)
@@ -267,7 +267,7 @@ def params(model_name, classes, methods, img_size, paper):
 def ablate(ablation, out, jobs, dry_run):
     """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots. --dry-run lists its runs
     and estimates the time first."""
-    from .ablation import plan_ablation, run_ablation
+    from .ablation.grid import plan_ablation, run_ablation
 
     if jobs < 1:
         raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")

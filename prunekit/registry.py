@@ -9,7 +9,7 @@ with the closest registered names (unlike timm's bare ``Unknown model (%s)``).
 Every registry loads its built-ins on first lookup: it names the modules that register them (``builtins=``), and
 the first ``get`` / ``names`` / ``in`` imports them, then the installed entry points. So a lookup in a fresh
 interpreter never depends on what happened to be imported before (``load_pruned`` in a new process finds the
-``backbone`` group source without anyone importing :mod:`prunekit.channels` first).
+``backbone`` group source without anyone importing :mod:`prunekit.groups.channels` first).
 
 Where a recipe may name a function, :func:`import_object` also takes a ``package.module:function`` path to the
 user's own code.

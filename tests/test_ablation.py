@@ -6,10 +6,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from prunekit.ablation import load_ablation, plan_cells
+from prunekit.ablation.grid import load_ablation, plan_cells
 from prunekit.cli import main
-from prunekit.params import head_param_count
-from prunekit.recipe import RecipeError
+from prunekit.models.params import head_param_count
+from prunekit.recipe.spec import RecipeError
 
 from test_cli import ROOT, invoke, tiny_recipe
 
@@ -121,7 +121,7 @@ def test_oneshot_and_vanilla_rows_can_run_fewer_columns(tmp_path):
     assert ids == {"tina__s512__seed0", "local_l1_oneshot__s512__seed0", "vanilla_adapters__s64__seed0",
                    "baseline_linear_probe__seed0"}
     # the table leaves the cells that did not run empty, and the rows that ran keep their numbers
-    from prunekit.ablation_tables import aggregate, write_tables
+    from prunekit.ablation.tables import aggregate, write_tables
 
     def cell(row, sigma, top1):
         return {"task": "", "row": row, "sigma_target": sigma, "seed": 0, "run": "r", "cycle": 0, "epochs": 3,

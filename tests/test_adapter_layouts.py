@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from prunekit import AdapterConfig, adapter_groups, find_adapters, inject_adapters, remove_empty_adapters
-from prunekit.adapters import AdapterLayoutError, Conv1x1
+from prunekit.adapters.layers import AdapterLayoutError, Conv1x1
 from prunekit.methods.phm import PHMLinear
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from prunekit import AdapterConfig, NoMatchingModuleError, find_adapters, inject_adapters
-from prunekit.adapters import Adapter, ParallelAdapterLayer, SeriesAdapterLayer, hidden_size
+from prunekit.adapters.layers import Adapter, ParallelAdapterLayer, SeriesAdapterLayer, hidden_size
 
 from conftest import tiny_swin, tiny_vit
 

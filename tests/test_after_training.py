@@ -12,8 +12,8 @@ from PIL import Image
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.export import export_model
-from prunekit.recipe import load_recipe
+from prunekit.io.export import export_model
+from prunekit.recipe.spec import load_recipe
 from prunekit.run import load_bundle, load_run
 
 from test_cli import tiny_recipe
@@ -266,7 +266,7 @@ def test_the_live_bar_labels_its_columns():
 
     from rich.console import Console
 
-    from prunekit.progress import ProgressReporter
+    from prunekit.run.progress import ProgressReporter
 
     buf = io.StringIO()
     reporter = ProgressReporter(console=Console(file=buf, force_terminal=True, width=160, color_system=None))

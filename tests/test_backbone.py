@@ -5,9 +5,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.channels import backbone_groups
-from prunekit.snapshot import restore, snapshot
-from prunekit.scorers import (
+from prunekit.groups.channels import backbone_groups
+from prunekit.core.undo import restore, snapshot
+from prunekit.ranking.scorers import (
     ScoreStats, coupled_l1, gather_stats, l2, normalized, score_groups, taylor, SCORERS,
 )
 

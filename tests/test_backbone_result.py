@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from prunekit.errors import PrunekitError
-from prunekit.recipe import load_recipe
+from prunekit.recipe.spec import load_recipe
 from prunekit.run.backbone_result import backbone_result
 from prunekit.run.checkpoint import checkpoint_result
 

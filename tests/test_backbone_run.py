@@ -7,14 +7,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from prunekit.budget import count_macs
+from prunekit.budget.search import count_macs
 from prunekit.cli import main
-from prunekit.plan import Plan
-from prunekit.progress import ProgressReporter
-from prunekit.recipe import load_recipe
+from prunekit.core.plan import Plan
+from prunekit.run.progress import ProgressReporter
+from prunekit.recipe.spec import load_recipe
 from prunekit.run import dry_run, load_run, run_recipe
-from prunekit.runner import example_inputs
-from prunekit.train import Trainer
+from prunekit.run import example_inputs
+from prunekit.train.trainer import Trainer
 from test_cli import tiny_recipe
 from test_resume import comparable, read_metrics, tensors_of
 
@@ -183,7 +183,7 @@ def test_a_run_started_before_the_backbone_keys_existed_still_resumes(tmp_path, 
     (the recipe edited since) are still refused."""
     import yaml
 
-    from prunekit.resume import STATE_FILE, load_state, recipe_digest, save_state
+    from prunekit.train.resume import STATE_FILE, load_state, recipe_digest, save_state
 
     recipe, out = tiny_recipe(tmp_path, train={"epochs": 1}), tmp_path / "run"
     run_until_cycle(load_recipe(recipe), out, 1, monkeypatch)

@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from prunekit.cli import main
-from prunekit.strategy import STRATEGIES, Strategy
+from prunekit.engine.strategy import STRATEGIES, Strategy
 
 from conftest import snapshot
 
@@ -146,9 +146,10 @@ ROWS = [
     Row("scorer-path-not-importable",
         ["run", "{recipe}", "--set", "strategy.scorer=no_such_pkg.scores:weight_norm", *OUT],
         ["strategy.scorer: cannot import scorer 'no_such_pkg.scores:weight_norm': no module named 'no_such_pkg'"]),
-    Row("scorer-path-no-function", ["run", "{recipe}", "--set", "strategy.scorer=prunekit.scorers:tinna", "--dry-run"],
-        ["strategy.scorer: cannot import scorer 'prunekit.scorers:tinna': 'prunekit.scorers' has no attribute "
-         "'tinna'; did you mean 'tina'?"]),
+    Row("scorer-path-no-function",
+        ["run", "{recipe}", "--set", "strategy.scorer=prunekit.ranking.scorers:tinna", "--dry-run"],
+        ["strategy.scorer: cannot import scorer 'prunekit.ranking.scorers:tinna': 'prunekit.ranking.scorers' has no "
+         "attribute 'tinna'; did you mean 'tina'?"]),
     Row("scope-unknown-in-recipe", ["run", "{recipe}", "--set", "strategy.scope=globl", *OUT],
         ["strategy.scope: unknown scope 'globl'; did you mean 'global'", "allowed: global, local"]),
     Row("mode-unknown-in-recipe", ["run", "{recipe}", "--set", "strategy.mode=oneshoot", *OUT],

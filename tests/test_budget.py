@@ -7,10 +7,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.budget import Budget, CostModel, count_macs, count_params, mac_weights, select_cost, unit_limits
-from prunekit.channels import backbone_groups
-from prunekit.policy import Policy, UnreachableTargetError, removal_steps, round_half_up
-from prunekit.scopes import Limit, SCOPES, capacity, global_scope, local_scope
+from prunekit.budget.search import Budget, CostModel, count_macs, count_params, mac_weights, select_cost, unit_limits
+from prunekit.groups.channels import backbone_groups
+from prunekit.core.policy import Policy, UnreachableTargetError, removal_steps, round_half_up
+from prunekit.ranking.scopes import Limit, SCOPES, capacity, global_scope, local_scope
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODEL_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

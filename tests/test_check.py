@@ -6,10 +6,10 @@ import yaml
 
 from prunekit.errors import ConfigError, RecipeError
 from prunekit.methods.lora import LoRAConfig
-from prunekit.recipe import load_recipe, recipe_to_dict
+from prunekit.recipe.spec import load_recipe, recipe_to_dict
 from prunekit.run import build_model, check_recipe, example_inputs
 from prunekit.run.prune import prunable_groups
-from prunekit.scorers import coupled_l1
+from prunekit.ranking.scorers import coupled_l1
 from test_cli import tiny_recipe
 
 
@@ -35,12 +35,12 @@ def test_fixed_width_adapters_record_no_sigma(tmp_path):
 
 def test_strategy_parts_replace_the_strategys_own(tmp_path):
     recipe = load_recipe(tiny_recipe(tmp_path), ["strategy.scope=local", "strategy.mode=oneshot",
-                                                 "strategy.scorer=prunekit.scorers:coupled_l1",
+                                                 "strategy.scorer=prunekit.ranking.scorers:coupled_l1",
                                                  "strategy.sigma_reference=4"])
     strategy = check_recipe(recipe).strategy
     assert (strategy.name, strategy.scorer, strategy.scope, strategy.mode) == \
-        ("tina", "prunekit.scorers:coupled_l1", "local", "oneshot")
-    assert recipe.resolved.scorer == "prunekit.scorers:coupled_l1" and recipe.resolved.method_sigma == 8.0
+        ("tina", "prunekit.ranking.scorers:coupled_l1", "local", "oneshot")
+    assert recipe.resolved.scorer == "prunekit.ranking.scorers:coupled_l1" and recipe.resolved.method_sigma == 8.0
     assert recipe.resolved.sigma_reference == 4  # strategy.sigma_reference, as given
     assert example_inputs(recipe).shape == (1, 3, 16, 16)
 
@@ -64,12 +64,12 @@ def _dump(path, data):
 
 
 def test_a_strategy_with_a_callable_scorer_records_its_path(tmp_path, monkeypatch):
-    from prunekit.strategy import STRATEGIES, Strategy
+    from prunekit.engine.strategy import STRATEGIES, Strategy
 
     monkeypatch.setitem(STRATEGIES._entries, "callable_scorer", Strategy("callable_scorer", scorer=coupled_l1))
     recipe = load_recipe(tiny_recipe(tmp_path), ["strategy.name=callable_scorer"])
     check_recipe(recipe)
-    assert recipe.resolved.scorer == "prunekit.scorers:coupled_l1"
+    assert recipe.resolved.scorer == "prunekit.ranking.scorers:coupled_l1"
 
 
 def test_strategy_none_takes_no_parts(tmp_path):

@@ -1,10 +1,10 @@
-"""What a run records per cycle: parameters, MACs and batch-1 latency (prunekit/cost.py)."""
+"""What a run records per cycle: parameters, MACs and batch-1 latency (prunekit/budget/cost.py)."""
 import pytest
 import torch
 
 from conftest import tiny_vit
-from prunekit.budget import count_macs, count_params
-from prunekit.cost import latency_ms, model_cost
+from prunekit.budget.search import count_macs, count_params
+from prunekit.budget.cost import latency_ms, model_cost
 from prunekit.errors import PrunekitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.data import load_data, task_classes
-from prunekit.dataviews import SHIFT_OPS, labels_of, stratified_subset
+from prunekit.data.datasets import load_data, task_classes
+from prunekit.data.views import SHIFT_OPS, labels_of, stratified_subset
 from prunekit.errors import ConfigError
-from prunekit.recipe import SHIFTS, DataSection, RecipeError, load_recipe
+from prunekit.recipe.spec import SHIFTS, DataSection, RecipeError, load_recipe
 from prunekit.run.task import task_size
 from prunekit.run.task import load_bundle
 

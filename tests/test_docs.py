@@ -59,7 +59,7 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_
     assert abs(after / before - 0.5) < 0.01
     assert capsys.readouterr().out.strip() == f"{before} -> {after}"
     model, x = namespace["model"], namespace["x"]
-    from prunekit.budget import count_params
+    from prunekit.budget.search import count_params
 
     assert count_params(model) == after and model.eval()(x).shape == (1, 10)
     assert (tmp_path / "resnet18-half" / "model.safetensors").is_file()

@@ -1,11 +1,12 @@
 import pytest
+import prunekit as pk
 import torch
 from torch import nn
 
 from prunekit import (
     Engine, Plan, PrunekitError, count_parameters, find_adapters, inject_adapters, mark_trainable, replay,
 )
-from prunekit.adapters import adapter_groups
+from prunekit.adapters.layers import adapter_groups
 
 from conftest import tiny_vit
 
@@ -70,7 +71,7 @@ def test_global_selection_removes_whole_adapters_and_the_model_still_trains():
                         a.up.weight.fill_(0.5)
         return Trainer(1)(model, optimizer, cycle)
 
-    engine = Engine(model, train, example_inputs=X[:1], rho=0.5, sigma_target=4)
+    engine = Engine(model, train, example_inputs=X[:1], strategy="tina", rho=0.5, sigma_target=4)
     history = engine.run()
     assert history[0].plan.meta["removed_adapters"] == ["blocks.0.attn.adapter", "blocks.0.mlp.adapter"]
     assert history[1].widths == {"blocks.0.attn.adapter.down": 0, "blocks.0.mlp.adapter.down": 0,
@@ -109,7 +110,8 @@ def test_custom_scorer_and_callbacks():
     events = []
     model = make_model()
     keep_last = lambda group, stats: torch.arange(group.width, dtype=torch.float32)  # noqa: E731
-    engine = Engine(model, Trainer(1), example_inputs=X[:1], scorer=keep_last, scope="local", sigma_target=4)
+    engine = Engine(model, Trainer(1), example_inputs=X[:1], scorer=keep_last, scope="local", sigma_target=4,
+                    groups_fn="adapters")
     engine.add_callback("on_prune", lambda eng, plan: events.append(("prune", plan.n_removed)))
     engine.add_callback("on_cycle_end", lambda eng, rec: events.append(("end", rec.cycle)))
     history = engine.run()
@@ -121,12 +123,26 @@ def test_custom_scorer_and_callbacks():
 
 def test_model_without_adapters_is_refused():
     with pytest.raises(PrunekitError, match="no prunable groups; inject adapters first"):
-        Engine(tiny_vit(), Trainer(), example_inputs=X[:1])
+        Engine(tiny_vit(), Trainer(), example_inputs=X[:1], strategy="tina", sigma_target=16)
+
+
+def test_the_engine_has_no_default_strategy_budget_or_groups():
+    """Nothing adapter- or TINA-specific is assumed: the strategy (or a scorer), the budget and the groups are given,
+    or come from the strategy (the built-in strategies are adapter strategies)."""
+    with pytest.raises(PrunekitError, match="pass strategy= .* or scorer="):
+        Engine(make_model(), Trainer(), example_inputs=X[:1], sigma_target=16)
+    with pytest.raises(PrunekitError, match="pass budget= .* or sigma_target="):
+        Engine(make_model(), Trainer(), example_inputs=X[:1], strategy="tina")
+    with pytest.raises(PrunekitError, match="strategy 'custom' names no group source; pass groups_fn="):
+        Engine(make_model(), Trainer(), example_inputs=X[:1], scorer="l1", sigma_target=16)
+    engine = Engine(make_model(), Trainer(), example_inputs=X[:1], strategy="tina", sigma_target=16)
+    assert engine.groups_fn is pk.adapter_groups and engine.budget == pk.Budget.sigma(16)
+    assert not engine.check_forward  # the adapter policy: removal keeps the model well-formed by construction
 
 
 def test_plans_replay_on_a_fresh_model(tmp_path):
     model = make_model()
-    engine = Engine(model, Trainer(1), example_inputs=X[:1], sigma_target=16)
+    engine = Engine(model, Trainer(1), example_inputs=X[:1], strategy="tina", sigma_target=16)
     engine.run()
     Plan.save_all(engine.plans, tmp_path / "plan.json")
     fresh = make_model()

@@ -6,8 +6,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import Budget, Engine, PrunekitError, UnreachableTargetError, backbone_groups, replay
-from prunekit.budget import count_macs, count_params
-from prunekit.schedule import MAX_PRUNES, Schedule, ratio_steps
+from prunekit.budget.search import count_macs, count_params
+from prunekit.engine.schedule import MAX_PRUNES, Schedule, ratio_steps
 
 from conftest import tiny_swin, tiny_vit
 from test_engine import Trainer, X, make_model
@@ -47,7 +47,7 @@ def test_one_trace_per_prune(monkeypatch):
         return build(self, *args, **kwargs)
 
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counted)
-    engine = Engine(make_model(), Trainer(1), example_inputs=X[:1], rho=0.5, sigma_target=8)
+    engine = Engine(make_model(), Trainer(1), example_inputs=X[:1], strategy="tina", rho=0.5, sigma_target=8)
     assert engine.cycles == 3 and len(calls) == 1
     engine.run()
     assert len(calls) == 1 + 2  # the check before training, then one per prune
@@ -115,7 +115,7 @@ def test_tiny_rho_is_refused_with_the_cycle_count_it_implies(rho, cycles):
 
 def test_tiny_rho_in_the_engine_fails_fast():
     with pytest.raises(PrunekitError, match="rho: 1e-09 needs .* at most 100"):
-        Engine(make_model(), Trainer(1), example_inputs=X[:1], rho=1e-9, sigma_target=16)
+        Engine(make_model(), Trainer(1), example_inputs=X[:1], strategy="tina", rho=1e-9, sigma_target=16)
 
 
 def test_oneshot_error_names_sigma_reference():
@@ -134,10 +134,10 @@ def test_ratio_steps_remove_rho_of_what_is_left_and_land_on_the_ratio():
 
 def test_a_scope_that_ignores_the_target_is_refused_before_cutting():
     def sloppy(scores, fraction=None, *, target=None, limits=None):
-        return pk.scopes.global_scope(scores, target=max(0, (target or 0) - 3))
+        return pk.global_scope(scores, target=max(0, (target or 0) - 3))
 
     model = make_model()
-    engine = Engine(model, Trainer(1), example_inputs=X[:1], scope=sloppy, sigma_target=8)
+    engine = Engine(model, Trainer(1), example_inputs=X[:1], strategy="tina", scope=sloppy, sigma_target=8)
     with pytest.raises(PrunekitError, match="scope 'sloppy' missed this prune's target: it removes 29 .* target is "
                                             "32"):
         engine.run()
@@ -145,7 +145,8 @@ def test_a_scope_that_ignores_the_target_is_refused_before_cutting():
 
 
 def test_adapter_engine_records_sigma_reached():
-    history = Engine(make_model(), Trainer(1), example_inputs=X[:1], rho=0.5, sigma_target=16).run()
+    history = Engine(make_model(), Trainer(1), example_inputs=X[:1], strategy="tina", rho=0.5,
+                     sigma_target=16).run()
     assert [r.reached for r in history] == [4.0, 8.0, 16.0, None]
     assert history[0].plan.meta["budget"] == {"kind": "sigma", "target": 32, "goal": 32.0, "planned": 32.0,
                                               "tolerance": 0.0, "reached": 4.0}

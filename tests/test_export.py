@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prunekit import AdapterConfig, inject_adapters
-from prunekit.export import ExportError, export_model
+from prunekit.io.export import ExportError, export_model
 
 from conftest import tiny_vit
 

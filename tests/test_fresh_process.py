@@ -29,7 +29,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.plan import Plan
+from prunekit.core.plan import Plan
 
 from test_cli import tiny_recipe
 
@@ -168,7 +168,7 @@ def test_an_engine_run_with_two_prunes_loads_in_a_new_process(tmp_path):
         import timm
         from safetensors.torch import load_file, save_file
         import prunekit as pk
-        from prunekit.plan import Plan
+        from prunekit.core.plan import Plan
         x = load_file({str(tmp_path / 'x.safetensors')!r})["x"]
         torch.manual_seed(0)
         model = {BUILD['resnet18']}
@@ -200,7 +200,7 @@ def test_an_adapter_run_loads_in_a_new_process(tmp_path):
         torch.manual_seed(0)
         model = {BUILD['vit']}
         {inject}
-        assert "prunekit.channels" not in sys.modules  # the group source registry loads its built-ins itself
+        assert "prunekit.groups.channels" not in sys.modules  # the group source registry loads its built-ins itself
         pk.load_pruned({str(tmp_path / 'adapters')!r}, model)
         with torch.no_grad():
             save_file({{"y": model.eval()(load_file({str(tmp_path / 'x.safetensors')!r})["x"]).contiguous()}},
@@ -232,7 +232,7 @@ def runs(tmp_path_factory):
         res = _invoke("run", recipe, "--quiet")
         assert res.exit_code == 0, res.output
     val = tmp / "val"
-    from prunekit.recipe import load_recipe
+    from prunekit.recipe.spec import load_recipe
     from prunekit.run import load_bundle
 
     bundle = load_bundle(load_recipe(adapters))
@@ -300,9 +300,10 @@ def test_export_command_in_a_new_process(runs, kind, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ registries
 
-REGISTRIES = [("prunekit.graph", "GROUP_SOURCES"), ("prunekit.scorers", "SCORERS"), ("prunekit.scopes", "SCOPES"),
-              ("prunekit.strategy", "STRATEGIES"), ("prunekit.methods.base", "METHODS"), ("prunekit.data", "DATASETS"),
-              ("prunekit.backbone", "MODELS"), ("prunekit.heads", "HEAD_LAYOUTS")]
+REGISTRIES = [("prunekit.engine.sources", "GROUP_SOURCES"), ("prunekit.ranking.scorers", "SCORERS"),
+              ("prunekit.ranking.scopes", "SCOPES"), ("prunekit.engine.strategy", "STRATEGIES"),
+              ("prunekit.methods.base", "METHODS"), ("prunekit.data.datasets", "DATASETS"),
+              ("prunekit.models.backbone", "MODELS"), ("prunekit.groups.heads", "HEAD_LAYOUTS")]
 
 
 def test_every_registry_finds_its_builtins_in_a_bare_interpreter():
@@ -310,14 +311,14 @@ def test_every_registry_finds_its_builtins_in_a_bare_interpreter():
     names = "{m + '.' + a: getattr(importlib.import_module(m), a).names() for m, a in %r}" % REGISTRIES
     everything = fresh_python(f"""
         import importlib, json
-        import prunekit, prunekit.cli, prunekit.run, prunekit.channels, prunekit.adapters, prunekit.methods
-        import prunekit.strategies, prunekit.pruning
+        import prunekit, prunekit.cli, prunekit.run, prunekit.groups.channels, prunekit.adapters.layers
+        import prunekit.methods, prunekit.strategies, prunekit.engine.oneshot
         print(json.dumps({names}))
     """)
     full = json.loads(everything.stdout)
-    assert full["prunekit.graph.GROUP_SOURCES"] == ["adapters", "backbone"]
+    assert full["prunekit.engine.sources.GROUP_SOURCES"] == ["adapters", "backbone"]
     empty = [k for k, v in full.items() if not v]
-    assert empty == ["prunekit.backbone.MODELS"], empty  # model builders: none built in (timm's names are the default)
+    assert empty == ["prunekit.models.backbone.MODELS"], empty  # no model builders built in: timm's names are
     for module, attr in REGISTRIES:
         bare = fresh_python(f"""
             import importlib, json

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 import prunekit as pk
-from prunekit.budget import count_params
+from prunekit.budget.search import count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

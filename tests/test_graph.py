@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunekit import AdapterConfig, adapter_groups, find_groups, inject_adapters
-from prunekit.params import adapter_param_count, count_parameters, head_param_count, mark_trainable
+from prunekit.models.params import adapter_param_count, count_parameters, head_param_count, mark_trainable
 
 from conftest import small_cnn, tiny_swin, tiny_vit
 

@@ -1,4 +1,4 @@
-"""The shortcuts :mod:`prunekit.graph` takes around torch-pruning's graph walk give torch-pruning's own answers.
+"""The shortcuts :mod:`prunekit.core.graph` takes around torch-pruning's graph walk give torch-pruning's own answers.
 
 - Finding groups computes torch-pruning's index mappings once per trace (``frozen_index_mapping``), not on every
   ``get_pruning_group`` call: the groups are the same, and graphs prunekit did not build keep torch-pruning's behaviour.
@@ -19,10 +19,10 @@ import torch_pruning as tp
 from torch import nn
 
 import prunekit as pk
-import prunekit.graph as graph
-from prunekit.budget import CostModel, count_params
-from prunekit.channels import backbone_groups
-from prunekit.plan import Plan
+import prunekit.core.graph as graph
+from prunekit.budget.search import CostModel, count_params
+from prunekit.groups.channels import backbone_groups
+from prunekit.core.plan import Plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,14 +10,14 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from prunekit import AdapterConfig, inject_adapters
-from prunekit.heads import (
+from prunekit.groups.heads import (
     HeadGroup,
     UnsupportedAttentionError,
     attention_modules,
     head_dim_groups,
     head_groups,
 )
-from prunekit.scorers import ScoreStats, coupled_l1, l1_down, score_groups, tina
+from prunekit.ranking.scorers import ScoreStats, coupled_l1, l1_down, score_groups, tina
 
 SETTINGS = settings(max_examples=12, deadline=None)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from prunekit.methods import METHODS, build_method
 from prunekit.methods.phm import phm_width
-from prunekit.params import count_parameters, head_param_count
+from prunekit.models.params import count_parameters, head_param_count
 
 CLASSES = 5
 
@@ -170,8 +170,8 @@ def test_every_method_but_full_fine_tuning_freezes_the_backbone():
 
 @pytest.mark.parametrize("method", sorted(METHODS.names()))
 def test_frozen_backbone_methods_refuse_random_weights_unless_allowed(method, tmp_path):
-    from prunekit.recipe import RecipeError, load_recipe
-    from prunekit.runner import check_recipe
+    from prunekit.recipe.spec import RecipeError, load_recipe
+    from prunekit.run import check_recipe
     from test_cli import tiny_recipe
 
     path = tiny_recipe(tmp_path, strategy={"name": "none"}, model={"allow_random_backbone": False})

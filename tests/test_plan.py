@@ -19,11 +19,11 @@ from PIL import Image
 from rich.console import Console
 
 from prunekit.methods import METHODS
-from prunekit.progress import ProgressReporter
-from prunekit.recipe import load_recipe
+from prunekit.run.progress import ProgressReporter
+from prunekit.recipe.spec import load_recipe
 from prunekit.run import dry_run, run_recipe
 from prunekit.run.estimate import FIRST_STEPS, RunClock, Workload, format_duration
-from prunekit.strategy import get_strategy, list_strategies
+from prunekit.engine.strategy import get_strategy, list_strategies
 from test_cli import invoke, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from prunekit.backbone import MODELS, register_model
+from prunekit.models.backbone import MODELS, register_model
 from prunekit.cli import main
 from prunekit.registry import PrunekitError, import_object
 from test_cli import TINY_MODEL, tiny_recipe
@@ -118,7 +118,7 @@ def test_a_registered_model_builder_is_a_model_name(tmp_path):
         res = CliRunner().invoke(main, ["run", str(recipe), "--dry-run"])
         assert res.exit_code == 0, res.output
         assert re.search(r"model +tiny_vit_builder", res.output) and re.search(r"groups +4", res.output)
-        from prunekit.backbone import normalization
+        from prunekit.models.backbone import normalization
 
         assert normalization("tiny_vit_builder") == ((0.5,) * 3, (0.25,) * 3)
         typo = CliRunner().invoke(main, ["run", str(recipe), "--dry-run", "--set", "model.name=tiny_vit_buider"])
@@ -128,11 +128,11 @@ def test_a_registered_model_builder_is_a_model_name(tmp_path):
 
 
 def test_every_registry_reads_its_entry_point_group():
-    from prunekit.data import DATASETS
+    from prunekit.data.datasets import DATASETS
     from prunekit.methods import METHODS
-    from prunekit.scopes import SCOPES
-    from prunekit.scorers import SCORERS
-    from prunekit.strategy import STRATEGIES
+    from prunekit.ranking.scopes import SCOPES
+    from prunekit.ranking.scorers import SCORERS
+    from prunekit.engine.strategy import STRATEGIES
 
     groups = {r.kind: r.entry_point_group for r in (SCORERS, SCOPES, STRATEGIES, METHODS, DATASETS, MODELS)}
     assert groups == {"scorer": "prunekit.scorers", "scope": "prunekit.scopes", "strategy": "prunekit.strategies",

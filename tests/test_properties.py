@@ -4,8 +4,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from prunekit import AdapterConfig, Plan, count_parameters, find_adapters, inject_adapters
-from prunekit.adapters import adapter_groups
-from prunekit.scopes import global_scope, local_scope, round_half_up
+from prunekit.adapters.layers import adapter_groups
+from prunekit.ranking.scopes import global_scope, local_scope, round_half_up
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -150,7 +150,7 @@ def _naive_global(scores: dict, k: int, lowest: dict) -> dict:
 def test_global_plans_for_every_k_match_a_naive_global_selection(scores, data):
     """``global_plans`` (one ranking, nested plans, what the budget search uses) == ``global_scope`` == a naive
     one-at-a-time selection, for every k up to the limits' capacity."""
-    from prunekit.scopes import Limit, capacity, global_plans
+    from prunekit.ranking.scopes import Limit, capacity, global_plans
 
     lowest = {g: data.draw(st.integers(0, len(v))) for g, v in scores.items()}
     limits = {g: Limit(lowest[g]) for g in scores}

@@ -4,7 +4,7 @@ import re
 import pytest
 import yaml
 
-from prunekit.recipe import Recipe, RecipeError, apply_overrides, field_docs, load_recipe
+from prunekit.recipe.spec import Recipe, RecipeError, apply_overrides, field_docs, load_recipe
 
 
 def write(tmp_path, text, name="r.yaml"):
@@ -44,7 +44,7 @@ def test_bad_values_name_the_path(tmp_path, text, message):
     ("ModelSection", {"pretrain": "pre.yaml"}, "model.pretrain: 'pre.yaml' runs only to write model.checkpoint"),
 ])
 def test_sections_check_their_ranges_from_python_too(section, kwargs, message):
-    import prunekit.recipe as recipe_module
+    import prunekit.recipe.spec as recipe_module
 
     with pytest.raises(RecipeError, match=re.escape(message)):
         getattr(recipe_module, section)(**kwargs)
@@ -128,7 +128,7 @@ def test_every_documented_key_exists():
 def test_shipped_recipes_parse():
     from pathlib import Path
 
-    from prunekit.ablation import is_ablation_file, load_ablation
+    from prunekit.ablation.grid import is_ablation_file, load_ablation
 
     for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
         if is_ablation_file(p):

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from prunekit.cli import main
-from prunekit.resume import STATE_FILE
+from prunekit.train.resume import STATE_FILE
 from test_cli import tiny_recipe, tree_digest
 
 EPOCHS = 3
@@ -140,8 +140,8 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(uninterrupted):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
     import torch
 
-    from prunekit.resume import load_state
-    from prunekit.train import Trainer
+    from prunekit.train.resume import load_state
+    from prunekit.train.trainer import Trainer
 
     original = Trainer.train_epoch
 

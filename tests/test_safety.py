@@ -34,9 +34,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prunekit.cli import main
-from prunekit.resume import STATE_FILE
-from prunekit.rundir import MARKER, RunDir, save_safetensors, written_by_prunekit
-from prunekit.runlock import LOCK_FILE, RunLockedError, holder_of
+from prunekit.train.resume import STATE_FILE
+from prunekit.io.rundir import MARKER, RunDir, save_safetensors, written_by_prunekit
+from prunekit.io.runlock import LOCK_FILE, RunLockedError, holder_of
 
 from conftest import snapshot
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from prunekit import PrunekitError, Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
-from prunekit.schedule import compression
+from prunekit.engine.schedule import compression
 
 
 @pytest.mark.parametrize("sigma0,target", [(32, 64), (32, 128), (32, 256), (32, 512), (32, 4096), (16, 1000)])

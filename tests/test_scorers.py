@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from prunekit import AdapterConfig, PrunekitError, UnknownNameError, inject_adapters
-from prunekit.adapters import adapter_groups
-from prunekit.scorers import (
+from prunekit.adapters.layers import adapter_groups
+from prunekit.ranking.scorers import (
     SCORERS, ScoreStats, collect_activations, combine, coupled_l1, get_scorer, l1_activation, l1_down,
     needs_activations, random_score, scaled, score_groups, tina,
 )

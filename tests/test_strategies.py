@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from prunekit import Engine, UnknownNameError, get_strategy, inject_adapters, list_strategies, mark_trainable
-from prunekit.scopes import SCOPES
-from prunekit.scorers import SCORERS
-from prunekit.strategy import STRATEGIES, Strategy, register_strategy
+from prunekit.ranking.scopes import SCOPES
+from prunekit.ranking.scorers import SCORERS
+from prunekit.engine.strategy import STRATEGIES, Strategy, register_strategy
 
 from conftest import tiny_vit
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..adapters import DEFAULT_TARGETS, AdapterConfig, inject_adapters
+from ..adapters.layers import DEFAULT_TARGETS, AdapterConfig, inject_adapters
 from ..config import option
 from ..errors import ConfigError
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

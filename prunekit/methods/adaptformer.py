@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters import AdapterConfig, inject_adapters
+from ..adapters.layers import AdapterConfig, inject_adapters
 from ..config import option
 from ..errors import ConfigError
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

@@ -1,7 +1,7 @@
 """BitFit (Ben Zaken et al., 2022): every bias term trains, plus the head; all weights stay frozen."""
 from dataclasses import dataclass
 
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

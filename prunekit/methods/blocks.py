@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters import match_modules
+from ..adapters.layers import match_modules
 from ..config import option
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

@@ -1,7 +1,7 @@
 """Linear probe: only the classifier head trains (Tables 1-2, "Linear prob")."""
 from dataclasses import dataclass
 
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..adapters import match_modules
+from ..adapters.layers import match_modules
 from ..config import option
 from ..errors import ConfigError
-from ..params import mark_trainable
-from ..wrap import BaseLayerWrapper, set_submodule
+from ..models.params import mark_trainable
+from ..core.wrapper import BaseLayerWrapper, set_submodule
 from .base import Method, register_method
 
 

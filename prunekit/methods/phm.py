@@ -22,10 +22,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..adapters import DEFAULT_TARGETS, AdapterConfig, inject_adapters, match_modules, output_dim
+from ..adapters.layers import DEFAULT_TARGETS, AdapterConfig, inject_adapters, match_modules, output_dim
 from ..config import option
 from ..errors import ConfigError
-from ..params import mark_trainable
+from ..models.params import mark_trainable
 from .base import Method, register_method
 
 

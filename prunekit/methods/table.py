@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import timm
 import torch
 
-from ..backbone import check_model_name
-from ..params import count_parameters
+from ..models.backbone import check_model_name
+from ..models.params import count_parameters
 from .base import build_method
 
 # (label, method section, paper Table 1 (345 classes) M params, paper Table 2 (100 classes) M params)

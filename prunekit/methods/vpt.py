@@ -21,8 +21,8 @@ from torch import nn
 
 from ..config import option
 from ..errors import ConfigError, PrunekitError
-from ..params import mark_trainable
-from ..wrap import BaseLayerWrapper, set_submodule
+from ..models.params import mark_trainable
+from ..core.wrapper import BaseLayerWrapper, set_submodule
 from .base import Method, register_method
 
 

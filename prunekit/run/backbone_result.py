@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..recipe import Recipe, load_recipe
+from ..recipe.spec import Recipe, load_recipe
 from .checkpoint import checkpoint_result
 
 __all__ = ["backbone_result"]

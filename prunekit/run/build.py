@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbone import create_backbone, load_backbone_weights, load_checkpoint_file
-from ..data import data_size
+from ..models.backbone import create_backbone, load_backbone_weights, load_checkpoint_file
+from ..data.datasets import data_size
 from ..errors import PrunekitError
-from ..recipe import Recipe
+from ..recipe.spec import Recipe
 from .check import check_recipe
 
 __all__ = ["build_model", "example_inputs", "num_classes_for"]

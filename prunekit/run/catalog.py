@@ -1,7 +1,7 @@
 """What a recipe can name: one line per registered strategy, scorer, scope, method, dataset and model builder.
 
 Every registry is read through its public name, so entries added by ``register_*`` calls and by installed packages
-(entry points ``prunekit.strategies``, ``prunekit.scorers``, ``prunekit.scopes``, ``prunekit.methods``,
+(entry points ``prunekit.strategies``, ``prunekit.ranking.scorers``, ``prunekit.ranking.scopes``, ``prunekit.methods``,
 ``prunekit.datasets``, ``prunekit.models``) are listed like the built-in ones. Each kind imports its own registry
 only when it is listed: strategies need no torch (``prunekit list strategies`` answers in a fraction of a second);
 scorers, scopes, methods, datasets and models live in modules that import torch (and timm).
@@ -22,20 +22,20 @@ def _first_line(obj: object) -> str:
 
 
 def _strategies() -> list[str]:
-    from ..strategy import list_strategies
+    from ..engine.strategy import list_strategies
 
     return [f"{s.name:<28} {s.scorer} / {s.scope} / {s.mode}: {s.description}" for s in list_strategies()] + [
         f"{'none':<28} prunes nothing: trains strategy.cycles cycles (default 1) of the method as it is (baselines)"]
 
 
 def _scorers() -> list[str]:
-    from ..scorers import SCORERS
+    from ..ranking.scorers import SCORERS
 
     return [f"{name:<22} {_first_line(fn)}" for name, fn in SCORERS.items()]
 
 
 def _scopes() -> list[str]:
-    from ..scopes import SCOPES
+    from ..ranking.scopes import SCOPES
 
     return [f"{name:<10} {_first_line(fn)}" for name, fn in SCOPES.items()]
 
@@ -47,7 +47,7 @@ def _methods() -> list[str]:
 
 
 def _datasets() -> list[str]:
-    from ..data import DATASETS
+    from ..data.datasets import DATASETS
 
     items = list(DATASETS.items())
     width = max([14] + [len(name) for name, _ in items])
@@ -57,7 +57,7 @@ def _datasets() -> list[str]:
 def _models() -> list[str]:
     import timm
 
-    from ..backbone import MODELS
+    from ..models.backbone import MODELS
 
     lines = [f"{name:<28} {b.description}" for name, b in MODELS.items()]
     return lines + [f"{'<any timm model>':<28} one of timm's {len(timm.list_models()):,} model names "

@@ -11,15 +11,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from .. import distributed as dist_utils
-from ..backbone import check_model_name
-from ..data import DATASETS
+from ..core import distributed as dist_utils
+from ..models.backbone import check_model_name
+from ..data.datasets import DATASETS
 from ..errors import PrunekitError, RecipeError, UnknownNameError, problems_of
 from ..methods import Method, build_method
-from ..recipe import Recipe, ResolvedSection
-from ..scopes import get_scope
-from ..scorers import get_scorer
-from ..strategy import Strategy, get_strategy
+from ..recipe.spec import Recipe, ResolvedSection
+from ..ranking.scopes import get_scope
+from ..ranking.scorers import get_scorer
+from ..engine.strategy import Strategy, get_strategy
 from .metrics import check_tensorboard
 
 __all__ = ["Checked", "check_recipe", "check_world", "STRATEGY_PARTS"]

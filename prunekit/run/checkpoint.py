@@ -17,9 +17,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import PrunekitError, RecipeError
-from ..progress import ProgressReporter
-from ..recipe import Recipe
-from ..rundir import RunDir, RunWriteError, safetensors_metadata, save_safetensors, written_by_prunekit
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe
+from ..io.rundir import RunDir, RunWriteError, safetensors_metadata, save_safetensors, written_by_prunekit
 
 __all__ = ["check_checkpoint_target", "save_checkpoint", "checkpoint_result", "RESULT_KEYS"]
 

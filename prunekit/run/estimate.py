@@ -22,10 +22,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..cost import synchronize
-from ..progress import ProgressReporter
-from ..recipe import Recipe
-from ..train import Trainer, resolve_precision
+from ..budget.cost import synchronize
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe
+from ..train.trainer import Trainer, resolve_precision
 
 __all__ = ["Workload", "Speed", "probe_speed", "RunClock", "format_duration", "EVAL_SHARE", "PROBE_SECONDS",
            "FIRST_STEPS"]
@@ -118,8 +118,9 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
 class RunClock:
     """The run's estimate of its own duration, logged once after its first training steps.
 
-    Plugs into :class:`~prunekit.train.Trainer` as ``on_step``: after :data:`FIRST_STEPS` steps (or the first epoch, if
-    shorter) of the first epoch it trains, it logs ``estimated total: ~X`` for the whole run (elapsed + the rest).
+    Plugs into :class:`~prunekit.train.trainer.Trainer` as ``on_step``: after :data:`FIRST_STEPS` steps (or the first
+    epoch, if shorter) of the first epoch it trains, it logs ``estimated total: ~X`` for the whole run (elapsed + the
+    rest).
 
     Args:
         work: the run's schedule and data.

@@ -2,7 +2,7 @@
 
 The model is rebuilt exactly as ``prunekit eval`` rebuilds it (:func:`~prunekit.run.reload.load_run`), put in eval
 mode, traced on the recipe's example input and checked against PyTorch on a batch of another size
-(:func:`~prunekit.export.export_model`). The default file is ``RUN_DIR/export/cycle_K.{pt,onnx}``, a file prunekit
+(:func:`~prunekit.io.export.export_model`). The default file is ``RUN_DIR/export/cycle_K.{pt,onnx}``, a file prunekit
 adds to the run directory's manifest; any existing file there or at ``--out`` is refused unless ``--overwrite``.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..export import ExportError, export_model
-from ..rundir import RunDir
+from ..io.export import ExportError, export_model
+from ..io.rundir import RunDir
 from .build import example_inputs
 from .reload import load_run
 
@@ -23,7 +23,7 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 def export_run(run_dir: str | Path, *, format: str = "torchscript", cycle: int | None = None,
                out: str | Path | None = None, overwrite: bool = False, atol: float = 1e-4) -> dict[str, Any]:
     """Write the model of ``run_dir`` at ``cycle`` (default: the last) to ``out`` and check it; returns the report of
-    :func:`~prunekit.export.export_model` plus ``cycle``."""
+    :func:`~prunekit.io.export.export_model` plus ``cycle``."""
     if format not in SUFFIXES:  # before anything is loaded, locked or added to the manifest
         raise ExportError(f"--format: unknown {format!r}; allowed: {', '.join(SUFFIXES)}")
     recipe, model, rec = load_run(run_dir, cycle)

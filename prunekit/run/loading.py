@@ -25,12 +25,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapters import adapter_groups
+from ..adapters.layers import adapter_groups
 from ..errors import PrunekitError
-from ..plan import Plan
-from ..recipe import Recipe, load_recipe
-from ..rundir import RunDir
-from ..shipped import find_recipe
+from ..core.plan import Plan
+from ..recipe.spec import Recipe, load_recipe
+from ..io.rundir import RunDir
+from ..recipe.builtin import find_recipe
 from .build import example_inputs
 from .record import CLASSES_FILE
 from .reload import build_for_reload, load_run, load_trained, read_trained_file, resolved_recipe

@@ -1,8 +1,8 @@
 """Train: the cycles of a run, through the engine's prune-and-fine-tune loop or, for strategy 'none', one after another.
 
 :meth:`CycleLoop.train_cycle` is the engine's ``train_fn``: it trains one cycle with the
-:class:`~prunekit.train.Trainer` and hands the cycle's summary (widths, sigma, parameters, MACs, batch-1 latency,
-top-1, throughput, wall time) to the run record.
+:class:`~prunekit.train.trainer.Trainer` and hands the cycle's summary (widths, sigma, parameters, MACs, batch-1
+latency, top-1, throughput, wall time) to the run record.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed as dist_utils
-from ..cost import model_cost
+from ..core import distributed as dist_utils
+from ..budget.cost import model_cost
 from ..errors import PrunekitError
-from ..params import count_parameters
-from ..progress import ProgressReporter
-from ..recipe import Recipe
-from ..train import Trainer
+from ..models.params import count_parameters
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe
+from ..train.trainer import Trainer
 from .build import example_inputs
 from .check import Checked
 from .estimate import RunClock, Workload

@@ -16,7 +16,7 @@ import math
 from typing import Any, Sequence
 
 from ..errors import RecipeError
-from ..rundir import RunDir
+from ..io.rundir import RunDir
 
 __all__ = ["cycles_csv", "TensorBoardScalars", "check_tensorboard", "TENSORBOARD_DIR"]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed as dist_utils
-from ..progress import ProgressReporter
-from ..recipe import Recipe
-from ..train import seed_everything, select_device
+from ..core import distributed as dist_utils
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe
+from ..train.trainer import seed_everything, select_device
 from .build import build_model
 from .check import Checked, check_recipe, check_world
 from .checkpoint import check_checkpoint_target

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .. import distributed as dist_utils
+from ..core import distributed as dist_utils
 from ..errors import PrunekitError, RecipeError
-from ..progress import ProgressReporter
-from ..recipe import Recipe, load_recipe
-from ..rundir import check_run_name
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe, load_recipe
+from ..io.rundir import check_run_name
 from .check import check_recipe
 from .preview import dry_run
 from .task import load_bundle

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..params import count_parameters
-from ..recipe import Recipe
-from ..report import human_bytes, short_group_name
-from ..rundir import RunDir
-from ..train import select_device
+from ..models.params import count_parameters
+from ..recipe.spec import Recipe
+from .summary import human_bytes, short_group_name
+from ..io.rundir import RunDir
+from ..train.trainer import select_device
 from .build import build_model
 from .check import check_recipe
 from .estimate import Workload, format_duration, probe_speed

@@ -1,8 +1,8 @@
 """Train, the engine seam: all the run phases ask of the pruning engine, in one place.
 
-The engine (prunekit/engine.py) knows nothing of recipes or run directories. Here a recipe becomes an
-:class:`~prunekit.engine.Engine` (strategy, rho, sigma_target, calibration batches, the trainer's optimizer), each
-prune is logged and its plans saved, a dry run plans its prunes without training, and a resumed engine gets its
+The engine (prunekit/engine/iterative.py) knows nothing of recipes or run directories. Here a recipe becomes an
+:class:`~prunekit.engine.iterative.Engine` (strategy, rho, sigma_target, calibration batches, the trainer's optimizer),
+each prune is logged and its plans saved, a dry run plans its prunes without training, and a resumed engine gets its
 history back.
 """
 from __future__ import annotations
@@ -14,17 +14,18 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..adapters import adapter_groups
-from ..budget import Budget
-from ..channels import BackboneGroups, backbone_groups
-from ..engine import Engine
+from ..adapters.layers import adapter_groups
+from ..budget.search import Budget
+from ..groups.channels import BackboneGroups, backbone_groups
+from ..engine.iterative import Engine
 from ..errors import PrunekitError, RecipeError
-from ..plan import Plan, replay
-from ..progress import ProgressReporter
-from ..recipe import Recipe
-from ..schedule import compression
-from ..scorers import get_scorer, needs_activations, needs_gradients
-from ..strategy import Strategy
+from ..core.plan import Plan
+from ..engine.sources import replay
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe
+from ..engine.schedule import compression
+from ..ranking.scorers import get_scorer, needs_activations, needs_gradients
+from ..engine.strategy import Strategy
 from .build import example_inputs
 from .record import RunRecord
 from .task import Task, calibration_batches
@@ -57,7 +58,8 @@ def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: 
 
 
 def recipe_budget(recipe: Recipe) -> Budget:
-    """``strategy.budget`` as a :class:`~prunekit.budget.Budget`; the adapters' ``sigma_target`` when it sets none."""
+    """``strategy.budget`` as a :class:`~prunekit.budget.search.Budget`; the adapters' ``sigma_target`` when it sets
+    none."""
     b, s = recipe.strategy.budget, recipe.strategy
     return Budget.sigma(s.sigma_target) if b.kind is None else Budget(b.kind, b.value)
 

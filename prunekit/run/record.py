@@ -17,15 +17,15 @@ import torch
 import yaml
 from torch import nn
 
-from .. import distributed as dist_utils
+from ..core import distributed as dist_utils
 from ..errors import PrunekitError
-from ..progress import ProgressReporter
-from ..recipe import Recipe, recipe_to_dict
-from ..report import cycle_table, plot_widths
-from ..resume import STATE_FILE
-from ..rundir import RunDir, run_directory
-from ..runlock import describe_holder
-from ..statedict import with_versions
+from .progress import ProgressReporter
+from ..recipe.spec import Recipe, recipe_to_dict
+from .summary import cycle_table, plot_widths
+from ..train.resume import STATE_FILE
+from ..io.rundir import RunDir, run_directory
+from ..io.runlock import describe_holder
+from ..io.statedict import with_versions
 from .checkpoint import save_checkpoint
 from .metrics import TensorBoardScalars, cycles_csv
 from .report import plot_file, run_title, write_report

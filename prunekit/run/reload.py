@@ -17,11 +17,12 @@ from torch import nn
 
 from ..config import parse_section
 from ..errors import PrunekitError, RecipeError
-from ..plan import Plan, replay
-from ..recipe import Recipe, read_yaml
-from ..rundir import RunDir
-from ..statedict import load_into, load_safetensors
-from ..train import Trainer, seed_everything, select_device
+from ..core.plan import Plan
+from ..engine.sources import replay
+from ..recipe.spec import Recipe, read_yaml
+from ..io.rundir import RunDir
+from ..io.statedict import load_into, load_safetensors
+from ..train.trainer import Trainer, seed_everything, select_device
 from .build import build_model, example_inputs, num_classes_for
 from .task import load_task
 

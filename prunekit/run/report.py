@@ -5,10 +5,10 @@ from typing import Any
 
 from torch import nn
 
-from ..cost import REPEATS, WARMUP
-from ..recipe import Recipe
-from ..report import cycle_table, human_bytes, human_count
-from ..rundir import RunDir
+from ..budget.cost import REPEATS, WARMUP
+from ..recipe.spec import Recipe
+from .summary import cycle_table, human_bytes, human_count
+from ..io.rundir import RunDir
 
 __all__ = ["write_report", "backbone_bytes", "plot_file", "run_title"]
 

@@ -1,6 +1,6 @@
 """Record, resuming: ``prunekit run --resume RUN_DIR`` continues where an interrupted run stopped.
 
-After every epoch the run saves ``resume.pt`` (:func:`state_saver`; the format is in prunekit/resume.py). Resuming
+After every epoch the run saves ``resume.pt`` (:func:`state_saver`; the format is in prunekit/train/resume.py). Resuming
 first checks, reading only, that the state belongs to the run directory (:func:`open_for_resume`), then rebuilds the
 model from the recipe, brings model, engine and trainer to the saved state (:func:`restore`) and continues.
 """
@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .. import distributed as dist_utils
+from ..core import distributed as dist_utils
 from ..errors import PrunekitError
-from ..recipe import Recipe, load_recipe, recipe_to_dict
-from ..resume import STATE_FILE, check_provenance, load_model_state, load_state, model_state, recipe_digest, save_state
-from ..rundir import RunDir
-from ..runlock import RunLockedError, holder_of
+from ..recipe.spec import Recipe, load_recipe, recipe_to_dict
+from ..train.resume import (STATE_FILE, check_provenance, load_model_state, load_state, model_state, recipe_digest,
+                            save_state)
+from ..io.rundir import RunDir
+from ..io.runlock import RunLockedError, holder_of
 from .loop import CycleLoop
 from .prune import restore_engine
 from .record import RunFinished, RunRecord, on_main_rank

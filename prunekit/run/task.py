@@ -8,10 +8,10 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from ..backbone import normalization
-from ..data import DATASETS, DataBundle, DataSize, data_size, eval_transform, load_data, make_loaders
+from ..models.backbone import normalization
+from ..data.datasets import DATASETS, DataBundle, DataSize, data_size, eval_transform, load_data, make_loaders
 from ..errors import PrunekitError
-from ..recipe import Recipe
+from ..recipe.spec import Recipe
 
 __all__ = ["Task", "TaskSize", "load_bundle", "load_task", "calibration_batches", "task_size", "PREVIEW_CLASSES",
            "image_transform"]

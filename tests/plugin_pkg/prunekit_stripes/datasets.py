@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import TensorDataset
 
-from prunekit.data import DataBundle, register_dataset
+from prunekit.data.datasets import DataBundle, register_dataset
 
 
 @register_dataset("stripes", num_classes=3, offline=True, description="600 noisy images; the class is the bright band")

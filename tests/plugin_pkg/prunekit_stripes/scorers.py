@@ -1,5 +1,5 @@
 """``weight_product``: a neuron's down-row L2 norm times its up-column L2 norm."""
-from prunekit.scorers import register_scorer
+from prunekit.ranking.scorers import register_scorer
 
 
 @register_scorer("weight_product")

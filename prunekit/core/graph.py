@@ -1,0 +1,736 @@
+"""Coupled groups of units in any model, discovered with torch-pruning's ``DependencyGraph``.
+
+A group is a set of channels that must be removed together to keep the model well formed::
+
+    group := {producers: layers whose *output* channels are the units,
+              consumers: layers whose *input* channels are the units,
+              others:    per-channel parameters in between (BatchNorm, LayerNorm, stray nn.Parameters)}
+
+Examples (n = width, m = fan-in of one producer row):
+
+- an adapter: producers ``[down]`` (rows of W_down, n x m), consumers ``[up]`` (columns of W_up, m x n);
+- a transformer MLP: producers ``[fc1]``, consumers ``[fc2]``;
+- ``Conv2d(3, 8) -> BN(8) -> ReLU -> Conv2d(8, 16)``: producers ``[conv1]``, others ``[bn]``, consumers ``[conv2]``;
+- a grouped conv (``groups=G``) or GroupNorm in the chain: one *unit* is G channels, channel ``j`` of every one of the
+  G channel groups (``j, j + n, j + 2n, ...``), so every conv group keeps the same width; ``width = channels / G``.
+
+torch-pruning finds the coupling (including index maps through flatten / concat); prunekit keeps the ranking and the
+selection, and prunes a group by explicit indices with ``DG.get_pruning_group(root, fn, idxs).prune()``, which,
+unlike torch-pruning's ``MetaPruner``, may remove every channel.
+
+The group protocol
+------------------
+The core (scopes, plans, budgets, the engine, the scorers) never checks a group's class; any object with these
+attributes is a group, so other modules add kinds of their own (``prunekit.adapters.layers``: adapters;
+``prunekit.groups.heads``:
+attention heads, where one unit is a whole head)::
+
+    name: str            unique in the model and stable when the same architecture is rebuilt (plans key on it)
+    kind: str            'adapter', 'channel', 'neuron', 'head', ...
+    width: int           n, the number of units now
+    fan: int             m, weights per unit in the producers (Eq. 2 normalises by n + m)
+    policy               min_width, round_to, max_ratio, on_empty (see prunekit.core.policy)
+    rows() -> [Tensor(n, k)]     producer weights, row j computes unit j
+    columns() -> [Tensor(n, k)]  consumer weights, row j reads unit j
+    prune(idxs) -> None          remove these units (indices in 0..n-1) physically
+    unit_params() -> int         parameters one unit holds now (first-order cost, for params / MACs budgets)
+
+Optional: ``param_slices() -> [ParamSlice] | None`` (exactly which tensor dims a unit owns, so budgets count cross
+terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units,
+for activation scorers), ``channel_groups`` (channels per unit), ``modules`` (what ``prune`` touches: budgets derive
+the slices of a group without ``param_slices`` by pruning a shape-only copy of them) and ``root`` (for the device).
+
+Over 300 lines on purpose: the group protocol's documentation, torch-pruning's group with its member views, and
+tracing a frozen model are one abstraction.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import _helpers as _tp_helpers, ops
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
+
+from .policy import CHANNEL_POLICY, Policy
+from ..registry import PrunekitError
+
+__all__ = [
+    "GroupLike", "Member", "Group", "ParamSlice", "Trace", "trace", "find_groups", "groups_by_name",
+    "UnsupportedLayerError", "UnsupportedModelError", "default_customized_pruners",
+]
+
+ACTIVATION_TYPES = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.Mish)
+DEFAULT_ROOT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+GroupsFn = Callable[[nn.Module, Any], list]
+
+
+class UnsupportedModelError(PrunekitError, ValueError):
+    """A model (or part of it) prunekit cannot prune safely; raised before the model is modified (or after it was
+    restored)."""
+
+
+class UnsupportedLayerError(PrunekitError, ValueError):
+    """A layer in a group that torch-pruning's pruning functions cannot slice."""
+
+
+@runtime_checkable
+class GroupLike(Protocol):
+    """The duck-typed group the core relies on (module docstring); ``isinstance(g, GroupLike)`` checks the names."""
+
+    name: str
+    kind: str
+    policy: Any
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def fan(self) -> int: ...
+
+    def rows(self) -> list[torch.Tensor]: ...
+
+    def columns(self) -> list[torch.Tensor]: ...
+
+    def prune(self, idxs: Sequence[int]) -> None: ...
+
+    def unit_params(self) -> int: ...
+
+
+class ParamSlice(NamedTuple):
+    """One unit of a group owns ``size`` entries along ``dim`` of tensor ``owner.<attr>`` (resolved live, because
+    pruning replaces parameters by smaller ones)."""
+
+    owner: nn.Module
+    attr: str
+    dim: int
+    size: float
+
+    def tensor(self) -> torch.Tensor | None:
+        return getattr(self.owner, self.attr, None)
+
+
+@dataclass(eq=False)
+class Member:
+    """One layer of a group: which of its channels (``idxs``) carry which of the group's channels (``root_idxs``)."""
+
+    name: str
+    module: nn.Module
+    role: Literal["producer", "consumer", "other"]
+    idxs: list[int]
+    root_idxs: list[int]
+
+    def channel_weights(self, width: int, channel_groups: int = 1) -> torch.Tensor:
+        """This layer's weights per unit: a ``(width, k)`` view with row j = every weight tied to unit j.
+
+        Producers give their output rows (conv kernels flattened), consumers their input columns; when one channel maps
+        to several input channels (a conv feeding a Linear through ``flatten``), those columns are concatenated; with
+        ``channel_groups`` G, unit j gathers root channels ``j, j + width, ...``.
+        """
+        w = self.module.weight
+        dim = 0 if self.role == "producer" else 1
+        if self.role == "other" or w.dim() < 2:
+            dim = 0
+        groups = getattr(self.module, "groups", 1)
+        grouped_input = dim == 1 and isinstance(self.module, ops.TORCH_CONV) and groups > 1
+        if not grouped_input and len(self.idxs) == w.shape[dim] and self.idxs == self.root_idxs \
+                and self.idxs == list(range(len(self.idxs))):
+            per_channel = w.movedim(dim, 0).reshape(len(self.idxs), -1)  # every channel, in order: a view
+            return self._by_unit(per_channel, width, channel_groups)
+        idx = torch.as_tensor(self.idxs, device=w.device)
+        root = torch.as_tensor(self.root_idxs, device=w.device)
+        order = torch.argsort(root, stable=True)
+        if grouped_input:
+            # a grouped conv reads input channel c with the out channels of conv group c // cpg, at column c % cpg
+            # (groups * opg, cpg, ...) -> row c = g * cpg + j: the opg kernels of group g at column j
+            cpg, opg = w.shape[1], w.shape[0] // groups
+            by_input = w.reshape(groups, opg, cpg, -1).transpose(1, 2).reshape(groups * cpg, -1)
+            per_channel = by_input.index_select(0, idx[order])
+        else:
+            per_channel = w.index_select(dim, idx[order]).movedim(dim, 0).reshape(len(self.idxs), -1)
+        channels = width * channel_groups
+        counts = torch.bincount(root, minlength=channels) if len(self.root_idxs) else root.new_zeros(channels)
+        if counts.numel() != channels or not bool((counts == counts[0]).all()) or not int(counts[0]):
+            # partial or uneven coverage (a layer behind a concatenation carries some of the root's channels):
+            # row r gathers the rows mapped to root channel r in order, zero-padded; uncovered channels stay zero
+            roots = root[order]
+            rank = torch.arange(len(roots), device=w.device) - torch.searchsorted(roots, roots)  # k-th row of its root
+            out = per_channel.new_zeros(channels, int(torch.bincount(roots).max()), per_channel.shape[1])
+            keep = roots < channels
+            out[roots[keep], rank[keep]] = per_channel[keep]
+            per_channel = out.reshape(channels, -1)
+        return self._by_unit(per_channel, width, channel_groups)
+
+    @staticmethod
+    def _by_unit(per_channel: torch.Tensor, width: int, channel_groups: int) -> torch.Tensor:
+        per_channel = per_channel.reshape(width * channel_groups, -1)
+        if channel_groups > 1:
+            per_channel = per_channel.reshape(channel_groups, width, -1).transpose(0, 1)
+        return per_channel.reshape(width, -1)
+
+
+@dataclass(eq=False)
+class Group:
+    """Coupled channels of a model, named after their root producer (e.g. ``blocks.0.attn.adapter.down``).
+
+    Attributes:
+        name: qualified name of the root producer.
+        members: every parameterised layer touched when the group is pruned.
+        activation: module whose output carries the units (the adapter's phi), for activation-based scores.
+        kind: ``'channel'`` (conv root), ``'neuron'`` (Linear root), ``'adapter'`` ... (set by whoever finds it).
+        policy: what the group may lose (:class:`~prunekit.core.policy.Policy`).
+        channel_groups: channels per unit (G of a grouped conv / GroupNorm in the chain; 1 otherwise).
+        slices: the tensor dims one unit owns (:class:`ParamSlice`), every tensor torch-pruning slices included;
+            averaged over the units when they differ.
+        exact: whether every unit owns the same slices (false behind a concatenation that carries part of the
+            group's channels in one layer and part in another, as in GhostNet); budgets then count, not model.
+    """
+
+    name: str
+    members: list[Member]
+    activation: nn.Module | None = None
+    kind: str = "channel"
+    policy: Policy = CHANNEL_POLICY
+    channel_groups: int = 1
+    slices: list[ParamSlice] = field(default_factory=list, repr=False)
+    exact: bool = True
+    _dg: tp.DependencyGraph | None = field(default=None, repr=False)
+    _handler: Callable | None = field(default=None, repr=False)
+    _every: Any = field(default=None, repr=False)  # torch-pruning's group of all channels, while it stays valid
+
+    @property
+    def root(self) -> nn.Module:
+        return self.members[0].module
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "producer"]
+
+    @property
+    def consumers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "consumer"]
+
+    @property
+    def width(self) -> int:
+        """n: number of units (hidden units / channels, or channel groups' worth of them) in the group."""
+        return len(self.members[0].idxs) // self.channel_groups
+
+    @property
+    def fan(self) -> int:
+        """m: number of weights in one unit's rows of the root producer (its fan-in; the adapter's input width)."""
+        row = self.root.weight[0].numel() if self.root.weight.shape[0] else self.root.weight.shape[1]
+        return row * self.channel_groups
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [m.module for m in self.members]
+
+    def rows(self) -> list[torch.Tensor]:
+        """``(n, k)`` weight views of the producers: row j holds the weights that compute unit j."""
+        return [m.channel_weights(self.width, self.channel_groups) for m in self.producers]
+
+    def columns(self) -> list[torch.Tensor]:
+        """``(n, k)`` weight views of the consumers: row j holds the weights that read unit j."""
+        return [m.channel_weights(self.width, self.channel_groups) for m in self.consumers]
+
+    def param_slices(self) -> list[ParamSlice] | None:
+        """The tensor dims one unit owns, or None when units differ (see ``exact``)."""
+        return list(self.slices) if self.exact else None
+
+    def unit_params(self) -> int:
+        """Parameters one unit holds now: every slice of every tensor the group prunes (first order)."""
+        total = 0.0
+        for s in self.slices:
+            t = s.tensor()
+            if isinstance(t, nn.Parameter) and t.shape[s.dim]:
+                total += t.numel() / t.shape[s.dim] * s.size
+        return round(total)
+
+    def channels(self, idxs: Sequence[int]) -> list[int]:
+        """Root channel indices of units ``idxs``."""
+        n = self.width
+        return sorted(g * n + j for g in range(self.channel_groups) for j in idxs)
+
+    def prune(self, idxs: Sequence[int]) -> None:
+        """Physically remove units ``idxs`` (indices in ``0..width-1``) from every member; all of them is allowed.
+
+        Parameters are replaced by smaller ones (so an optimizer must be rebuilt); ``requires_grad`` is kept.
+        """
+        idxs = sorted({int(i) for i in idxs})
+        if not idxs:
+            return
+        if idxs[0] < 0 or idxs[-1] >= self.width:
+            raise IndexError(f"group {self.name}: unit indices must lie in [0, {self.width}), got {idxs}")
+        if self._dg is None:
+            raise PrunekitError(f"group {self.name} was not built from a dependency graph and cannot be pruned")
+        owners = self.modules + [s.owner for s in self.slices]
+        flags = {(id(m), n): p.requires_grad for m in owners for n, p in m.named_parameters(recurse=False)}
+        channels = self.channels(idxs)
+        every, self._every = self._every, None  # after this prune (or a failed one) it no longer describes the model
+        tp_group = _subgroup(every, channels) if every is not None else None
+        if tp_group is None:
+            tp_group = self._dg.get_pruning_group(self.root, self._handler, channels)
+        tp_group.prune(record_history=False)
+        for m in owners:
+            for n, p in m.named_parameters(recurse=False):
+                p.requires_grad_(flags.get((id(m), n), p.requires_grad))
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{m.name}:{m.role}" for m in self.members)
+        return f"Group({self.name!r}, kind={self.kind}, n={self.width}, m={self.fan}, [{parts}])"
+
+
+class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """torch-pruning's GroupNorm pruner, also for a GroupNorm without bias or weight (timm's ``GroupNorm1NoBias``)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.num_channels)) - set(idxs))
+        layer.num_channels = layer.num_channels - len(idxs)
+        for attr in ("weight", "bias"):
+            p = getattr(layer, attr, None)
+            if isinstance(p, nn.Parameter):
+                setattr(layer, attr, self._prune_parameter_and_grad(p, keep, 0))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+def default_customized_pruners(model: nn.Module) -> dict:
+    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight."""
+    out = {}
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm) and (m.bias is None or m.weight is None):
+            out[type(m)] = _GroupNormPruner()
+    return out
+
+
+@dataclass(eq=False)
+class Trace:
+    """A dependency graph of a model, with what the model returned and its module names."""
+
+    model: nn.Module
+    dg: tp.DependencyGraph
+    outputs: set = field(default_factory=set)  # grad_fns of the model's output tensors
+    names: dict = field(default_factory=dict)  # module (and traced parameter) -> qualified name
+
+    def output_nodes(self) -> list:
+        """Graph nodes whose result is returned by the model."""
+        return [n for n in self.dg.module2node.values() if n.grad_fn in self.outputs or not n.outputs]
+
+
+def trace(
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        forward_fn: Callable | None = None,
+        unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] | None = None,
+        customized_pruners: dict | None = None,
+) -> Trace:
+    """Trace ``model`` once with torch-pruning (eval mode, every parameter requiring grad while tracing)."""
+    # torch-pruning traces autograd: frozen parameters would leave no graph, so every parameter requires grad
+    # while tracing; the flags and the train/eval mode are restored afterwards.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    was_training = model.training
+    outputs: set = set()
+
+    def forward(m, x):
+        out = call_model(m, x, forward_fn)
+        outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
+        return out
+
+    model.eval()
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs, forward_fn=forward, verbose=False,
+                unwrapped_parameters=list(unwrapped_parameters) if unwrapped_parameters is not None else None,
+                customized_pruners=customized_pruners if customized_pruners is not None else
+                default_customized_pruners(model) or None)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        # always through train(): modules drop what they cached in eval mode (timm's LeViT keeps its attention biases,
+        # here with autograd history from the traced forward, which a deepcopy of the model would refuse)
+        model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    return Trace(model, dg, outputs, names)
+
+
+def _has_matrix_weight(module: object) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(module, nn.Module) and isinstance(w, torch.Tensor) and w.dim() >= 2
+
+
+def _activation_after(parent: nn.Module, chain: list[nn.Module]) -> nn.Module | None:
+    """The activation applied to a group's units: the parent's ``act`` (adapters, timm ``Mlp``), else the sibling
+    registered right after the last layer of the chain when it is an activation (``conv, bn, relu`` in a Sequential
+    or a ResNet block), else None (activation scores then read the producer's output)."""
+    act = getattr(parent, "act", None)
+    if isinstance(act, nn.Module) and not _has_matrix_weight(act):
+        return act
+    children = list(parent.children())
+    positions = [i for i, c in enumerate(children) if any(c is m for m in chain)]
+    if positions and positions[-1] + 1 < len(children) and isinstance(children[positions[-1] + 1], ACTIVATION_TYPES):
+        return children[positions[-1] + 1]
+    return None
+
+
+def channel_groups_of(dg: tp.DependencyGraph, tp_group) -> int:
+    """Channels per unit of a torch-pruning group: the largest in/out channel grouping of its members (grouped convs,
+    GroupNorm), depthwise convs excepted (their in and out channels are one), as torch-pruning's MetaPruner does."""
+    g = 1
+    for item in tp_group.items:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or (isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels):
+            continue
+        if dg.is_out_channel_pruning_fn(item.dep.handler):
+            g = max(g, pruner.get_out_channel_groups(module))
+        else:
+            g = max(g, pruner.get_in_channel_groups(module))
+    return g
+
+
+def _tied_root_channels(dg: tp.DependencyGraph, root: nn.Module, handler, n: int, names: dict) -> int:
+    """How many of the root's own channels torch-pruning removes with its channel 0, for a group that passes a
+    concatenation. A concatenation can tie a layer's channels to each other: GhostNet's stem feeds a residual add
+    with ``cat([x1, cheap(x1)])``, whose halves are one channel of x1 each, so stem channels j and j + n/2 go
+    together. Such a group has n/2 units of 2 channels (like a grouped conv's); a tie of any other shape is refused
+    (:class:`UnsupportedLayerError`: the group is left out), since a unit must be the same channels every time."""
+    probe = dg.get_pruning_group(root, handler, [0])
+    tied = sorted({i for item in probe.items if item.dep.target.module is root
+                   and dg.is_out_channel_pruning_fn(item.dep.handler) for i in item.idxs})
+    k = len(tied)
+    if k <= 1:
+        return 1
+    if n % k or tied != [j * (n // k) for j in range(k)]:
+        raise UnsupportedLayerError(f"torch-pruning removes channels {tied[:8]} of {names.get(root, '?')} together "
+                                    f"(tied through a concatenation), not a fixed stride of its {n} channels")
+    return k
+
+
+# Layers (and subclasses, e.g. timm's BatchNormAct2d) whose pruned shapes follow from their parameter shapes (and conv
+# groups) alone: _slices_of_item caches them by type, handler and shapes.
+_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                 nn.LayerNorm, nn.GroupNorm)
+_SLICE_CACHE: dict[tuple, list[tuple[str, int, float]]] = {}
+
+
+def _meta_clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose tensors live on the meta device (shapes only, no memory).
+
+    A module whose tensors are all its own (conv, linear, norm, timm's norm + activation: nearly every item of a group)
+    is copied shallowly with new parameter and buffer dicts, which is all a torch-pruning handler replaces; a module
+    whose children hold tensors is deep-copied (memo: meta tensors).
+    """
+    def meta_param(p):
+        return None if p is None else nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=p.requires_grad)
+
+    def meta_buffer(b):
+        return None if b is None else torch.empty(b.shape, device="meta", dtype=b.dtype)
+
+    if not any(True for c in module.children() for _ in (*c.parameters(), *c.buffers())):
+        # children without tensors (BatchNormAct2d's activation): shared, a handler only slices the layer's own
+        clone = copy.copy(module)
+        clone.__dict__["_parameters"] = {n: meta_param(p) for n, p in module._parameters.items()}
+        clone.__dict__["_buffers"] = {n: meta_buffer(b) for n, b in module._buffers.items()}
+        clone.__dict__["_modules"] = dict(module._modules)
+        return clone
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = meta_param(p)
+    for b in module.buffers():
+        memo[id(b)] = meta_buffer(b)
+    return copy.deepcopy(module, memo)
+
+
+def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: dict) -> list[ParamSlice]:
+    """Which tensor dims shrink, by how much, when the channels ``unit_idxs`` of this item's target go."""
+    target = item.dep.target
+    if target.type == ops.OPTYPE.PARAMETER:  # a stray nn.Parameter (cls token, layer scale ...)
+        name = dg._param_to_name.get(target.module)
+        if name is None:
+            return []
+        owner_name, _, attr = name.rpartition(".")
+        owner = dg.model.get_submodule(owner_name) if owner_name else dg.model
+        dim = target.pruning_dim % target.module.dim()
+        return [ParamSlice(owner, attr, dim, float(len(unit_idxs)))]
+    module = target.module
+    if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
+        return []
+    before = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
+    key = None
+    if isinstance(module, _PLAIN_LAYERS):  # shape arithmetic only: the same answer for the same type and shapes
+        key = (type(module), item.dep.handler, tuple(before.items()), getattr(module, "groups", None),
+               len(unit_idxs))
+        hit = _SLICE_CACHE.get(key)
+        if hit is not None:
+            return [ParamSlice(module, n, d, size) for n, d, size in hit]
+    clone = _meta_clone(module)
+    try:
+        item.dep.handler(clone, sorted(unit_idxs))
+    except Exception as e:  # noqa: BLE001 - the real layer would fail the same way when pruned
+        raise UnsupportedLayerError(f"torch-pruning cannot slice {names.get(module, type(module).__name__)} "
+                                    f"({type(module).__name__}: {type(e).__name__}: {str(e)[:120]})") from None
+    out = []
+    for n, shape in before.items():
+        new = getattr(clone, n, None)
+        new_shape = tuple(new.shape) if isinstance(new, torch.Tensor) else shape
+        for d, (a, b) in enumerate(zip(shape, new_shape)):
+            if a != b:
+                out.append(ParamSlice(module, n, d, float(a - b)))
+    if key is not None:
+        if len(_SLICE_CACHE) > 4096:
+            _SLICE_CACHE.clear()
+        _SLICE_CACHE[key] = [(s.attr, s.dim, s.size) for s in out]
+    return out
+
+
+_FROZEN_ATTR = "_prunekit_index_mapping_frozen"
+_tp_update_index_mapping = _tp_index_mapping.update_index_mapping
+
+
+def _update_index_mapping(graph: tp.DependencyGraph) -> None:
+    """torch-pruning's ``update_index_mapping``, skipped for a graph inside :func:`frozen_index_mapping`."""
+    if getattr(graph, _FROZEN_ATTR, False):
+        return
+    _tp_update_index_mapping(graph)
+
+
+_tp_index_mapping.update_index_mapping = _update_index_mapping  # every other graph: torch-pruning's own, unchanged
+
+
+@contextlib.contextmanager
+def frozen_index_mapping(dg: tp.DependencyGraph):
+    """Inside the block, ``dg.get_pruning_group`` reuses one index mapping instead of recomputing it on every call.
+
+    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph on each
+    ``get_pruning_group`` call, because a prune in between changes the channel counts they are derived from. Finding
+    groups prunes nothing, so one computation at the start serves every call (with dozens of concatenations, as in
+    GhostNet or DenseNet, the recomputations were a large share of finding the groups). Nothing may be pruned through
+    ``dg`` inside the block; :meth:`Group.prune` is never called in one.
+    """
+    if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
+        yield dg
+        return
+    _tp_update_index_mapping(dg)  # a reused trace (``find_groups(traced=...)``) may have been pruned since it was built
+    setattr(dg, _FROZEN_ATTR, True)
+    try:
+        yield dg
+    finally:
+        delattr(dg, _FROZEN_ATTR)
+
+
+# Node types whose index mappings torch-pruning recomputes from the current channel counts: in a graph with none of
+# them but reshapes (which map one group's own channels), pruning one group never moves another group's indices.
+_SHIFTING = (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND, ops.OPTYPE.EXPAND, ops.OPTYPE.SLICE)
+
+
+def _static_mapping(dg: tp.DependencyGraph) -> bool:
+    """Whether every group's channel indices in ``dg`` stay where they are when other groups are pruned."""
+    return not any(node.type in _SHIFTING for node in dg.module2node.values())
+
+
+def _subgroup(every, channels: Sequence[int]):
+    """torch-pruning's group for root ``channels``, cut from its group of every channel: each item keeps the indices
+    that root channels in ``channels`` map to (what ``get_pruning_group(root, fn, channels)`` finds again by walking
+    the graph, without the walk). None when the full group's items carry no root indices."""
+    wanted, channels = set(channels), sorted(channels)
+    every_channel = list(range(len(every.items[0].idxs)))
+    out = type(every)()
+    for item in every.items:
+        root_idxs = item.root_idxs
+        if root_idxs is None or len(root_idxs) != len(item.idxs):
+            return None
+        if root_idxs == every_channel:  # the usual case: root channel r at position r
+            idxs, roots = [item.idxs[r] for r in channels], list(channels)
+        else:
+            pairs = [(i, r) for i, r in zip(item.idxs, root_idxs) if r in wanted]
+            idxs, roots = [i for i, _ in pairs], [r for _, r in pairs]
+        if not idxs:
+            continue
+        cut = _tp_helpers.GroupItem(dep=item.dep, idxs=idxs)
+        cut.root_idxs = roots
+        out.items.append(cut)
+    out._DG = every._DG
+    return out
+
+
+def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str], kind: str | None,
+                 policy: Policy, tp_group=None, static: bool = False) -> Group:
+    pruner = dg.get_pruner_of_module(root)
+    handler = pruner.prune_out_channels
+    if tp_group is None:
+        tp_group = dg.get_pruning_group(root, handler, list(range(pruner.get_out_channels(root))))
+    members: list[Member] = []
+    seen = set()
+    for item in tp_group.items:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module) or module not in names or not any(True for _ in module.parameters(False)):
+            continue  # element-wise ops, reshapes, concat nodes: nothing to prune or score
+        if _has_matrix_weight(module):
+            role = "producer" if dg.is_out_channel_pruning_fn(item.dep.handler) else "consumer"
+        else:
+            role = "other"
+        key = (id(module), role)
+        if key in seen:
+            continue
+        seen.add(key)
+        members.append(Member(names[module], module, role, list(item.idxs), list(item.root_idxs)))
+    parent_name = names[root].rpartition(".")[0]
+    parent = dg.model.get_submodule(parent_name) if parent_name else dg.model
+    chain = [root] + [m.module for m in members if m.role == "other" and names[m.module].startswith(parent_name)]
+    g = channel_groups_of(dg, tp_group)
+    n_channels = len(tp_group.items[0].idxs)
+    if any(isinstance(item.dep.target.module, ops._ConcatOp) for item in tp_group.items):
+        g = max(g, _tied_root_channels(dg, root, handler, n_channels, names))
+    width = n_channels // g
+    slices: list[ParamSlice] = []
+    exact, seen_items = True, set()
+    every_channel = list(range(n_channels))
+    for item in tp_group.items:
+        key = (id(item.dep.target.module), item.dep.handler)
+        if key in seen_items or not item.idxs:
+            continue
+        seen_items.add(key)
+        if item.root_idxs == every_channel:  # the usual case: this layer carries every root channel once, in order
+            probe, share = item.idxs[::width], 1.0  # unit 0: root channels 0, width, 2 * width ...
+        else:
+            # root channel r belongs to unit r % width: every unit costs the same when this layer carries the same
+            # number of channels of each (behind a concatenation that may be half of each unit's channels)
+            units = [r % width for r in item.root_idxs]
+            per_unit = Counter(units)
+            exact = exact and len(per_unit) == width and len(set(per_unit.values())) == 1
+            # probe one unit this layer carries; a layer carrying only some units (behind a concatenation) costs
+            # that much for each of them, i.e. on average times the share of units it carries
+            probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
+            share = len(per_unit) / width
+        for s in _slices_of_item(dg, item, probe, names):
+            slices.append(s._replace(size=s.size * share))
+    if kind is None:
+        kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
+    every = tp_group if static else None  # pruning other groups first leaves its indices valid
+    return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler,
+                 every)
+
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, its train / eval mode as before afterwards (``model.train(mode)``);
+    nothing set or restored when every module is in eval mode already. For forwards without grad: what a module
+    caches in eval mode then is what any eval forward leaves (the trace, with grad, always goes through train())."""
+    if not any(m.training for m in model.modules()):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:
+    """``model`` on ``example_inputs`` the way every prunekit trace and probe calls it: ``forward_fn(model, x)`` when
+    given, else ``model(**x)`` for a dict, ``model(*x)`` for a tuple or list, ``model(x)`` otherwise."""
+    if forward_fn is not None:
+        return forward_fn(model, example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+def find_groups(
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence | dict | None = None,
+        *,
+        only: Iterable[nn.Module] | Callable[[str], bool] | None = None,
+        root_types: Sequence[type] = DEFAULT_ROOT_TYPES,
+        forward_fn: Callable | None = None,
+        kind: str | None = None,
+        policy: Policy = CHANNEL_POLICY,
+        traced: Trace | None = None,
+        keep: Callable[[Any], bool] | None = None,
+        on_skip: Callable[[str, str], None] | None = None,
+) -> list[Group]:
+    """All coupled groups of ``model``, traced on ``example_inputs`` (or taken from an existing ``traced``).
+
+    Args:
+        model: any ``nn.Module`` torch-pruning can trace.
+        example_inputs: a batch the model accepts (one image is enough).
+        only: restrict to groups lying entirely inside these modules (or whose members' names satisfy this
+            predicate); e.g. the adapters, so the frozen backbone is never touched.
+        root_types: layer types that can root a group (their output channels are the units).
+        forward_fn: ``forward_fn(model, example_inputs)`` for models that need more than ``model(example_inputs)``.
+        kind: the groups' kind (default ``'channel'`` for a conv root, ``'neuron'`` for a Linear root).
+        policy: the groups' policy.
+        traced: reuse this trace of ``model`` instead of tracing again.
+        keep: ``fn(tp_group) -> bool`` on torch-pruning's full-width group, to drop groups before they are built.
+        on_skip: ``fn(name, reason)`` for a group torch-pruning cannot slice (its pruning function fails on a
+            shape-only copy of a layer); without it that raises :class:`UnsupportedLayerError`.
+
+    Returns:
+        Groups in model order; each has at least one producer. A residual stream shared by many layers is one group.
+    """
+    if traced is None:
+        if example_inputs is None:
+            raise PrunekitError("find_groups: pass example_inputs (a batch the model accepts) or traced=")
+        traced = trace(model, example_inputs, forward_fn=forward_fn)
+    dg, names = traced.dg, traced.names
+
+    if only is None:
+        inside = lambda name: True  # noqa: E731
+    elif callable(only):
+        inside = only
+    else:
+        allowed = {names[sub] for mod in only for sub in mod.modules() if sub in names}
+        inside = allowed.__contains__
+
+    with frozen_index_mapping(dg):
+        return _find_groups(model, dg, names, inside, root_types, kind, policy, keep, on_skip)
+
+
+def _find_groups(model: nn.Module, dg: tp.DependencyGraph, names: dict, inside: Callable[[str], bool],
+                 root_types: Sequence[type], kind: str | None, policy: Policy, keep: Callable | None,
+                 on_skip: Callable | None) -> list[Group]:
+    groups, visited = [], set()
+    static = _static_mapping(dg)
+    for name, module in model.named_modules():
+        if not isinstance(module, tuple(root_types)) or module in visited or module not in dg.module2node:
+            continue
+        if not inside(name):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        tp_group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module))))
+        for item in tp_group.items:
+            if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, tuple(root_types)):
+                visited.add(item.dep.target.module)
+        if keep is not None and not keep(tp_group):
+            continue
+        try:
+            group = _build_group(dg, module, names, kind, policy, tp_group, static)
+        except UnsupportedLayerError as e:
+            if on_skip is None:
+                raise
+            on_skip(name, str(e))
+            continue
+        if all(inside(m.name) for m in group.members):
+            groups.append(group)
+    return groups
+
+
+def groups_by_name(groups: Iterable[Any]) -> dict[str, Any]:
+    return {g.name: g for g in groups}

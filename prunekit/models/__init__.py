@@ -1,0 +1,2 @@
+"""Backbones: timm models or registered builders, checkpoint weights, parameter accounting and what trains.
+"""
