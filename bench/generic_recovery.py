@@ -34,7 +34,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.models.backbone import create_backbone, load_backbone_weights, load_checkpoint_file
-from prunekit.budget.search import count_macs, count_params
+from prunekit.budget.search import count_macs, count_parameters
 from prunekit.data.datasets import make_loaders
 from prunekit.recipe.spec import load_recipe
 from prunekit.run.task import load_bundle
@@ -122,9 +122,9 @@ def main():
         train_loader, val_loader = make_loaders(bundle, t.batch_size, 2 * t.batch_size, 0, seed)
         calibration = list(itertools.islice(iter(train_loader), 8))
         model = backbone(recipe, bundle.num_classes, seed).eval()
-        params0, macs0 = count_params(model), count_macs(model, x)
+        params0, macs0 = count_parameters(model), count_macs(model, x)
         info = prune(method, model, x, args.ratio, calibration)
-        params, macs = count_params(model), count_macs(model, x)
+        params, macs = count_parameters(model), count_macs(model, x)
         trainer = Trainer(dataclasses.replace(t, seed=seed), train_loader, val_loader, dev)
         metrics = trainer.train_cycle(model, trainer.make_optimizer(model.parameters()), 0)
         runs.append({"method": method, "seed": seed, "top1": metrics["last_top1"], "best_top1": metrics["best_top1"],

@@ -21,7 +21,7 @@ from torch import nn
 
 from common import device, median, parser, small_vit, sync, timeit, write
 from prunekit import Engine, inject_adapters, mark_trainable
-from prunekit.adapters.layers import adapter_groups
+from prunekit.adapters.groups import adapter_groups
 from prunekit.ranking.scopes import global_scope
 from prunekit.ranking.scorers import score_groups, tina
 
@@ -113,7 +113,7 @@ def scenario(name, make, img, batch, epoch_images, dev, repeat, steps, real_epoc
 def offline_epoch(model):
     """One real epoch of the offline default: scikit-learn digits at 32 px, batch 64, through prunekit's Trainer."""
     from prunekit.data.datasets import load_data, make_loaders
-    from prunekit.recipe.spec import DataSection, TrainSection
+    from prunekit.recipe.sections import DataSection, TrainSection
     from prunekit.train.trainer import Trainer
 
     bundle = load_data(DataSection(name="digits"), 32)

@@ -17,7 +17,7 @@ from torch import nn
 
 from common import device, parser, quickstart_run, run_cycles, strip_adapters, write
 from prunekit import Engine, find_adapters, inject_adapters, mark_trainable
-from prunekit.io.rundir import save_safetensors
+from prunekit.io.files import save_safetensors
 
 
 def trained(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import device, median, parser, small_vit, sync, write
 from prunekit import inject_adapters, mark_trainable
-from prunekit.recipe.spec import TrainSection
+from prunekit.recipe.sections import TrainSection
 from prunekit.train.trainer import Trainer, resolve_precision, warmup_cosine
 
 

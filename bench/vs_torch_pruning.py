@@ -34,7 +34,7 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-from prunekit.budget.search import count_macs, count_params
+from prunekit.budget.search import count_macs, count_parameters
 
 from common import device, parser, write
 
@@ -95,13 +95,13 @@ def tp_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> None:
 
 def tp_at_params(model: nn.Module, x: torch.Tensor, target: float, steps: int) -> tuple[float, float]:
     """Bisect torch-pruning's channel ratio until ``target`` of the parameters go; returns (ratio, reached)."""
-    before = count_params(model)
+    before = count_parameters(model)
     lo, hi, best = 0.0, 0.95, (0.0, 0.0)
     for _ in range(steps):
         mid = (lo + hi) / 2
         m = copy.deepcopy(model)
         tp_prune(m, x, mid)
-        reached = 1 - count_params(m) / before
+        reached = 1 - count_parameters(m) / before
         if abs(reached - target) < abs(best[1] - target):
             best = (mid, reached)
         if abs(reached - target) < 0.01:
@@ -149,7 +149,7 @@ def run_model(name: str, ratio: float, big: int, repeat: int, bisect: int, calls
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         ref = shapes(base(x))
-    row = {"params": count_params(base), "macs": count_macs(base, x), "input": size}
+    row = {"params": count_parameters(base), "macs": count_macs(base, x), "input": size}
     fns, extra = {}, {}
     for side in ("prunekit", "torch-pruning"):  # warm-ups: prunekit one call, torch-pruning its bisection
         try:
@@ -179,8 +179,8 @@ def run_model(name: str, ratio: float, big: int, repeat: int, bisect: int, calls
         if "search_seconds" in more:
             more = {"channel_ratio": more["channel_ratio"], "seconds_with_search": more["search_seconds"] + seconds}
         pruned[side] = m
-        row[side] = {"handled": True, "seconds": seconds, "params": count_params(m), "macs": count_macs(m, x),
-                     "params_removed": 1 - count_params(m) / row["params"],
+        row[side] = {"handled": True, "seconds": seconds, "params": count_parameters(m), "macs": count_macs(m, x),
+                     "params_removed": 1 - count_parameters(m) / row["params"],
                      "macs_removed": 1 - count_macs(m, x) / row["macs"], **more}
     for batch in (1, big):
         xb = torch.randn(batch, 3, size, size)

@@ -16,33 +16,39 @@ from .lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "adapters.layers": (
-        "ADAPTER_POLICY", "Adapter", "AdapterConfig", "NoMatchingModuleError", "adapter_groups", "find_adapters",
-        "inject_adapters", "remove_empty_adapters",
-    ),
-    "budget.search": ("Budget",),
+    # pruning any model: one call, iteratively, saved and reloaded
+    "engine.oneshot": ("prune",),
+    "engine.iterative": ("Engine",),
+    "engine.history": ("CycleRecord",),
+    "budget.search": ("Budget", "count_parameters",),
     "groups.channels": ("BackboneGroups", "backbone_groups",),
-    "engine.iterative": ("CycleRecord", "Engine",),
-    "core.graph": ("Group", "UnsupportedModelError", "find_groups",),
     "groups.heads": (
         "HeadDimGroup", "HeadGroup", "UnsupportedAttentionError", "attention_modules", "head_dim_groups",
-        "head_groups",
+        "head_groups", "register_head_layout",
     ),
-    "models.params": ("count_parameters", "mark_trainable",),
+    "core.group": ("Group", "GroupLike", "UnsupportedModelError",),
+    "core.graph": ("find_groups",),
     "core.plan": ("Plan", "applied_plans",),
+    "core.policy": ("Policy", "UnreachableTargetError",),
     "engine.sources": ("register_group_source", "replay",),
-    "engine.oneshot": ("prune",),
-    "registry": ("PrunekitError", "UnknownNameError",),
+    "io.pruned": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
+    # TINA: adapters in a frozen backbone
+    "adapters.layers": ("Adapter", "NoMatchingModuleError",),
+    "adapters.inject": ("AdapterConfig", "inject_adapters",),
+    "adapters.groups": ("ADAPTER_POLICY", "adapter_groups", "find_adapters", "remove_empty_adapters",),
+    "models.params": ("mark_trainable",),
+    # ranking and strategies: what goes, and named combinations
+    "ranking.scorers": ("SCORERS", "ScoreStats", "combine", "normalized", "register_scorer", "scaled",),
+    "ranking.calibration": ("collect_activations",),
+    "ranking.scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),
+    "engine.strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
+    # the other extension points of recipes
+    "methods.base": ("register_method",),
+    "data.datasets": ("register_dataset",),
+    "models.backbone": ("register_model",),
+    "errors": ("PrunekitError", "UnknownNameError", "ConfigError",),
     # the run phases, imported only when one of these is used: a trained run for inference
     "run.loading": ("load",),
     "run.predicting": ("predict",),
-    "io.pruned": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
-    "engine.schedule": ("Schedule", "num_prunes", "oneshot_sigma0", "paper_cycle_count",),
-    "ranking.scopes": ("SCOPES", "global_scope", "local_scope", "register_scope",),
-    "core.policy": ("Policy", "UnreachableTargetError",),
-    "ranking.scorers": (
-        "SCORERS", "ScoreStats", "collect_activations", "combine", "normalized", "register_scorer", "scaled",
-    ),
-    "engine.strategy": ("STRATEGIES", "Strategy", "get_strategy", "list_strategies", "register_strategy",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

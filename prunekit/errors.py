@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["PrunekitError", "UnknownNameError", "ConfigError", "RecipeError", "did_you_mean", "problems_of"]
+__all__ = ["PrunekitError", "UnknownNameError", "ConfigError", "did_you_mean", "problems_of"]
 
 
 class PrunekitError(Exception):
@@ -46,8 +46,6 @@ def problems_of(error: PrunekitError) -> list[str]:
     return list(error.problems) if isinstance(error, ConfigError) else [str(error)]
 
 
-RecipeError = ConfigError
-"""The recipe parser's name for :class:`ConfigError` (one type: a method's config is a section of a recipe)."""
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:

@@ -14,7 +14,7 @@ interpreter never depends on what happened to be imported before (``load_pruned`
 Where a recipe may name a function, :func:`import_object` also takes a ``package.module:function`` path to the
 user's own code.
 
-The error types live in :mod:`prunekit.errors` (re-exported here, where they used to be defined).
+The error types live in :mod:`prunekit.errors`.
 """
 from __future__ import annotations
 

@@ -9,9 +9,11 @@ from click.testing import CliRunner
 from prunekit.ablation.grid import load_ablation, plan_cells
 from prunekit.cli import main
 from prunekit.models.params import head_param_count
-from prunekit.recipe.spec import RecipeError
+from prunekit.recipe.spec import ConfigError
 
 from test_cli import ROOT, invoke, tiny_recipe
+
+pytestmark = pytest.mark.integration
 
 
 def write_spec(tmp_path, **grid):
@@ -148,11 +150,11 @@ def load_ablation_like(**grid):
 
 
 def test_bad_ablation_files(tmp_path):
-    with pytest.raises(RecipeError, match="grid.strategies: unknown strategy 'tinna'; did you mean 'tina'"):
+    with pytest.raises(ConfigError, match="grid.strategies: unknown strategy 'tinna'; did you mean 'tina'"):
         load_ablation(write_spec(tmp_path, strategies=["tinna"]))
-    with pytest.raises(RecipeError, match="every target must exceed grid.sigma0=4"):
+    with pytest.raises(ConfigError, match="every target must exceed grid.sigma0=4"):
         load_ablation(write_spec(tmp_path, sigma_targets=[2]))
-    with pytest.raises(RecipeError, match=r"grid.oneshot_sigma_targets: expected a non-empty subset of "
+    with pytest.raises(ConfigError, match=r"grid.oneshot_sigma_targets: expected a non-empty subset of "
                                           r"grid.sigma_targets \[8.0, 16.0\], got \[32.0\]"):
         load_ablation(write_spec(tmp_path, oneshot_sigma_targets=[32]))
     res = CliRunner().invoke(main, ["ablate", str(write_spec(tmp_path)), "--jobs", "0"])
@@ -247,7 +249,7 @@ def test_bad_tasks(tmp_path):
             ([{"label": "a", "sett": []}], r"tasks\[0\].sett: unknown key; did you mean 'set'")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({**spec, "tasks": tasks}))
-        with pytest.raises(RecipeError, match=message):
+        with pytest.raises(ConfigError, match=message):
             load_ablation(path)
     path = tmp_path / "bad_data.yaml"
     path.write_text(yaml.safe_dump({**spec, "tasks": [spec["tasks"][0], {"label": "big", "set": [

@@ -18,7 +18,7 @@ from prunekit.run import load_bundle, load_run
 
 from test_cli import tiny_recipe
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 onnx_ready = pytest.mark.skipif(
     any(__import__("importlib").util.find_spec(p) is None for p in ("onnx", "onnxscript", "onnxruntime")),

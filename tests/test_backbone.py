@@ -7,9 +7,8 @@ from torch import nn
 import prunekit as pk
 from prunekit.groups.channels import backbone_groups
 from prunekit.core.undo import restore, snapshot
-from prunekit.ranking.scorers import (
-    ScoreStats, coupled_l1, gather_stats, l2, normalized, score_groups, taylor, SCORERS,
-)
+from prunekit.ranking.scorers import ScoreStats, coupled_l1, l2, normalized, score_groups, taylor, SCORERS
+from prunekit.ranking.calibration import gather_stats
 
 from conftest import tiny_vit
 

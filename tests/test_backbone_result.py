@@ -14,7 +14,7 @@ from prunekit.run.checkpoint import checkpoint_result
 
 from test_cli import TINY_MODEL, invoke, tiny_recipe
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from prunekit.train.trainer import Trainer
 from test_cli import tiny_recipe
 from test_resume import comparable, read_metrics, tensors_of
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "recipes" / "prune_vit_offline.yaml"

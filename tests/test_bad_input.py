@@ -34,6 +34,8 @@ from prunekit.engine.strategy import STRATEGIES, Strategy
 
 from conftest import snapshot
 
+pytestmark = pytest.mark.integration
+
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,  # no weights offline
               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "global_pool": "avg"}}
 FAN = 2 * 2 * 32  # an adapter after attention and after the MLP of 2 blocks, m = 32 each: sigma_target <= 128

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.budget.search import Budget, CostModel, count_macs, count_params, mac_weights, select_cost, unit_limits
+from prunekit.budget.search import (Budget, CostModel, count_macs, count_parameters, mac_weights, select_cost,
+                                    unit_limits)
 from prunekit.groups.channels import backbone_groups
 from prunekit.core.policy import Policy, UnreachableTargetError, removal_steps, round_half_up
 from prunekit.ranking.scopes import Limit, SCOPES, capacity, global_scope, local_scope
@@ -143,10 +144,10 @@ def test_cost_model_counts_parameters_exactly_cross_terms_included(widths, data)
     limits = unit_limits(groups)
     counts = {g.name: data.draw(st.sampled_from(removal_steps(g.width, *limits[g.name]))) for g in groups}
     predicted = CostModel(groups).removed(counts)
-    before = count_params(model)
+    before = count_parameters(model)
     pk.Plan(widths={g.name: g.width for g in groups},
             remove={g.name: list(range(counts[g.name])) for g in groups}).apply(model, groups)
-    assert before - count_params(model) == predicted
+    assert before - count_parameters(model) == predicted
     assert model(X).shape == (2, 3)
 
 
@@ -161,9 +162,9 @@ def test_params_selection_lands_within_one_unit(widths, ratio, scope):
     goal = ratio * most
     scores = {g.name: torch.rand(g.width, generator=torch.Generator().manual_seed(1)) for g in groups}
     plan = select_cost(SCOPES.get(scope), scores, goal, cost, limits)
-    before = count_params(model)
+    before = count_parameters(model)
     plan.apply(model, groups)
-    assert abs((before - count_params(model)) - goal) <= cost.max_unit_cost(limits)
+    assert abs((before - count_parameters(model)) - goal) <= cost.max_unit_cost(limits)
 
 
 @settings(max_examples=5, deadline=None)
@@ -174,7 +175,7 @@ def test_prune_meets_params_macs_and_channels_budgets(widths, ratio, scope):
         groups = backbone_groups(verify=False)(model, X[:1])
         limits = unit_limits(groups)
         most = {g.name: removal_steps(g.width, *limits[g.name])[-1] for g in groups}
-        start = {"params": count_params(model), "macs": count_macs(model, X[:1]),
+        start = {"params": count_parameters(model), "macs": count_macs(model, X[:1]),
                  "channels": sum(g.width for g in groups)}[target]
         weights = mac_weights(model, X[:1])[1] if target == "macs" else None
         reachable = (sum(most.values()) if target == "channels" else CostModel(groups, weights).removed(most)) / start

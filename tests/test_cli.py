@@ -12,11 +12,13 @@ import yaml
 from click.testing import CliRunner
 
 from prunekit.cli import main
-from prunekit.adapters.layers import adapter_groups
+from prunekit.adapters.groups import adapter_groups
 from prunekit.core.plan import Plan
 from prunekit.engine.sources import replay
 from prunekit.recipe.spec import load_recipe
 from prunekit.run import build_model, example_inputs, load_run
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,  # no weights offline

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from prunekit.budget.search import count_macs, count_params
+from prunekit.budget.search import count_macs, count_parameters
 from prunekit.budget.cost import latency_ms, model_cost
 from prunekit.errors import PrunekitError
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_model_cost_counts_what_the_budget_counts_and_times_a_forward():
     model, x = tiny_vit(), torch.zeros(1, 3, 16, 16)
     cost = model_cost(model, x)
-    assert cost.params == count_params(model) and cost.macs == count_macs(model, x) > 0
+    assert cost.params == count_parameters(model) and cost.macs == count_macs(model, x) > 0
     assert 0 < cost.latency_ms < 10_000
 
 

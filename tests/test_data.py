@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from prunekit.data.datasets import FASHION_MNIST_SYSTEM_DIR, UnreadableImagesWarning, load_data, make_loaders
-from prunekit.recipe.spec import DataSection
+from prunekit.recipe.sections import DataSection
 from prunekit.registry import PrunekitError
 
 

@@ -8,7 +8,8 @@ import torch
 from prunekit.data.datasets import load_data, task_classes
 from prunekit.data.views import SHIFT_OPS, labels_of, stratified_subset
 from prunekit.errors import ConfigError
-from prunekit.recipe.spec import SHIFTS, DataSection, RecipeError, load_recipe
+from prunekit.recipe.spec import load_recipe
+from prunekit.recipe.sections import SHIFTS, DataSection
 from prunekit.run.task import task_size
 from prunekit.run.task import load_bundle
 
@@ -89,7 +90,7 @@ def test_bad_derived_task_keys_name_the_key(tmp_path, section, message):
 
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"data": {"name": "digits", **section}}))
-    with pytest.raises(RecipeError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_recipe(p)
 
 

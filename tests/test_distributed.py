@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from test_cli import tiny_recipe
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")]
 
 
 def ddp_recipe(tmp_path: Path) -> Path:

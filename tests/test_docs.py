@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -59,9 +61,9 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_
     assert abs(after / before - 0.5) < 0.01
     assert capsys.readouterr().out.strip() == f"{before} -> {after}"
     model, x = namespace["model"], namespace["x"]
-    from prunekit.budget.search import count_params
+    from prunekit.budget.search import count_parameters
 
-    assert count_params(model) == after and model.eval()(x).shape == (1, 10)
+    assert count_parameters(model) == after and model.eval()(x).shape == (1, 10)
     assert (tmp_path / "resnet18-half" / "model.safetensors").is_file()
 
 

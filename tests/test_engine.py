@@ -6,7 +6,7 @@ from torch import nn
 from prunekit import (
     Engine, Plan, PrunekitError, count_parameters, find_adapters, inject_adapters, mark_trainable, replay,
 )
-from prunekit.adapters.layers import adapter_groups
+from prunekit.adapters.groups import adapter_groups
 
 from conftest import tiny_vit
 

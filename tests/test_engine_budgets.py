@@ -6,7 +6,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import Budget, Engine, PrunekitError, UnreachableTargetError, backbone_groups, replay
-from prunekit.budget.search import count_macs, count_params
+from prunekit.budget.search import count_macs, count_parameters
 from prunekit.engine.schedule import MAX_PRUNES, Schedule, ratio_steps
 
 from conftest import tiny_swin, tiny_vit
@@ -58,7 +58,7 @@ def test_one_trace_per_prune(monkeypatch):
 @pytest.mark.parametrize("scope", ["global", "local"])
 def test_params_budget_prunes_backbone_channels_iteratively(scope):
     model = cnn()
-    start = count_params(model)
+    start = count_parameters(model)
     engine = Engine(model, train_cnn, example_inputs=XC[:1], strategy="tina", scorer="l1_mean", scope=scope,
                     budget=Budget.params(0.75), rho=0.5, groups_fn=backbone_groups())
     assert engine.cycles == 3 and engine.prune_after == {0: 0.5, 1: 0.75}
@@ -68,7 +68,7 @@ def test_params_budget_prunes_backbone_channels_iteratively(scope):
         budget = record.plan.meta["budget"]
         assert record.reached == budget["reached"]
         assert abs(budget["reached"] - budget["target"]) * start <= budget["tolerance"] + 1e-6 * start
-    assert abs(1 - count_params(model) / start - 0.75) * start <= history[1].plan.meta["budget"]["tolerance"]
+    assert abs(1 - count_parameters(model) / start - 0.75) * start <= history[1].plan.meta["budget"]["tolerance"]
     assert model(XC).shape == (8, 4)
     assert history[1].plan.meta["groups"]["source"] == "backbone"
     fresh = cnn()
@@ -178,12 +178,12 @@ def test_params_budget_with_round_to_lands_within_one_step(ratio):
     """With ``round_to=8`` a group's width moves 8 units at a time, so the budget is met within one step (8 units'
     cost), not one unit: the engine accepts that plan and every width stays a multiple of 8 (or the original)."""
     model = cnn()
-    start = count_params(model)
+    start = count_parameters(model)
     original = {g.name: g.width for g in backbone_groups()(model, XC[:1])}
     engine = Engine(model, train_cnn, example_inputs=XC[:1], scorer="l1", budget=Budget.params(ratio), rho=ratio,
                     groups_fn=backbone_groups(round_to=8))
     history = engine.run()
     budget = history[0].plan.meta["budget"]
-    assert abs((start - count_params(model)) - ratio * start) <= budget["tolerance"] + 1e-6 * start
+    assert abs((start - count_parameters(model)) - ratio * start) <= budget["tolerance"] + 1e-6 * start
     assert all(w == original[n] or w % 8 == 0 for n, w in engine.widths().items()), engine.widths()
     assert model(XC).shape == (8, 4)

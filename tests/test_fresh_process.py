@@ -33,7 +33,7 @@ from prunekit.core.plan import Plan
 
 from test_cli import tiny_recipe
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 PACKAGE_ROOT = Path(pk.__file__).resolve().parents[1]  # the folder holding the prunekit under test
 
@@ -124,6 +124,12 @@ def test_mnasnet_module_versions_travel_with_the_weights(tmp_path):
         versions = json.loads(f.metadata()["prunekit.module_versions"])
     assert versions[""] == {"version": 2}  # MNASNet._version
     assert versions["layers.1"] == {"version": 2}  # a BatchNorm2d
+    assert "layers.0" not in versions  # a Conv2d: nn.Module's default version, not written
+    # what loading hands load_state_dict: every module's entry, the defaults included, as the state dict had them
+    from prunekit.io.statedict import complete_versions, load_safetensors
+
+    loaded = complete_versions(load_safetensors(tmp_path / "m" / "model.safetensors"), build("mnasnet"))
+    assert dict(loaded._metadata) == dict(model.state_dict()._metadata)
 
 
 def test_a_vit_with_heads_pruned_loads_in_a_new_process(tmp_path):
@@ -200,7 +206,8 @@ def test_an_adapter_run_loads_in_a_new_process(tmp_path):
         torch.manual_seed(0)
         model = {BUILD['vit']}
         {inject}
-        assert "prunekit.groups.channels" not in sys.modules  # the group source registry loads its built-ins itself
+        # the group source registry finds its built-ins itself: nothing imported the adapters' groups yet
+        assert "prunekit.groups.channels" not in sys.modules and "prunekit.adapters.groups" not in sys.modules
         pk.load_pruned({str(tmp_path / 'adapters')!r}, model)
         with torch.no_grad():
             save_file({{"y": model.eval()(load_file({str(tmp_path / 'x.safetensors')!r})["x"]).contiguous()}},
@@ -303,7 +310,7 @@ def test_export_command_in_a_new_process(runs, kind, tmp_path):
 REGISTRIES = [("prunekit.engine.sources", "GROUP_SOURCES"), ("prunekit.ranking.scorers", "SCORERS"),
               ("prunekit.ranking.scopes", "SCOPES"), ("prunekit.engine.strategy", "STRATEGIES"),
               ("prunekit.methods.base", "METHODS"), ("prunekit.data.datasets", "DATASETS"),
-              ("prunekit.models.backbone", "MODELS"), ("prunekit.groups.heads", "HEAD_LAYOUTS")]
+              ("prunekit.models.backbone", "MODELS"), ("prunekit.groups.heads.layouts", "HEAD_LAYOUTS")]
 
 
 def test_every_registry_finds_its_builtins_in_a_bare_interpreter():
@@ -311,7 +318,7 @@ def test_every_registry_finds_its_builtins_in_a_bare_interpreter():
     names = "{m + '.' + a: getattr(importlib.import_module(m), a).names() for m, a in %r}" % REGISTRIES
     everything = fresh_python(f"""
         import importlib, json
-        import prunekit, prunekit.cli, prunekit.run, prunekit.groups.channels, prunekit.adapters.layers
+        import prunekit, prunekit.cli, prunekit.run, prunekit.groups.channels, prunekit.adapters.groups
         import prunekit.methods, prunekit.strategies, prunekit.engine.oneshot
         print(json.dumps({names}))
     """)

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 import prunekit as pk
-from prunekit.budget.search import count_params
+from prunekit.budget.search import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +82,7 @@ def test_prune_save_load_any_architecture(name, tmp_path):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(x)
-    params = count_params(model)
+    params = count_parameters(model)
     if expected != "ok":
         state = {k: v.clone() for k, v in model.state_dict().items()}
         with pytest.raises(expected):
@@ -94,7 +94,7 @@ def test_prune_save_load_any_architecture(name, tmp_path):
         after = model(x)
     assert after.shape == before.shape
     assert torch.isfinite(after).all()
-    removed = params - count_params(model)
+    removed = params - count_parameters(model)
     assert plan.meta["params_before"] == params and plan.meta["params_after"] == params - removed
     assert abs(removed - ratio * params) <= plan.meta["budget"]["tolerance"] + 1e-6 * params
     assert plan.meta["macs_after"] < plan.meta["macs_before"]
@@ -103,7 +103,7 @@ def test_prune_save_load_any_architecture(name, tmp_path):
     fresh = pk.load_pruned(tmp_path / name, build(name))
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), after, rtol=0, atol=0)
-    assert count_params(fresh) == count_params(model)
+    assert count_parameters(fresh) == count_parameters(model)
 
 
 def test_a_prune_refused_after_retries_leaves_the_model_unchanged():

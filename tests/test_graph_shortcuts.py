@@ -20,7 +20,8 @@ from torch import nn
 
 import prunekit as pk
 import prunekit.core.graph as graph
-from prunekit.budget.search import CostModel, count_params
+import prunekit.core.tpcompat as tpcompat
+from prunekit.budget.search import CostModel, count_parameters
 from prunekit.groups.channels import backbone_groups
 from prunekit.core.plan import Plan
 
@@ -127,6 +128,24 @@ def test_ghostnet_stem_units_cost_the_same_and_budgets_count_them_exactly():
     assert (stem.width, stem.channel_groups, stem.exact) == (4, 2, True)  # 4 units of 2 channels, through a concat
     plan = _random_plan(groups, 0)
     predicted = CostModel(groups).removed({k: len(v) for k, v in plan.remove.items()})
-    before = count_params(model)
+    before = count_parameters(model)
     plan.apply(model, groups)
-    assert predicted == before - count_params(model)
+    assert predicted == before - count_parameters(model)
+
+
+def test_torch_prunings_index_mapping_is_wrapped_only_inside_the_block():
+    """No process-wide patch: torch-pruning's own function is back once the last block closes."""
+    from torch_pruning.dependency import index_mapping
+
+    original = tpcompat._tp_update_index_mapping
+    assert index_mapping.update_index_mapping is original  # importing prunekit patched nothing
+    model = timm.create_model("resnet18", num_classes=4).eval()
+    dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 32, 32))
+    with tpcompat.frozen_index_mapping(dg):
+        assert index_mapping.update_index_mapping is not original
+        with tpcompat.frozen_index_mapping(dg):  # nested
+            pass
+        assert index_mapping.update_index_mapping is not original
+    assert index_mapping.update_index_mapping is original
+    backbone_groups()(model, torch.randn(1, 3, 32, 32))
+    assert index_mapping.update_index_mapping is original

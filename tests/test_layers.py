@@ -7,6 +7,7 @@ and ``__init__`` (the public surface, which may name anything). The order below 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,7 @@ def test_the_core_knows_no_adapters_recipes_cli_or_run_directories():
 
 
 # Modules still past the limit, to be split along their seams; the list may only shrink.
-TOO_LONG = {"core.graph", "data.datasets", "groups.heads", "io.rundir", "recipe.spec", "adapters.layers",
-            "ranking.scorers", "engine.iterative"}
+TOO_LONG = {"data.datasets", "io.rundir"}
 
 
 def test_no_module_is_past_400_lines_but_the_listed_ones():
@@ -120,3 +120,21 @@ def test_a_phase_is_short_and_only_the_pipeline_strings_the_phases_together(dott
 def test_the_cli_imports_only_the_phases_and_the_front_end():
     imported = {m.split(".")[0] for m in imported_modules(PACKAGE / "cli.py", "cli")}
     assert "run" in imported and imported <= CLI_MAY_IMPORT, f"cli.py imports {sorted(imported - CLI_MAY_IMPORT)}"
+
+
+def test_the_architecture_page_draws_every_layer_and_names_only_real_files():
+    """docs/architecture.md's picture: every layer folder appears, and every folder or file it names exists."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    picture = page.split("```")[1]
+    folders = set(re.findall(r"^ ([a-z_]+)/", picture, re.M))
+    assert folders >= set(LAYERS) - {"base", "cli"}, sorted(set(LAYERS) - {"base", "cli"} - folders)
+    for folder in folders:
+        assert (PACKAGE / folder).is_dir() or (ROOT / folder).is_dir(), f"{folder}/ does not exist"
+    current = ""
+    for line in picture.splitlines():
+        m = re.match(r"^ ([a-z_]+)/", line)
+        if m:
+            current = m.group(1)
+        for name in re.findall(r"\b([a-z_]+\.py)\b", line):
+            where = [PACKAGE / name, ROOT / current / name, *(PACKAGE / current).rglob(name)]
+            assert any(p.is_file() for p in where), f"{name} (under {current}/) does not exist"

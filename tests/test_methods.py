@@ -170,14 +170,14 @@ def test_every_method_but_full_fine_tuning_freezes_the_backbone():
 
 @pytest.mark.parametrize("method", sorted(METHODS.names()))
 def test_frozen_backbone_methods_refuse_random_weights_unless_allowed(method, tmp_path):
-    from prunekit.recipe.spec import RecipeError, load_recipe
+    from prunekit.recipe.spec import ConfigError, load_recipe
     from prunekit.run import check_recipe
     from test_cli import tiny_recipe
 
     path = tiny_recipe(tmp_path, strategy={"name": "none"}, model={"allow_random_backbone": False})
     recipe = load_recipe(path, [f"method={method}"])
     if METHODS.get(method).freezes_backbone:
-        with pytest.raises(RecipeError, match=rf"model: method '{method}' freezes the backbone, but .* random"):
+        with pytest.raises(ConfigError, match=rf"model: method '{method}' freezes the backbone, but .* random"):
             check_recipe(recipe)
     else:
         check_recipe(recipe)  # full fine-tuning of random weights: how a backbone is pretrained

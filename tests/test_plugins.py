@@ -19,6 +19,8 @@ from prunekit.cli import main
 from prunekit.registry import PrunekitError, import_object
 from test_cli import TINY_MODEL, tiny_recipe
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = Path(__file__).resolve().parent / "plugin_pkg"
 DOC = ROOT / "docs" / "python-api.md"

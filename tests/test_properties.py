@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from prunekit import AdapterConfig, Plan, count_parameters, find_adapters, inject_adapters
-from prunekit.adapters.layers import adapter_groups
+from prunekit.adapters.groups import adapter_groups
 from prunekit.ranking.scopes import global_scope, local_scope, round_half_up
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -4,7 +4,7 @@ import re
 import pytest
 import yaml
 
-from prunekit.recipe.spec import Recipe, RecipeError, apply_overrides, field_docs, load_recipe
+from prunekit.recipe.spec import Recipe, ConfigError, apply_overrides, field_docs, load_recipe
 
 
 def write(tmp_path, text, name="r.yaml"):
@@ -28,7 +28,7 @@ def write(tmp_path, text, name="r.yaml"):
     ("model: {kwargs: 3}", "model.kwargs: expected a mapping, got 3"),
 ])
 def test_bad_values_name_the_path(tmp_path, text, message):
-    with pytest.raises(RecipeError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(write(tmp_path, text))
 
 
@@ -46,7 +46,7 @@ def test_bad_values_name_the_path(tmp_path, text, message):
 def test_sections_check_their_ranges_from_python_too(section, kwargs, message):
     import prunekit.recipe.spec as recipe_module
 
-    with pytest.raises(RecipeError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         getattr(recipe_module, section)(**kwargs)
 
 
@@ -62,12 +62,12 @@ def test_yaml_aliases_within_the_limit_are_fine(tmp_path):
 
 
 def test_malformed_yaml_gives_the_line(tmp_path):
-    with pytest.raises(RecipeError, match=r"malformed YAML at line 3, column 2"):
+    with pytest.raises(ConfigError, match=r"malformed YAML at line 3, column 2"):
         load_recipe(write(tmp_path, "train:\n  lr: 0.1\n epochs: 3\n"))
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(RecipeError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         load_recipe(tmp_path / "nope.yaml")
 
 
@@ -81,11 +81,11 @@ def test_overrides_apply_and_are_validated(tmp_path):
     r = load_recipe(p, ["train.lr=0.01", "method.sigma=8", "data.limit_train=100", "model.kwargs={depth: 2}"])
     assert (r.train.lr, r.method["sigma"], r.data.limit_train, r.model.kwargs) == (0.01, 8, 100, {"depth": 2})
     assert load_recipe(p, ["method=linear"]).method == {"name": "linear"}
-    with pytest.raises(RecipeError, match="train.lr: expected a float, got 'fast'"):
+    with pytest.raises(ConfigError, match="train.lr: expected a float, got 'fast'"):
         load_recipe(p, ["train.lr=fast"])
-    with pytest.raises(RecipeError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match="expected key.path=value"):
         load_recipe(p, ["train.lr"])
-    with pytest.raises(RecipeError, match="train.lr: is 0.1, not a section"):
+    with pytest.raises(ConfigError, match="train.lr: is 0.1, not a section"):
         apply_overrides({"train": {"lr": 0.1}}, ["train.lr.x=1"])
 
 
@@ -142,7 +142,7 @@ def test_shipped_recipes_parse():
 def test_every_problem_of_a_recipe_is_reported_at_once(tmp_path):
     p = write(tmp_path, "trian: {epochs: 3}\ntrain: {lr: fast, epochs: 0, batch_size: 8}\nstrategy: {rho: 1.5}\n"
                         "data: {limit_val: 0}\nmodel: {in_chans: 0, img_size: 4}")
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(ConfigError) as e:
         load_recipe(p)
     assert sorted(e.value.problems) == sorted([
         "trian: unknown key; did you mean 'train'? allowed in recipe: name, description, model, method, strategy, "
@@ -158,7 +158,7 @@ def test_every_problem_of_a_recipe_is_reported_at_once(tmp_path):
 
 def test_a_check_that_would_judge_a_default_is_left_out():
     # epochs did not convert: warmup_epochs is not compared with the default epochs (100) standing in for it
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(ConfigError) as e:
         parse_section_of({"train": {"epochs": "many", "warmup_epochs": 200}})
     assert e.value.problems == ["train.epochs: expected an integer, got 'many'"]
 
@@ -174,7 +174,7 @@ def test_names_and_method_keys_are_checked_together(tmp_path):
 
     r = load_recipe(write(tmp_path, "model: {allow_random_backbone: true}\nmethod: {name: adapters, sigma: 0}\n"
                                     "strategy: {name: tinna}\ndata: {name: digitz}"))
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(ConfigError) as e:
         check_recipe(r)
     assert [p.split(":")[0] for p in e.value.problems] == ["method.sigma", "strategy.name", "data.name"]
     assert "method.sigma: expected a number > 0, got 0.0" in e.value.problems

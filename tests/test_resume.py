@@ -14,6 +14,8 @@ from prunekit.cli import main
 from prunekit.train.resume import STATE_FILE
 from test_cli import tiny_recipe, tree_digest
 
+pytestmark = pytest.mark.integration
+
 EPOCHS = 3
 TIMING_KEYS = {"images_per_s", "epoch_time_s", "latency_ms", "wall_s"}  # measured, so they differ between runs
 

@@ -35,10 +35,13 @@ from safetensors.torch import save_file
 
 from prunekit.cli import main
 from prunekit.train.resume import STATE_FILE
-from prunekit.io.rundir import MARKER, RunDir, save_safetensors, written_by_prunekit
+from prunekit.io.rundir import MARKER, RunDir
+from prunekit.io.files import save_safetensors, written_by_prunekit
 from prunekit.io.runlock import LOCK_FILE, RunLockedError, holder_of
 
 from conftest import snapshot
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "img_size": 16, "allow_random_backbone": True,

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from prunekit import PrunekitError, Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
+from prunekit import PrunekitError
+from prunekit.engine.schedule import Schedule, num_prunes, oneshot_sigma0, paper_cycle_count
 from prunekit.engine.schedule import compression
 
 

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from prunekit import AdapterConfig, PrunekitError, UnknownNameError, inject_adapters
-from prunekit.adapters.layers import adapter_groups
-from prunekit.ranking.scorers import (
-    SCORERS, ScoreStats, collect_activations, combine, coupled_l1, get_scorer, l1_activation, l1_down,
-    needs_activations, random_score, scaled, score_groups, tina,
-)
+from prunekit.adapters.groups import adapter_groups
+from prunekit.ranking.scorers import (SCORERS, ScoreStats, combine, coupled_l1, get_scorer, l1_activation, l1_down,
+                                      needs_activations, random_score, scaled,
+                                      score_groups, tina)
+from prunekit.ranking.calibration import collect_activations
 
 DOWN = [[1.0, -2.0, 3.0], [0.0, 0.5, -1.0]]  # W_down: n=2 rows, m=3
 UP = [[1.0, 0.0], [-1.0, 2.0], [0.5, -0.5]]  # W_up: m=3 x n=2

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from prunekit.recipe.spec import TrainSection
+from prunekit.recipe.sections import TrainSection
 from prunekit.train.trainer import (
     NonFiniteLossError, Trainer, param_groups, resolve_precision, seed_everything, select_device, warmup_cosine,
 )

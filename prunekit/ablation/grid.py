@@ -53,7 +53,7 @@ import yaml
 from .spec import AblationSpec, is_ablation_file, load_ablation
 from .tables import MEAN, VANILLA, aggregate, write_tables
 from ..config import parse_section
-from ..errors import RecipeError
+from ..errors import ConfigError
 from ..recipe.spec import Recipe, load_recipe, read_yaml, recipe_to_dict
 from ..registry import PrunekitError
 from ..io.rundir import RunDir
@@ -174,7 +174,7 @@ def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
             if spec.tasks:
                 load_bundle(recipe)
         except PrunekitError as e:
-            raise RecipeError(f"{where}{e}") from None
+            raise ConfigError(f"{where}{e}") from None
         recipes.append(recipe)
     return recipes
 
@@ -190,7 +190,7 @@ def _checked_grid(path: str | Path, out: str | Path | None
     task_recipes = _check_tasks(spec, base)
     rho = task_recipes[0].strategy.rho
     if any(not math.isclose(r.strategy.rho, rho) for r in task_recipes):
-        raise RecipeError(f"tasks: strategy.rho must be the same for every task (the cells' budgets follow from it), "
+        raise ConfigError(f"tasks: strategy.rho must be the same for every task (the cells' budgets follow from it), "
                           f"got {[r.strategy.rho for r in task_recipes]}")
     cells = plan_cells(spec, rho)
     for c in cells:  # validate every cell's recipe before anything is written or trained

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..run.summary import short_group_name
 
 
@@ -20,10 +21,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path
 
 

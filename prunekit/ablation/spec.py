@@ -14,8 +14,9 @@ from typing import Optional
 
 from .tables import MEAN
 from ..config import option, parse_section
-from ..errors import RecipeError
-from ..recipe.spec import SEED_MAX, read_yaml
+from ..errors import ConfigError
+from ..recipe.spec import read_yaml
+from ..recipe.sections import SEED_MAX
 from ..engine.strategy import get_strategy
 
 __all__ = ["AblationSpec", "GridSection", "BaselineSection", "TaskSection", "PlotSection", "load_ablation",
@@ -83,18 +84,18 @@ class AblationSpec:
     def __post_init__(self):
         g = self.grid
         if not g.strategies or not g.sigma_targets or not g.seeds:
-            raise RecipeError("grid: strategies, sigma_targets and seeds must each list at least one value")
+            raise ConfigError("grid: strategies, sigma_targets and seeds must each list at least one value")
         for s in g.strategies:
             try:
                 get_strategy(s)
             except KeyError as e:
-                raise RecipeError(f"grid.strategies: {e}") from None
+                raise ConfigError(f"grid.strategies: {e}") from None
         bad_seeds = [s for s in g.seeds if not 0 <= s <= SEED_MAX]
         if bad_seeds:
-            raise RecipeError(f"grid.seeds: expected integers in 0 .. {SEED_MAX} (as train.seed), got {bad_seeds}")
+            raise ConfigError(f"grid.seeds: expected integers in 0 .. {SEED_MAX} (as train.seed), got {bad_seeds}")
         bad = [s for s in g.sigma_targets if not s > g.sigma0]
         if bad:
-            raise RecipeError(f"grid.sigma_targets: every target must exceed grid.sigma0={g.sigma0:g}, got {bad}")
+            raise ConfigError(f"grid.sigma_targets: every target must exceed grid.sigma0={g.sigma0:g}, got {bad}")
         for key in ("oneshot_sigma_targets", "vanilla_sigma_targets"):
             sub = getattr(g, key)
             if sub is None:
@@ -102,21 +103,21 @@ class AblationSpec:
                 continue
             outside = [s for s in sub if s not in g.sigma_targets]
             if not sub or outside:
-                raise RecipeError(f"grid.{key}: expected a non-empty subset of grid.sigma_targets "
+                raise ConfigError(f"grid.{key}: expected a non-empty subset of grid.sigma_targets "
                                   f"{[float(s) for s in g.sigma_targets]}, got {sub}")
         self.baselines = [parse_section(BaselineSection, b, f"baselines[{i}]") for i, b in enumerate(self.baselines)]
         self.tasks = [parse_section(TaskSection, t, f"tasks[{i}]") for i, t in enumerate(self.tasks)]
         for i, t in enumerate(self.tasks):
             if not TASK_LABEL.fullmatch(t.label) or t.label == MEAN:
-                raise RecipeError(f"tasks[{i}].label: expected letters, digits, '_' and '-' (not {MEAN!r}, the "
+                raise ConfigError(f"tasks[{i}].label: expected letters, digits, '_' and '-' (not {MEAN!r}, the "
                                   f"aggregate's name), got {t.label!r}")
         twice = sorted(k for k, n in Counter(t.label for t in self.tasks).items() if n > 1)
         if twice:
-            raise RecipeError(f"tasks: every label must be unique, {twice} appear more than once")
+            raise ConfigError(f"tasks: every label must be unique, {twice} appear more than once")
         self.plot = parse_section(PlotSection, self.plots, "plots")
         for i, s in enumerate(self.plot.stage_strategies):
             if s not in g.strategies:
-                raise RecipeError(f"plots.stage_strategies[{i}]: {s!r} is not in grid.strategies ({g.strategies})")
+                raise ConfigError(f"plots.stage_strategies[{i}]: {s!r} is not in grid.strategies ({g.strategies})")
         if not self.plot.stage_strategies:
             self.plot.stage_strategies = [s for s in (self.plot.global_strategy, self.plot.local_strategy)
                                           if s in g.strategies]
@@ -135,7 +136,7 @@ def is_ablation_file(path: str | Path) -> bool:
     """Whether ``path`` is a readable YAML mapping with a ``grid`` (an ablation file rather than a recipe)."""
     try:
         data = read_yaml(path, "ablation")
-    except RecipeError:
+    except ConfigError:
         return False
     return isinstance(data, dict) and "grid" in data
 
@@ -144,13 +145,13 @@ def load_ablation(path: str | Path) -> AblationSpec:
     """Read and validate an ablation file (UTF-8 YAML, strict keys, like a recipe)."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"ablation: no such file {str(path)!r}")
+        raise ConfigError(f"ablation: no such file {str(path)!r}")
     data = read_yaml(path, "ablation")
     if data is None:
-        raise RecipeError(f"ablation {str(path)!r} is empty (no YAML document); it names a base recipe and a grid "
+        raise ConfigError(f"ablation {str(path)!r} is empty (no YAML document); it names a base recipe and a grid "
                           "(see recipes/ablation_offline.yaml)")
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping (base:, grid:, ...) at the top level, got "
+        raise ConfigError(f"{path}: expected a mapping (base:, grid:, ...) at the top level, got "
                           f"{type(data).__name__} {data!r:.60}")
     data.setdefault("name", path.stem)
     spec = parse_section(AblationSpec, data)

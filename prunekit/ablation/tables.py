@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.summary import markdown_table
-from ..io.rundir import atomic_write_text
+from ..io.files import atomic_write_text
 from ..engine.strategy import get_strategy
 
 __all__ = ["VANILLA", "MEAN", "PRETRAINING", "BACKBONE", "aggregate", "backbone_row", "write_tables"]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .search import count_macs, count_params
+from .search import count_macs, count_parameters
 from ..errors import PrunekitError
 from ..core.graph import call_model
 
@@ -89,5 +89,5 @@ def latency_ms(model: nn.Module, example_inputs: Any, *, warmup: int = WARMUP, r
 
 def model_cost(model: nn.Module, example_inputs: Any, *, autocast_dtype: torch.dtype | None = None) -> Cost:
     """Parameters, MACs and batch-1 latency of ``model`` on ``example_inputs`` (see the module docstring)."""
-    return Cost(params=count_params(model), macs=count_macs(model, example_inputs),
+    return Cost(params=count_parameters(model), macs=count_macs(model, example_inputs),
                 latency_ms=latency_ms(model, example_inputs, autocast_dtype=autocast_dtype))

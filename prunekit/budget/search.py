@@ -24,9 +24,6 @@ target, so the reached value is within one unit's cost of it. MACs are modelled 
 by the MACs per parameter torch-pruning counts for its layer (positions for a conv); what the model misses (MACs of
 activations and pooling, attention products) is corrected by counting the pruned model and selecting again
 (:func:`select_macs`).
-
-Over 300 lines on purpose: the budget kinds, the exact parameter / MAC cost model and the search that meets a
-budget are one concept (how much a selection removes); split, they would pass private cost tables between modules.
 """
 from __future__ import annotations
 
@@ -45,7 +42,7 @@ from ..registry import PrunekitError
 from ..ranking.scopes import Limit, global_plans, global_scope
 from ..core.undo import output_shapes
 
-__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_params", "mac_weights",
+__all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_parameters", "mac_weights",
            "count_forward", "forward_count", "ForwardCount", "select_units", "select_cost", "select_macs",
            "unit_limits", "check_reachable"]
 
@@ -100,7 +97,7 @@ class Budget:
         return f"sigma_target={self.value:g}" if self.kind == "sigma" else f"{self.kind} ratio={self.value:g}"
 
 
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Scalar parameters of ``model`` (shared ones once), or only those that require grad."""
     unique = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
     return sum(p.numel() for p in unique.values())
@@ -176,7 +173,8 @@ def slices_of(group: Any) -> list | None:
     modules = list(getattr(group, "modules", None) or [])
     if not modules or not getattr(group, "width", 0):
         return None
-    from ..core.graph import ParamSlice, _meta_clone
+    from ..core.group import ParamSlice
+    from ..core.graph import _meta_clone
 
     tops = [m for m in modules if not any(m is not o and any(m is d for d in o.modules()) for o in modules)]
     memo: dict[int, Any] = {}

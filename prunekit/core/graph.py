@@ -18,30 +18,9 @@ torch-pruning finds the coupling (including index maps through flatten / concat)
 selection, and prunes a group by explicit indices with ``DG.get_pruning_group(root, fn, idxs).prune()``, which,
 unlike torch-pruning's ``MetaPruner``, may remove every channel.
 
-The group protocol
-------------------
-The core (scopes, plans, budgets, the engine, the scorers) never checks a group's class; any object with these
-attributes is a group, so other modules add kinds of their own (``prunekit.adapters.layers``: adapters;
-``prunekit.groups.heads``:
-attention heads, where one unit is a whole head)::
-
-    name: str            unique in the model and stable when the same architecture is rebuilt (plans key on it)
-    kind: str            'adapter', 'channel', 'neuron', 'head', ...
-    width: int           n, the number of units now
-    fan: int             m, weights per unit in the producers (Eq. 2 normalises by n + m)
-    policy               min_width, round_to, max_ratio, on_empty (see prunekit.core.policy)
-    rows() -> [Tensor(n, k)]     producer weights, row j computes unit j
-    columns() -> [Tensor(n, k)]  consumer weights, row j reads unit j
-    prune(idxs) -> None          remove these units (indices in 0..n-1) physically
-    unit_params() -> int         parameters one unit holds now (first-order cost, for params / MACs budgets)
-
-Optional: ``param_slices() -> [ParamSlice] | None`` (exactly which tensor dims a unit owns, so budgets count cross
-terms between groups exactly; None when units differ), ``activation`` (the module whose output carries the units,
-for activation scorers), ``channel_groups`` (channels per unit), ``modules`` (what ``prune`` touches: budgets derive
-the slices of a group without ``param_slices`` by pruning a shape-only copy of them) and ``root`` (for the device).
-
-Over 300 lines on purpose: the group protocol's documentation, torch-pruning's group with its member views, and
-tracing a frozen model are one abstraction.
+The group protocol is :mod:`prunekit.core.group`; what prunekit changes or adds to torch-pruning (pruners it lacks,
+one index mapping per search, cutting a found group instead of walking the graph again) is
+:mod:`prunekit.core.tpcompat`.
 """
 from __future__ import annotations
 
@@ -49,265 +28,20 @@ import contextlib
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning import _helpers as _tp_helpers, ops
-from torch_pruning.dependency import index_mapping as _tp_index_mapping
+from torch_pruning import ops
 
 from .policy import CHANNEL_POLICY, Policy
 from ..registry import PrunekitError
 
-__all__ = [
-    "GroupLike", "Member", "Group", "ParamSlice", "Trace", "trace", "find_groups", "groups_by_name",
-    "UnsupportedLayerError", "UnsupportedModelError", "default_customized_pruners",
-]
+from .group import (ACTIVATION_TYPES, DEFAULT_ROOT_TYPES, Group, Member, ParamSlice, UnsupportedLayerError)
+from .tpcompat import default_customized_pruners, frozen_index_mapping, static_mapping
 
-ACTIVATION_TYPES = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.Mish)
-DEFAULT_ROOT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-GroupsFn = Callable[[nn.Module, Any], list]
-
-
-class UnsupportedModelError(PrunekitError, ValueError):
-    """A model (or part of it) prunekit cannot prune safely; raised before the model is modified (or after it was
-    restored)."""
-
-
-class UnsupportedLayerError(PrunekitError, ValueError):
-    """A layer in a group that torch-pruning's pruning functions cannot slice."""
-
-
-@runtime_checkable
-class GroupLike(Protocol):
-    """The duck-typed group the core relies on (module docstring); ``isinstance(g, GroupLike)`` checks the names."""
-
-    name: str
-    kind: str
-    policy: Any
-
-    @property
-    def width(self) -> int: ...
-
-    @property
-    def fan(self) -> int: ...
-
-    def rows(self) -> list[torch.Tensor]: ...
-
-    def columns(self) -> list[torch.Tensor]: ...
-
-    def prune(self, idxs: Sequence[int]) -> None: ...
-
-    def unit_params(self) -> int: ...
-
-
-class ParamSlice(NamedTuple):
-    """One unit of a group owns ``size`` entries along ``dim`` of tensor ``owner.<attr>`` (resolved live, because
-    pruning replaces parameters by smaller ones)."""
-
-    owner: nn.Module
-    attr: str
-    dim: int
-    size: float
-
-    def tensor(self) -> torch.Tensor | None:
-        return getattr(self.owner, self.attr, None)
-
-
-@dataclass(eq=False)
-class Member:
-    """One layer of a group: which of its channels (``idxs``) carry which of the group's channels (``root_idxs``)."""
-
-    name: str
-    module: nn.Module
-    role: Literal["producer", "consumer", "other"]
-    idxs: list[int]
-    root_idxs: list[int]
-
-    def channel_weights(self, width: int, channel_groups: int = 1) -> torch.Tensor:
-        """This layer's weights per unit: a ``(width, k)`` view with row j = every weight tied to unit j.
-
-        Producers give their output rows (conv kernels flattened), consumers their input columns; when one channel maps
-        to several input channels (a conv feeding a Linear through ``flatten``), those columns are concatenated; with
-        ``channel_groups`` G, unit j gathers root channels ``j, j + width, ...``.
-        """
-        w = self.module.weight
-        dim = 0 if self.role == "producer" else 1
-        if self.role == "other" or w.dim() < 2:
-            dim = 0
-        groups = getattr(self.module, "groups", 1)
-        grouped_input = dim == 1 and isinstance(self.module, ops.TORCH_CONV) and groups > 1
-        if not grouped_input and len(self.idxs) == w.shape[dim] and self.idxs == self.root_idxs \
-                and self.idxs == list(range(len(self.idxs))):
-            per_channel = w.movedim(dim, 0).reshape(len(self.idxs), -1)  # every channel, in order: a view
-            return self._by_unit(per_channel, width, channel_groups)
-        idx = torch.as_tensor(self.idxs, device=w.device)
-        root = torch.as_tensor(self.root_idxs, device=w.device)
-        order = torch.argsort(root, stable=True)
-        if grouped_input:
-            # a grouped conv reads input channel c with the out channels of conv group c // cpg, at column c % cpg
-            # (groups * opg, cpg, ...) -> row c = g * cpg + j: the opg kernels of group g at column j
-            cpg, opg = w.shape[1], w.shape[0] // groups
-            by_input = w.reshape(groups, opg, cpg, -1).transpose(1, 2).reshape(groups * cpg, -1)
-            per_channel = by_input.index_select(0, idx[order])
-        else:
-            per_channel = w.index_select(dim, idx[order]).movedim(dim, 0).reshape(len(self.idxs), -1)
-        channels = width * channel_groups
-        counts = torch.bincount(root, minlength=channels) if len(self.root_idxs) else root.new_zeros(channels)
-        if counts.numel() != channels or not bool((counts == counts[0]).all()) or not int(counts[0]):
-            # partial or uneven coverage (a layer behind a concatenation carries some of the root's channels):
-            # row r gathers the rows mapped to root channel r in order, zero-padded; uncovered channels stay zero
-            roots = root[order]
-            rank = torch.arange(len(roots), device=w.device) - torch.searchsorted(roots, roots)  # k-th row of its root
-            out = per_channel.new_zeros(channels, int(torch.bincount(roots).max()), per_channel.shape[1])
-            keep = roots < channels
-            out[roots[keep], rank[keep]] = per_channel[keep]
-            per_channel = out.reshape(channels, -1)
-        return self._by_unit(per_channel, width, channel_groups)
-
-    @staticmethod
-    def _by_unit(per_channel: torch.Tensor, width: int, channel_groups: int) -> torch.Tensor:
-        per_channel = per_channel.reshape(width * channel_groups, -1)
-        if channel_groups > 1:
-            per_channel = per_channel.reshape(channel_groups, width, -1).transpose(0, 1)
-        return per_channel.reshape(width, -1)
-
-
-@dataclass(eq=False)
-class Group:
-    """Coupled channels of a model, named after their root producer (e.g. ``blocks.0.attn.adapter.down``).
-
-    Attributes:
-        name: qualified name of the root producer.
-        members: every parameterised layer touched when the group is pruned.
-        activation: module whose output carries the units (the adapter's phi), for activation-based scores.
-        kind: ``'channel'`` (conv root), ``'neuron'`` (Linear root), ``'adapter'`` ... (set by whoever finds it).
-        policy: what the group may lose (:class:`~prunekit.core.policy.Policy`).
-        channel_groups: channels per unit (G of a grouped conv / GroupNorm in the chain; 1 otherwise).
-        slices: the tensor dims one unit owns (:class:`ParamSlice`), every tensor torch-pruning slices included;
-            averaged over the units when they differ.
-        exact: whether every unit owns the same slices (false behind a concatenation that carries part of the
-            group's channels in one layer and part in another, as in GhostNet); budgets then count, not model.
-    """
-
-    name: str
-    members: list[Member]
-    activation: nn.Module | None = None
-    kind: str = "channel"
-    policy: Policy = CHANNEL_POLICY
-    channel_groups: int = 1
-    slices: list[ParamSlice] = field(default_factory=list, repr=False)
-    exact: bool = True
-    _dg: tp.DependencyGraph | None = field(default=None, repr=False)
-    _handler: Callable | None = field(default=None, repr=False)
-    _every: Any = field(default=None, repr=False)  # torch-pruning's group of all channels, while it stays valid
-
-    @property
-    def root(self) -> nn.Module:
-        return self.members[0].module
-
-    @property
-    def producers(self) -> list[Member]:
-        return [m for m in self.members if m.role == "producer"]
-
-    @property
-    def consumers(self) -> list[Member]:
-        return [m for m in self.members if m.role == "consumer"]
-
-    @property
-    def width(self) -> int:
-        """n: number of units (hidden units / channels, or channel groups' worth of them) in the group."""
-        return len(self.members[0].idxs) // self.channel_groups
-
-    @property
-    def fan(self) -> int:
-        """m: number of weights in one unit's rows of the root producer (its fan-in; the adapter's input width)."""
-        row = self.root.weight[0].numel() if self.root.weight.shape[0] else self.root.weight.shape[1]
-        return row * self.channel_groups
-
-    @property
-    def modules(self) -> list[nn.Module]:
-        return [m.module for m in self.members]
-
-    def rows(self) -> list[torch.Tensor]:
-        """``(n, k)`` weight views of the producers: row j holds the weights that compute unit j."""
-        return [m.channel_weights(self.width, self.channel_groups) for m in self.producers]
-
-    def columns(self) -> list[torch.Tensor]:
-        """``(n, k)`` weight views of the consumers: row j holds the weights that read unit j."""
-        return [m.channel_weights(self.width, self.channel_groups) for m in self.consumers]
-
-    def param_slices(self) -> list[ParamSlice] | None:
-        """The tensor dims one unit owns, or None when units differ (see ``exact``)."""
-        return list(self.slices) if self.exact else None
-
-    def unit_params(self) -> int:
-        """Parameters one unit holds now: every slice of every tensor the group prunes (first order)."""
-        total = 0.0
-        for s in self.slices:
-            t = s.tensor()
-            if isinstance(t, nn.Parameter) and t.shape[s.dim]:
-                total += t.numel() / t.shape[s.dim] * s.size
-        return round(total)
-
-    def channels(self, idxs: Sequence[int]) -> list[int]:
-        """Root channel indices of units ``idxs``."""
-        n = self.width
-        return sorted(g * n + j for g in range(self.channel_groups) for j in idxs)
-
-    def prune(self, idxs: Sequence[int]) -> None:
-        """Physically remove units ``idxs`` (indices in ``0..width-1``) from every member; all of them is allowed.
-
-        Parameters are replaced by smaller ones (so an optimizer must be rebuilt); ``requires_grad`` is kept.
-        """
-        idxs = sorted({int(i) for i in idxs})
-        if not idxs:
-            return
-        if idxs[0] < 0 or idxs[-1] >= self.width:
-            raise IndexError(f"group {self.name}: unit indices must lie in [0, {self.width}), got {idxs}")
-        if self._dg is None:
-            raise PrunekitError(f"group {self.name} was not built from a dependency graph and cannot be pruned")
-        owners = self.modules + [s.owner for s in self.slices]
-        flags = {(id(m), n): p.requires_grad for m in owners for n, p in m.named_parameters(recurse=False)}
-        channels = self.channels(idxs)
-        every, self._every = self._every, None  # after this prune (or a failed one) it no longer describes the model
-        tp_group = _subgroup(every, channels) if every is not None else None
-        if tp_group is None:
-            tp_group = self._dg.get_pruning_group(self.root, self._handler, channels)
-        tp_group.prune(record_history=False)
-        for m in owners:
-            for n, p in m.named_parameters(recurse=False):
-                p.requires_grad_(flags.get((id(m), n), p.requires_grad))
-
-    def __repr__(self) -> str:
-        parts = ", ".join(f"{m.name}:{m.role}" for m in self.members)
-        return f"Group({self.name!r}, kind={self.kind}, n={self.width}, m={self.fan}, [{parts}])"
-
-
-class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
-    """torch-pruning's GroupNorm pruner, also for a GroupNorm without bias or weight (timm's ``GroupNorm1NoBias``)."""
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = sorted(set(range(layer.num_channels)) - set(idxs))
-        layer.num_channels = layer.num_channels - len(idxs)
-        for attr in ("weight", "bias"):
-            p = getattr(layer, attr, None)
-            if isinstance(p, nn.Parameter):
-                setattr(layer, attr, self._prune_parameter_and_grad(p, keep, 0))
-        return layer
-
-    prune_in_channels = prune_out_channels
-
-
-def default_customized_pruners(model: nn.Module) -> dict:
-    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight."""
-    out = {}
-    for m in model.modules():
-        if isinstance(m, nn.GroupNorm) and (m.bias is None or m.weight is None):
-            out[type(m)] = _GroupNormPruner()
-    return out
-
+__all__ = ["Trace", "trace", "find_groups", "channel_groups_of", "call_model", "eval_mode"]
 
 @dataclass(eq=False)
 class Trace:
@@ -495,76 +229,6 @@ def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: d
     return out
 
 
-_FROZEN_ATTR = "_prunekit_index_mapping_frozen"
-_tp_update_index_mapping = _tp_index_mapping.update_index_mapping
-
-
-def _update_index_mapping(graph: tp.DependencyGraph) -> None:
-    """torch-pruning's ``update_index_mapping``, skipped for a graph inside :func:`frozen_index_mapping`."""
-    if getattr(graph, _FROZEN_ATTR, False):
-        return
-    _tp_update_index_mapping(graph)
-
-
-_tp_index_mapping.update_index_mapping = _update_index_mapping  # every other graph: torch-pruning's own, unchanged
-
-
-@contextlib.contextmanager
-def frozen_index_mapping(dg: tp.DependencyGraph):
-    """Inside the block, ``dg.get_pruning_group`` reuses one index mapping instead of recomputing it on every call.
-
-    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph on each
-    ``get_pruning_group`` call, because a prune in between changes the channel counts they are derived from. Finding
-    groups prunes nothing, so one computation at the start serves every call (with dozens of concatenations, as in
-    GhostNet or DenseNet, the recomputations were a large share of finding the groups). Nothing may be pruned through
-    ``dg`` inside the block; :meth:`Group.prune` is never called in one.
-    """
-    if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
-        yield dg
-        return
-    _tp_update_index_mapping(dg)  # a reused trace (``find_groups(traced=...)``) may have been pruned since it was built
-    setattr(dg, _FROZEN_ATTR, True)
-    try:
-        yield dg
-    finally:
-        delattr(dg, _FROZEN_ATTR)
-
-
-# Node types whose index mappings torch-pruning recomputes from the current channel counts: in a graph with none of
-# them but reshapes (which map one group's own channels), pruning one group never moves another group's indices.
-_SHIFTING = (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND, ops.OPTYPE.EXPAND, ops.OPTYPE.SLICE)
-
-
-def _static_mapping(dg: tp.DependencyGraph) -> bool:
-    """Whether every group's channel indices in ``dg`` stay where they are when other groups are pruned."""
-    return not any(node.type in _SHIFTING for node in dg.module2node.values())
-
-
-def _subgroup(every, channels: Sequence[int]):
-    """torch-pruning's group for root ``channels``, cut from its group of every channel: each item keeps the indices
-    that root channels in ``channels`` map to (what ``get_pruning_group(root, fn, channels)`` finds again by walking
-    the graph, without the walk). None when the full group's items carry no root indices."""
-    wanted, channels = set(channels), sorted(channels)
-    every_channel = list(range(len(every.items[0].idxs)))
-    out = type(every)()
-    for item in every.items:
-        root_idxs = item.root_idxs
-        if root_idxs is None or len(root_idxs) != len(item.idxs):
-            return None
-        if root_idxs == every_channel:  # the usual case: root channel r at position r
-            idxs, roots = [item.idxs[r] for r in channels], list(channels)
-        else:
-            pairs = [(i, r) for i, r in zip(item.idxs, root_idxs) if r in wanted]
-            idxs, roots = [i for i, _ in pairs], [r for _, r in pairs]
-        if not idxs:
-            continue
-        cut = _tp_helpers.GroupItem(dep=item.dep, idxs=idxs)
-        cut.root_idxs = roots
-        out.items.append(cut)
-    out._DG = every._DG
-    return out
-
-
 def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str], kind: str | None,
                  policy: Policy, tp_group=None, static: bool = False) -> Group:
     pruner = dg.get_pruner_of_module(root)
@@ -621,7 +285,6 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     every = tp_group if static else None  # pruning other groups first leaves its indices valid
     return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler,
                  every)
-
 
 
 @contextlib.contextmanager
@@ -705,7 +368,7 @@ def _find_groups(model: nn.Module, dg: tp.DependencyGraph, names: dict, inside: 
                  root_types: Sequence[type], kind: str | None, policy: Policy, keep: Callable | None,
                  on_skip: Callable | None) -> list[Group]:
     groups, visited = [], set()
-    static = _static_mapping(dg)
+    static = static_mapping(dg)
     for name, module in model.named_modules():
         if not isinstance(module, tuple(root_types)) or module in visited or module not in dg.module2node:
             continue
@@ -731,6 +394,3 @@ def _find_groups(model: nn.Module, dg: tp.DependencyGraph, names: dict, inside: 
             groups.append(group)
     return groups
 
-
-def groups_by_name(groups: Iterable[Any]) -> dict[str, Any]:
-    return {g.name: g for g in groups}

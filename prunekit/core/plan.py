@@ -19,8 +19,9 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .graph import groups_by_name
+from .group import groups_by_name
 from .policy import policy_of
+from ..atomic import atomic_write
 from ..registry import PrunekitError
 
 # Plans written before group sources were recorded were all adapter plans (TINA runs).
@@ -137,10 +138,8 @@ class Plan:
     @staticmethod
     def save_all(plans: Iterable["Plan"], path: str | Path) -> None:
         """Write plans to ``path`` as JSON atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"format": "prunekit.plan/1", "plans": [p.to_dict() for p in plans]}, indent=1))
-        tmp.replace(path)
+        text = json.dumps({"format": "prunekit.plan/1", "plans": [p.to_dict() for p in plans]}, indent=1)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @staticmethod
     def load_all(path: str | Path) -> list["Plan"]:

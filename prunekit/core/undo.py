@@ -6,11 +6,13 @@ emptied adapter's wrapper). So a snapshot need not copy any weight: it keeps, fo
 of its ``__dict__`` (the ``_parameters`` / ``_buffers`` / ``_modules`` dicts and other containers copied one level,
 the tensors themselves shared). :func:`restore` gives every module object that was in the model that state back, so a
 user's references to the model, its sub-modules and its parameters stay valid. :func:`output_shapes` runs the forward
-a pruned model must still pass (same output shapes as before).
+a pruned model must still pass (same output shapes as before). The probe that finds which groups break a model
+snapshots only the modules one group touches (:func:`snapshot_modules`); a restore under a live torch-pruning graph
+re-keys the graph's nodes of stray parameters first (:func:`rekey_graph`), since torch-pruning keys them by object.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch_pruning as tp
@@ -18,7 +20,7 @@ from torch import nn
 
 from .graph import call_model, eval_mode
 
-__all__ = ["snapshot", "restore", "output_shapes"]
+__all__ = ["snapshot", "snapshot_modules", "restore", "rekey_graph", "output_shapes"]
 
 Snapshot = list[tuple[nn.Module, dict[str, Any]]]
 
@@ -30,15 +32,36 @@ def _shallow(state: dict[str, Any]) -> dict[str, Any]:
 
 def snapshot(model: nn.Module) -> Snapshot:
     """The state of every module of ``model`` (tensors shared, not copied), for :func:`restore`."""
+    return snapshot_modules(model.modules())
+
+
+def snapshot_modules(modules: Iterable[nn.Module]) -> Snapshot:
+    """The state of ``modules`` (each once), for :func:`restore`."""
     seen: dict[int, nn.Module] = {}
-    for m in model.modules():
+    for m in modules:
         seen.setdefault(id(m), m)
     return [(m, _shallow(m.__dict__)) for m in seen.values()]
 
 
-def restore(model: nn.Module, snap: Snapshot) -> None:
+def rekey_graph(dg: Any, snap: Snapshot) -> None:
+    """Before restoring ``snap`` under torch-pruning's graph ``dg``: the stray parameters torch-pruning replaced get
+    their graph nodes back under the original parameter objects (``dg.module2node`` is keyed by object)."""
+    for m, state in snap:
+        saved = state.get("_parameters", {})
+        for attr, p in list(m._parameters.items()):
+            old = saved.get(attr)
+            if p is not old and old is not None and p in dg.module2node:
+                node = dg.module2node.pop(p)
+                node.module = old
+                dg.module2node[old] = node
+                if p in dg._param_to_name:
+                    dg._param_to_name[old] = dg._param_to_name.pop(p)
+
+
+def restore(model: nn.Module | None, snap: Snapshot) -> None:
     """Put ``model`` back to its snapshot in place: every module object that was in it gets its attributes, its
-    parameters and buffers (the same tensor objects) and its children back; the snapshot can be restored again."""
+    parameters and buffers (the same tensor objects) and its children back; the snapshot can be restored again.
+    (``model`` names what is restored; the snapshot holds the module objects themselves.)"""
     for module, state in snap:
         module.__dict__.clear()
         module.__dict__.update(_shallow(state))

@@ -25,39 +25,35 @@ The training step is a callback, ``train_fn(model, optimizer, cycle) -> metrics`
 
 Under ``torch.distributed`` rank 0 scores and selects, the plan is broadcast, and every rank applies the same one.
 ``state_dict()`` / ``load_state_dict()`` and ``run(start_cycle=...)`` continue an interrupted run (see resume.py).
-
-Over 300 lines on purpose: the loop, its budget bookkeeping, the distributed plan broadcast and the state for
-resume are one object's life cycle.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..budget.search import (
-    Budget, CostModel, check_reachable, count_macs, count_params, mac_weights, select_cost, select_macs, select_units,
-    slices_of, unit_limits,
+    Budget, count_parameters, mac_weights,
 )
+from ..budget.selection import check_budget_reachable, counted_trial, needs_trial, select_plan
 from ..core.distributed import broadcast_object, is_main
-from ..core.graph import UnsupportedModelError
+from ..core.group import UnsupportedModelError
 from .sources import describe_groups_fn, groups_fn_from
 from ..core.plan import Plan, input_spec, record_applied
 from ..core.policy import round_half_up
 from ..registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
-from ..ranking.scopes import Scope, capacity, get_scope
+from ..ranking.scopes import Scope, get_scope
 from ..core.undo import output_shapes, restore, snapshot
-from ..ranking.scorers import (ScoreStats, Scorer, gather_stats, get_scorer, needs_activations, needs_gradients,
-                               score_groups)
+from ..ranking.scorers import ScoreStats, Scorer, get_scorer, needs_activations, needs_gradients, score_groups
+from ..ranking.calibration import gather_stats
+from .history import CycleRecord, Measure
 from .strategy import Strategy, get_strategy
 
-__all__ = ["Engine", "CycleRecord", "TrainFn", "select_plan", "Measure"]
+__all__ = ["Engine", "TrainFn"]
 
 TrainFn = Callable[[nn.Module, torch.optim.Optimizer, int], "Mapping[str, Any] | None"]
 EVENTS = ("on_cycle_start", "on_prune", "on_cycle_end")
@@ -67,117 +63,11 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
-@dataclass
-class CycleRecord:
-    """What happened in one training cycle.
-
-    Attributes:
-        cycle: 0 for the first training, then one per prune.
-        widths: width of every group (by name; 0 once removed) while this cycle trained.
-        sigma: compression sum m / sum n of those widths.
-        trainable_params: trainable parameters while this cycle trained.
-        metrics: whatever ``train_fn`` returned.
-        plan: the prune applied after this cycle's training, if any.
-        widths_after: widths after that prune (equal to ``widths`` when there was none).
-        reached: the budget's value measured after that prune (sigma, or the fraction of params / MACs / channels
-            removed so far); None when there was no prune.
-    """
-
-    cycle: int
-    widths: dict[str, int]
-    sigma: float
-    trainable_params: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    plan: Plan | None = None
-    widths_after: dict[str, int] = field(default_factory=dict)
-    reached: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cycle": self.cycle, "widths": self.widths, "sigma": self.sigma,
-                "trainable_params": self.trainable_params, "metrics": self.metrics,
-                "plan": None if self.plan is None else self.plan.to_dict(), "widths_after": self.widths_after,
-                "reached": self.reached}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CycleRecord":
-        return cls(cycle=d["cycle"], widths=dict(d["widths"]), sigma=d["sigma"],
-                   trainable_params=d["trainable_params"], metrics=dict(d["metrics"]),
-                   plan=None if d["plan"] is None else Plan.from_dict(d["plan"]), widths_after=dict(d["widths_after"]),
-                   reached=d.get("reached"))
-
-
-def _exact(groups: list) -> bool:
-    """Whether every group says exactly which tensor entries a unit owns (else parameter counts are first-order)."""
-    return all(slices_of(g) is not None for g in groups)
-
-
-class Measure:
-    """A budget's measure on one model: the starting value, the value now, what a plan would remove."""
-
-    def __init__(self, budget: Budget, model: nn.Module, groups: list, example_inputs: Any):
-        self.budget, self.model, self.example_inputs = budget, model, example_inputs
-        self.total_fan = sum(g.fan for g in groups)
-        self.units0 = sum(g.width for g in groups)
-        self.start = self.now(groups)
-
-    def now(self, groups_or_widths: Any) -> float:
-        """Units kept (sigma, channels), parameters or MACs of the model as it is."""
-        kind = self.budget.kind
-        if kind in ("sigma", "channels"):
-            if isinstance(groups_or_widths, Mapping):
-                return float(sum(groups_or_widths.values()))
-            return float(sum(g.width for g in groups_or_widths))
-        if kind == "params":
-            return float(count_params(self.model))
-        return float(count_macs(self.model, self.example_inputs))
-
-    def value(self, now: float) -> float:
-        """The budget's value for a measure: sigma, or the fraction removed."""
-        if self.budget.kind == "sigma":
-            return compression(self.total_fan, round(now))
-        return 1.0 - now / self.start if self.start else 0.0
-
-
-def select_plan(
-        budget: Budget,
-        groups: list,
-        scores: Mapping[str, torch.Tensor],
-        scope: Scope,
-        goal: float,
-        *,
-        original: Mapping[str, int] | None = None,
-        weights: Mapping[int, float] | None = None,
-        trial: Callable[[Plan], float] | None = None,
-) -> tuple[Plan, float, float]:
-    """One budgeted selection: a plan removing ``goal`` of the budget's measure now (units for sigma / channels,
-    parameters or MACs otherwise), the amount it removes and the tolerance (one step's worth: ``round_to`` units).
-
-    Units are exact; parameters are exact through :class:`~prunekit.budget.search.CostModel` (``weights``: MACs per
-    parameter for MACs); with ``trial`` (``fn(plan) -> amount it really removes``, counted on a pruned copy) the
-    selection is corrected by counting, for MACs and for groups without ``param_slices``. Raises before anything is
-    modified if ``goal`` is beyond the limits' reach.
-    """
-    limits = unit_limits(groups, original)
-    removable = {g.name for g in groups if capacity({g.name: g.width}, {g.name: limits[g.name]})}
-    if budget.counts_units:
-        plan = select_units(scope, scores, round_half_up(goal), limits)
-        tol = max((limits[n].round_to for n in removable), default=1) - 1
-        return plan, float(plan.n_removed), float(tol)
-    cost = CostModel(groups, weights)
-    # one step of a group: round_to units (a policy's round_to moves a width by that many at a time)
-    tol = max((cost.removed({n: limits[n].round_to}) for n in removable), default=0.0)
-    if trial is None:
-        plan = select_cost(scope, scores, goal, cost, limits)
-        return plan, cost.removed({k: len(v) for k, v in plan.remove.items()}), tol
-    plan, done = select_macs(scope, scores, goal, cost, trial, tol, limits)
-    return plan, done, tol
-
-
 class Engine:
     """Train, then prune-and-fine-tune until the budget is reached (TINA: the adapters reach ``sigma_target``).
 
     Args:
-        model: a model with prunable groups (e.g. after :func:`~prunekit.adapters.layers.inject_adapters`).
+        model: a model with prunable groups (e.g. after :func:`~prunekit.adapters.inject.inject_adapters`).
         train_fn: ``train_fn(model, optimizer, cycle) -> metrics`` trains one cycle.
         example_inputs: a batch the model accepts, for tracing the dependency graph (and counting MACs).
         strategy: a registered strategy name or a :class:`Strategy` (scorer + scope + mode + the group source it is
@@ -199,7 +89,7 @@ class Engine:
         loss_fn: ``loss_fn(outputs, targets)`` for gradient scorers (default cross-entropy).
         check_forward: after every prune run the example inputs through the model; if that fails or the output
             shapes change, restore the model from a copy taken before the prune and raise
-            :class:`~prunekit.core.graph.UnsupportedModelError`. Default: on, unless every group's policy says its
+            :class:`~prunekit.core.group.UnsupportedModelError`. Default: on, unless every group's policy says its
             removal cannot break the model (``Policy.check_forward = False``: adapters, removed by construction).
     """
 
@@ -291,16 +181,8 @@ class Engine:
         self.history: list[CycleRecord] = []
 
     def _check_reachable(self, groups: list) -> None:
-        limits = unit_limits(groups, self.original)
-        most = {g.name: capacity({g.name: g.width}, {g.name: limits[g.name]}) for g in groups}
-        if self.budget.kind == "channels":
-            removable = float(sum(most.values()))
-        elif self.budget.kind == "params":
-            removable = CostModel(groups).removed(most)
-        else:
-            _, weights = mac_weights(self.model, self.example_inputs)
-            removable = CostModel(groups, weights).removed(most)
-        check_reachable(self.budget, removable, self.measure.start)
+        weights = mac_weights(self.model, self.example_inputs)[1] if self.budget.kind == "macs" else None
+        check_budget_reachable(self.budget, groups, self.measure.start, original=self.original, weights=weights)
 
     def add_callback(self, event: str, fn: Callable) -> None:
         """``on_cycle_start(engine, cycle)``, ``on_prune(engine, plan)``, ``on_cycle_end(engine, record)``."""
@@ -348,17 +230,6 @@ class Engine:
             return float(sum(g.width for g in groups) - kept)
         return target * m.start - (m.start - m.now(groups))
 
-    def _trial(self, before: float) -> Callable[[Plan], float]:
-        """``fn(plan) -> what it removes`` (MACs or parameters), counted on a pruned copy (the model is untouched)."""
-        kind, x = self.budget.kind, self.example_inputs
-
-        def removed(plan: Plan) -> float:
-            trial = copy.deepcopy(self.model)
-            Plan.from_dict(plan.to_dict()).apply(trial, self.groups_fn(trial, x))
-            return before - (count_macs(trial, x) if kind == "macs" else count_params(trial))
-
-        return removed
-
     def plan(self, target: float, groups: list | None = None) -> Plan:
         """Score every group and select down to ``target`` (without touching the model): the total width for a
         sigma budget, else the fraction of the measure removed once this prune is done."""
@@ -366,12 +237,12 @@ class Engine:
         scores = score_groups(groups, self.scorer, self._stats(groups))
         goal = self._goal(target, groups)
         weights, trial = None, None
-        if self.budget.kind == "macs" or (self.budget.kind == "params" and not _exact(groups)):
+        if needs_trial(self.budget, groups):
             if self.budget.kind == "macs":
                 before, weights = mac_weights(self.model, self.example_inputs)
             else:
                 before = self.measure.now(groups)
-            trial = self._trial(float(before))
+            trial = counted_trial(self.budget.kind, self.model, self.groups_fn, self.example_inputs, float(before))
         plan, done, tol = select_plan(self.budget, groups, scores, self.scope, goal, original=self.original,
                                       weights=weights, trial=trial)
         if abs(done - goal) > tol + 1e-6 * max(1.0, abs(goal)):
@@ -459,7 +330,7 @@ class Engine:
             self._emit("on_cycle_start", cycle)
             widths = self.widths()
             record = CycleRecord(cycle=cycle, widths=widths, sigma=self.sigma(widths),
-                                 trainable_params=count_params(self.model, trainable_only=True))
+                                 trainable_params=count_parameters(self.model, trainable_only=True))
             metrics = self.train_fn(self.model, self.make_optimizer(), cycle)
             record.metrics = dict(metrics or {})
             if cycle in self.prune_after:

@@ -24,18 +24,17 @@ is raised.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..budget.search import (
-    Budget, CostModel, check_reachable, count_forward, count_macs, count_params, forward_count, unit_limits,
+    Budget, count_forward, count_parameters, forward_count, unit_limits,
 )
 from ..groups.channels import backbone_groups
-from ..core.graph import UnsupportedModelError
-from .iterative import _exact, select_plan
+from ..core.group import UnsupportedModelError
+from ..budget.selection import check_budget_reachable, counted_trial, measure_now, needs_trial, select_plan
 from .sources import describe_groups_fn
 from ..budget.opcount import OpCounter
 from ..core.plan import Plan, input_spec, record_applied
@@ -43,7 +42,8 @@ from ..core.policy import UnreachableTargetError, removal_steps, round_half_up
 from ..registry import PrunekitError
 from ..ranking.scopes import get_scope
 from ..core.undo import restore, snapshot
-from ..ranking.scorers import gather_stats, get_scorer, needs_activations, needs_gradients, score_groups
+from ..ranking.scorers import get_scorer, needs_activations, needs_gradients, score_groups
+from ..ranking.calibration import gather_stats
 
 __all__ = ["prune"]
 
@@ -51,40 +51,22 @@ TARGETS = ("params", "macs", "channels")
 ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to break the model
 
 
-def _measure(kind: str, model: nn.Module, groups: list, example_inputs: Any) -> float:
-    if kind == "params":
-        return float(count_params(model))
-    if kind == "macs":
-        return float(count_macs(model, example_inputs))
-    return float(sum(g.width for g in groups))
-
-
 def _select(budget: Budget, model: nn.Module, groups: list, groups_fn: Callable, score_fn: Callable,
             scope_fn: Callable, start: float, goal: float, weights: dict, example_inputs: Any,
             calibration: Iterable | None, loss_fn: Callable | None) -> tuple[Plan, float]:
     """Reachability check, scores, budgeted selection; returns the plan and its tolerance (one unit's worth)."""
     target = budget.kind
-    limits = unit_limits(groups)
-    most = {g.name: removal_steps(g.width, *limits[g.name])[-1] for g in groups}
-    if target == "channels":
-        removable = float(sum(most.values()))
-    else:
-        removable = CostModel(groups, weights if target == "macs" else None).removed(most)
-    check_reachable(budget, removable, start)
+    check_budget_reachable(budget, groups, start, weights=weights)
     stats = gather_stats(model, groups, score_fn, calibration, generator=torch.Generator().manual_seed(0),
                          loss_fn=loss_fn)
     scores = score_groups(groups, score_fn, stats)
-    trial = None
-    if target == "macs" or (target == "params" and not _exact(groups)):
-        def trial(plan: Plan) -> float:
-            pruned = copy.deepcopy(model)
-            Plan.from_dict(plan.to_dict()).apply(pruned, groups_fn(pruned, example_inputs))
-            return start - _measure(target, pruned, [], example_inputs)
-
+    trial = counted_trial(target, model, groups_fn, example_inputs, start) if needs_trial(budget, groups) else None
     plan, _, tol = select_plan(budget, groups, scores, scope_fn, goal, weights=weights if target == "macs" else None,
                                trial=trial)
     if target == "params" and trial is not None:  # heads etc. without param_slices: a unit's cost is first-order
-        tol = max(tol, max((g.unit_params() for g in groups if most[g.name]), default=0))
+        limits = unit_limits(groups)
+        removable = [g for g in groups if removal_steps(g.width, *limits[g.name])[-1]]
+        tol = max(tol, max((g.unit_params() for g in removable), default=0))
     return plan, tol
 
 
@@ -146,7 +128,7 @@ def prune(
     # the selection is made again (a layer may only break at some widths, so the probe replays the failed plan).
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
                                 max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn)
-    params_before = count_params(model)
+    params_before = count_parameters(model)
     snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):
         if attempt == 0:  # the trace's forward also counts the MACs, MACs per parameter and output shapes
@@ -160,7 +142,7 @@ def prune(
         if not groups:
             why = "; ".join(f"{k}: {v}" for k, v in list(groups_fn.excluded.items())[:4])
             raise UnsupportedModelError(f"{type(model).__name__} has no prunable group" + (f" ({why})" if why else ""))
-        start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or _measure(
+        start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or measure_now(
             target, model, groups, example_inputs)
         goal = budget.value * start if target != "channels" else float(round_half_up(budget.value * start))
         plan, sliced = None, False
@@ -186,7 +168,7 @@ def prune(
             if not broken:
                 raise UnsupportedModelError(f"pruning {type(model).__name__} broke it ({type(e).__name__}: "
                                             f"{str(e).splitlines()[0][:300]}); the model was restored unchanged") from e
-    params_after = count_params(model)
+    params_after = count_parameters(model)
     macs_after = after.macs
     now = {"params": float(params_after), "macs": float(macs_after)}.get(target)
     if now is None:

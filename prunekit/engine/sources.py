@@ -6,7 +6,7 @@ sources are registered here, each importing its kind of group only when it is as
 in any interpreter and the core never names a kind of group::
 
     backbone   prunekit.groups.channels.BackboneGroups(**config)   any model's channels, neurons and heads
-    adapters   prunekit.adapters.layers.adapter_groups             injected adapters (TINA)
+    adapters   prunekit.adapters.groups.adapter_groups             injected adapters (TINA)
 
 Another package adds one with :func:`register_group_source` (or the ``prunekit.group_sources`` entry-point group).
 """
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from ..core.graph import GroupsFn
+from ..core.group import GroupsFn
 from ..core.plan import Plan, record_applied
 from ..registry import PrunekitError, Registry
 
@@ -41,7 +41,7 @@ def _backbone(**config: Any) -> GroupsFn:
 
 
 def _adapters() -> GroupsFn:
-    from ..adapters.layers import adapter_groups
+    from ..adapters.groups import adapter_groups
 
     return adapter_groups
 

@@ -24,14 +24,10 @@ scales), then leaves out what must not change:
 Every group keeps at least ``min_width`` units (default 1), moves in steps of ``round_to`` and loses at most
 ``max_layer_ratio`` of its original width. A model that cannot be traced raises :class:`UnsupportedModelError`
 before anything is modified.
-
-Over 300 lines on purpose: each guard (model outputs, attention projections, ``ignore``, groups torch-pruning
-cannot slice, refused attention layouts) is short, and all of them read the same traced graph.
 """
 from __future__ import annotations
 
 import copy
-import fnmatch
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -40,10 +36,13 @@ from typing import Any, Callable, Iterable, Sequence
 from torch import nn
 from torch_pruning import ops
 
-from ..core.graph import DEFAULT_ROOT_TYPES, Trace, UnsupportedModelError, find_groups, trace
-from ..core.undo import output_shapes
+from ..core.group import DEFAULT_ROOT_TYPES, UnsupportedModelError
+
+from ..core.graph import Trace, find_groups, trace
+from ..core.ignore import resolve_ignore
+from ..core.undo import output_shapes, rekey_graph, restore, snapshot_modules
 from ..core.policy import Policy
-from ..registry import PrunekitError, did_you_mean
+from ..registry import PrunekitError
 
 __all__ = ["BackboneGroups", "backbone_groups", "UnsupportedModelError", "ATTENTION_PROJECTIONS", "output_modules",
            "attention_projections"]
@@ -83,28 +82,6 @@ def attention_projections(model: nn.Module) -> dict[nn.Module, str]:
                 for sub in child.modules():
                     out[sub] = name
     return out
-
-
-def _resolve_ignore(model: nn.Module, ignore: Iterable[str | nn.Module]) -> tuple[set, list[str]]:
-    """Modules to ignore (with their sub-modules) and their names; a pattern matching nothing is an error."""
-    names = {m: n for n, m in model.named_modules()}
-    modules, resolved = set(), []
-    for item in ignore:
-        if isinstance(item, nn.Module):
-            if item not in names:
-                raise PrunekitError(f"ignore: {type(item).__name__} module is not part of the model")
-            hits = [item]
-        elif isinstance(item, str):
-            hits = [m for m, n in names.items() if n and (n == item or fnmatch.fnmatchcase(n, item))]
-            if not hits:
-                raise PrunekitError(f"ignore: no module matches {item!r};{did_you_mean(item, list(names.values()))} "
-                                    f"module names look like: {', '.join(n for n in list(names.values())[1:6])}")
-        else:
-            raise PrunekitError(f"ignore: expected module names, glob patterns or modules, got {item!r}")
-        for m in hits:
-            modules.update(m.modules())
-            resolved.append(names[m])
-    return modules, resolved
 
 
 def _heads_module():
@@ -164,7 +141,7 @@ class BackboneGroups:
                             "max_layer_ratio": self.max_layer_ratio, "heads": self.heads}
 
     def __call__(self, model: nn.Module, example_inputs: Any) -> list:
-        ignored, self._ignore_names = _resolve_ignore(model, self.ignore)
+        ignored, self._ignore_names = resolve_ignore(model, self.ignore)
         head_groups = self._head_groups(model)
         try:
             traced = trace(model, example_inputs, forward_fn=self.forward_fn)
@@ -276,26 +253,6 @@ def backbone_groups(
 # ---------------------------------------------------------------------------------------------------------------
 # The forward probe
 
-def _state(modules: Iterable[nn.Module]) -> list[tuple[nn.Module, dict, dict, dict]]:
-    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in modules]
-
-
-def _restore(saved: list[tuple[nn.Module, dict, dict, dict]], dg) -> None:
-    for m, d, params, buffers in saved:
-        for attr, p in list(m._parameters.items()):  # torch-pruning swapped stray parameters: re-key its graph
-            old = params.get(attr)
-            if p is not old and old is not None and p in dg.module2node:
-                node = dg.module2node.pop(p)
-                node.module = old
-                dg.module2node[old] = node
-                if p in dg._param_to_name:
-                    dg._param_to_name[old] = dg._param_to_name.pop(p)
-        m.__dict__.clear()
-        m.__dict__.update(d)
-        m.__dict__["_parameters"] = params
-        m.__dict__["_buffers"] = buffers
-
-
 def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]],
            config: BackboneGroups) -> dict[str, str | None]:
     """Remove ``removals[name]`` (unit indices) from those groups of a copy of ``model``, all at once; when the
@@ -323,7 +280,7 @@ def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]]
     if not groups:
         return verdict
     dg = next(iter(groups.values()))._dg
-    saved = _state({m for g in groups.values() for m in _touched(g)})
+    saved = snapshot_modules(m for g in groups.values() for m in _touched(g))
     try:
         for name, g in groups.items():
             g.prune(removals[name])
@@ -331,9 +288,9 @@ def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]]
             return verdict
     except Exception:  # noqa: BLE001 - a pruning function failing is found group by group below
         pass
-    _restore(saved, dg)
+    _undo(dg, saved)
     for name, g in groups.items():
-        saved = _state(_touched(g))
+        saved = snapshot_modules(_touched(g))
         try:
             g.prune(removals[name])
             reason = runs()
@@ -341,8 +298,13 @@ def _probe(model: nn.Module, example_inputs: Any, removals: dict[str, list[int]]
             reason = f"torch-pruning cannot slice it ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         if reason is not None:
             verdict[name] = reason
-            _restore(saved, dg)
+            _undo(dg, saved)
     return verdict
+
+
+def _undo(dg, saved) -> None:
+    rekey_graph(dg, saved)
+    restore(None, saved)
 
 
 def _touched(group) -> list[nn.Module]:

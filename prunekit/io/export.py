@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..registry import PrunekitError
-from .rundir import atomic_write_bytes
+from .files import atomic_write_bytes
 
 __all__ = ["FORMATS", "ExportError", "export_model"]
 

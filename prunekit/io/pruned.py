@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from ..atomic import atomic_write
 from ..core.plan import Plan, applied_plans, input_spec, inputs_from_spec, record_applied
 from ..engine.sources import DEFAULT_GROUP_SOURCE, groups_fn_from
 from ..registry import PrunekitError
@@ -72,9 +73,7 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
     meta = {"format": FORMAT, "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "example_inputs": spec, "plans": [p.to_dict() for p in plans],
             "params": sum(v.numel() for v in state.values())}
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(directory / META_FILE)
+    atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return directory
 
 

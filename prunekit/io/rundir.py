@@ -24,9 +24,6 @@ prunekit deletes or replaces only what it can prove it wrote. A folder is a run 
 their temporary files); any other file inside makes it refuse. A folder without the marker (a project folder, a run
 of an older prunekit) is never written into unless it is empty. In a distributed run only rank 0 holds a writing
 ``RunDir``.
-
-One module of some 500 lines on purpose: the marker, the manifest, the lock and the atomic writes are one safety
-rule, and every write path goes through the same checks only while they live together.
 """
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -44,87 +40,17 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from ..registry import PrunekitError
+from .files import RunWriteError, _write_error, atomic_write_bytes, atomic_write_text, save_safetensors
 from .runlock import LOCK_FILE, RunLock, RunLockedError, holder_of
-from .statedict import versions_metadata
 
-__all__ = ["RunDir", "MARKER", "NotARunDirError", "RunWriteError", "atomic_write_bytes", "atomic_write_text",
-           "save_safetensors", "safetensors_metadata", "written_by_prunekit", "run_directory", "check_run_name",
-           "describe_contents"]
+__all__ = ["RunDir", "MARKER", "NotARunDirError", "run_directory", "check_run_name", "describe_contents"]
 
 MARKER = ".prunekit-run.json"
 MARKER_FORMAT = "prunekit.run/1"
-SAFETENSORS_MARK = "written_by"  # safetensors metadata key prunekit sets on every file it writes
-SAFETENSORS_MARK_VALUE = "prunekit"
 
 
 class NotARunDirError(PrunekitError):
     """A folder prunekit did not create as a run directory (no valid ``.prunekit-run.json``)."""
-
-
-class RunWriteError(PrunekitError):
-    """Writing into the run directory (or the checkpoint) failed: read-only file system, full disk, permissions."""
-
-
-def _write_error(path: Path, e: OSError) -> RunWriteError:
-    return RunWriteError(f"output: cannot write {path}: {e.strerror or e} (errno {e.errno}); its temporary file was "
-                         "removed and what was written before is kept")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` or what it held before, never a part; a failure leaves no temporary file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-                     ) -> int:
-    """Write tensors atomically, marked as prunekit's (:func:`written_by_prunekit`), with the module versions of a
-    state dict's ``_metadata`` (:mod:`prunekit.io.statedict`); returns the size in bytes."""
-    from safetensors.torch import save
-
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    meta.update(versions_metadata(tensors))
-    meta[SAFETENSORS_MARK] = SAFETENSORS_MARK_VALUE
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
-    atomic_write_bytes(path, data)
-    return len(data)
-
-
-def safetensors_metadata(path: Path) -> dict[str, str] | None:
-    """The metadata of a .safetensors file (reads the header only); None when ``path`` is not one or has none."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000:
-                return None
-            header = json.loads(f.read(n).decode())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta if isinstance(meta, dict) else None
-
-
-def written_by_prunekit(path: Path) -> bool:
-    """Whether ``path`` is a .safetensors file whose metadata carries prunekit's mark (reads the header only)."""
-    meta = safetensors_metadata(path)
-    return meta is not None and meta.get(SAFETENSORS_MARK) == SAFETENSORS_MARK_VALUE
 
 
 # ---------------------------------------------------------------------------------------------------------------------

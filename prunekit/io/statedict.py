@@ -11,8 +11,10 @@ holds tensors only, so prunekit writes the versions into the file's metadata and
     loaded = read_versions(load_file(path), metadata)   # _metadata again, from the file
     load_into(model, loaded, strict=True)               # a file without versions gets the model's own
 
-Only the entries of modules that own a saved tensor, and their parents, are kept (a file of adapters and a head
-records those modules, not the whole backbone's).
+A part of a state dict (a file of adapters and a head) keeps the entries of the modules that own or contain its
+tensors, the whole one keeps all; the file lists only the entries that differ from ``nn.Module``'s default
+``{"version": 1}``: a ViT's adapter file records none (a few bytes), a ResNet's its BatchNorms (version 2). Loading
+gives every other module of the model the default again, so ``load_state_dict`` sees what ``state_dict()`` had.
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["VERSIONS_KEY", "with_versions", "versions_metadata", "read_versions", "load_safetensors", "load_into"]
+DEFAULT = {"version": 1}  # nn.Module._version
+
+__all__ = ["VERSIONS_KEY", "with_versions", "versions_metadata", "read_versions", "load_safetensors", "load_into",
+           "complete_versions"]
 
 VERSIONS_KEY = "prunekit.module_versions"
 
@@ -44,25 +49,29 @@ def with_versions(tensors: Mapping[str, torch.Tensor], source: nn.Module | Mappi
     Args:
         tensors: what is saved (a ``state_dict()``, or a part of one).
         source: where the versions come from: a model (its ``state_dict()``), or a state dict with ``_metadata``;
-            default: ``tensors``' own ``_metadata``.
+            default: ``tensors``' own ``_metadata``. When ``tensors`` is a part of it, only the entries of the
+            modules that own or contain a saved tensor are kept; the whole state dict keeps every entry.
     """
     if isinstance(source, nn.Module):
         source = source.state_dict()
-    meta = getattr(source if source is not None else tensors, "_metadata", None)
+    whole = source if source is not None else tensors
+    meta = getattr(whole, "_metadata", None)
     out = OrderedDict(tensors)
     if meta is not None:
-        keep = _prefixes(out)
-        out._metadata = OrderedDict((p, dict(v)) for p, v in meta.items() if p in keep)  # type: ignore[attr-defined]
+        keep = None if set(out) >= set(whole) else _prefixes(out)
+        out._metadata = OrderedDict((p, dict(v)) for p, v in meta.items()  # type: ignore[attr-defined]
+                                    if keep is None or p in keep)
     return out
 
 
 def versions_metadata(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """``{VERSIONS_KEY: json}`` for a file's metadata, from ``tensors._metadata``; empty when it has none."""
+    """``{VERSIONS_KEY: json}`` for a file's metadata: the entries of ``tensors._metadata`` that differ from the
+    default; empty when it has none."""
     meta = getattr(tensors, "_metadata", None)
     if meta is None:
         return {}
-    keep = _prefixes(tensors)
-    return {VERSIONS_KEY: json.dumps({p: v for p, v in meta.items() if p in keep}, separators=(",", ":"))}
+    differ = {p: dict(v) for p, v in meta.items() if dict(v) != DEFAULT}
+    return {VERSIONS_KEY: json.dumps(differ, separators=(",", ":"))}
 
 
 def read_versions(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> OrderedDict:
@@ -75,7 +84,9 @@ def read_versions(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, st
         except json.JSONDecodeError:
             versions = None
         if isinstance(versions, dict) and all(isinstance(v, dict) for v in versions.values()):
-            out._metadata = OrderedDict(versions)  # type: ignore[attr-defined]
+            full = OrderedDict((p, dict(DEFAULT)) for p in sorted(_prefixes(out)))
+            full.update(versions)
+            out._metadata = full  # type: ignore[attr-defined]
     return out
 
 
@@ -91,7 +102,17 @@ def load_safetensors(path) -> OrderedDict:
 
 def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool = True):
     """``model.load_state_dict(tensors, strict)`` with module versions: the tensors' own ``_metadata`` (from the
-    file), else the model's (a file written before versions were saved, or by another tool that dropped them)."""
+    file; every other module of ``model`` at the default version), else the model's (a file written before versions
+    were saved, or by another tool that dropped them)."""
+    return model.load_state_dict(complete_versions(tensors, model), strict=strict)
+
+
+def complete_versions(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> OrderedDict:
+    """``tensors`` with a ``_metadata`` entry for every module of ``model``: as recorded, else the default."""
     if getattr(tensors, "_metadata", None) is None:
-        tensors = with_versions(tensors, model)
-    return model.load_state_dict(tensors, strict=strict)
+        return with_versions(tensors, model)
+    out = OrderedDict(tensors)
+    full = OrderedDict((name, dict(DEFAULT)) for name, _ in model.named_modules())
+    full.update(tensors._metadata)  # type: ignore[attr-defined]
+    out._metadata = full  # type: ignore[attr-defined]
+    return out

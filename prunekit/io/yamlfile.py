@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import RecipeError
+from ..errors import ConfigError
 
 __all__ = ["MAX_YAML_VALUES", "read_yaml", "safe_load_bounded"]
 
@@ -33,19 +33,19 @@ def read_yaml(path: str | Path, what: str = "recipe") -> Any:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise RecipeError(f"{what}: cannot read {str(path)!r} ({e.strerror or e})") from None
+        raise ConfigError(f"{what}: cannot read {str(path)!r} ({e.strerror or e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}, byte offset {e.start}); "
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}, byte offset {e.start}); "
                           f"save the {what} as UTF-8") from None
     try:
         return safe_load_bounded(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
 
 def safe_load_bounded(text: str, source: str, prefix: str = "") -> Any:
@@ -64,7 +64,7 @@ def safe_load_bounded(text: str, source: str, prefix: str = "") -> Any:
         _check_expansion(node, source, prefix)
         return loader.construct_document(node)
     except RecursionError:
-        raise RecipeError(f"{source}: YAML nested too deeply to read (thousands of levels of [ or {{)") from None
+        raise ConfigError(f"{source}: YAML nested too deeply to read (thousands of levels of [ or {{)") from None
     finally:
         loader.dispose()
 
@@ -91,7 +91,7 @@ def _check_expansion(root: yaml.Node, source: str, prefix: str = "") -> None:
             return sizes[key]
         if key in active:
             mark = node.start_mark
-            raise RecipeError(f"{where or source}: a YAML alias refers to the anchor it sits in (line "
+            raise ConfigError(f"{where or source}: a YAML alias refers to the anchor it sits in (line "
                               f"{mark.line + 1}), a structure that contains itself; write the value out instead")
         active.add(key)
         sizes[key] = 1 + sum(size(c, w) for w, c in children(node, where))
@@ -107,6 +107,6 @@ def _check_expansion(root: yaml.Node, source: str, prefix: str = "") -> None:
         if not big:
             break
         where, node = big[-1]
-    raise RecipeError(f"{where or source}: YAML anchors and aliases expand to {sizes[id(node)]:,} values, more than "
+    raise ConfigError(f"{where or source}: YAML anchors and aliases expand to {sizes[id(node)]:,} values, more than "
                       f"the {MAX_YAML_VALUES:,} a recipe may hold (an alias bomb, 'billion laughs'?); write the "
                       f"values out or use fewer aliases")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..adapters.layers import DEFAULT_TARGETS, AdapterConfig, inject_adapters
+from ..adapters.inject import DEFAULT_TARGETS, AdapterConfig, inject_adapters
 from ..config import option
 from ..errors import ConfigError
 from ..models.params import mark_trainable

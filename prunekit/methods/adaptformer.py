@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters.layers import AdapterConfig, inject_adapters
+from ..adapters.inject import AdapterConfig, inject_adapters
 from ..config import option
 from ..errors import ConfigError
 from ..models.params import mark_trainable

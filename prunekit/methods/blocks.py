@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters.layers import match_modules
+from ..adapters.inject import match_modules
 from ..config import option
 from ..models.params import mark_trainable
 from .base import Method, register_method

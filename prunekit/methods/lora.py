@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..adapters.layers import match_modules
+from ..adapters.inject import match_modules
 from ..config import option
 from ..errors import ConfigError
 from ..models.params import mark_trainable

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..adapters.layers import DEFAULT_TARGETS, AdapterConfig, inject_adapters, match_modules, output_dim
+from ..adapters.inject import DEFAULT_TARGETS, AdapterConfig, inject_adapters, match_modules, output_dim
 from ..config import option
 from ..errors import ConfigError
 from ..models.params import mark_trainable

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 from torch import nn
 
 from ..adapters.layers import Adapter, hidden_size
-from ..budget.search import count_params
+from ..budget.search import count_parameters
 
 __all__ = [
     "count_parameters",
@@ -16,11 +16,6 @@ __all__ = [
     "adapter_param_count",
     "head_param_count",
 ]
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalar parameters (shared parameters counted once)."""
-    return count_params(model, trainable_only)
 
 
 def head_names(model: nn.Module) -> list[str]:

@@ -21,13 +21,13 @@ per-group statistic of themselves: ``'mean'``, ``'max'``, ``'l2'`` (the scores' 
 group's size (``'n+m'``, Eq. 2's, and ``'terms'``). Registered combinations: ``l1_mean``, ``l1_max``, ``l1_l2``,
 ``l2_mean``, ``l2_max``, ``lamp`` (= ``normalized(l2, 'lamp')``), ``taylor_mean``.
 
+The calibration passes that collect activations and Taylor saliencies for such scorers are
+:mod:`prunekit.ranking.calibration`.
+
 Composition helpers: :func:`scaled` divides any score by a per-group number, :func:`combine` takes a weighted sum.
 A scorer that needs activations says so with ``fn.needs_activations = True``, one that needs gradients with
 ``fn.needs_gradients = True``; the engine (or :func:`gather_stats`) then runs the calibration pass and hands the
 result in ``stats``.
-
-Over 300 lines on purpose: every registered scorer and normaliser is a few lines; they share the row / column
-helpers and the activation and gradient collection passes.
 """
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ __all__ = [
     "l1_down",
     "l1_activation",
     "coupled_l1",
-    "l1",
     "l2",
     "tina",
     "taylor",
@@ -61,9 +60,6 @@ __all__ = [
     "combine",
     "NORMALIZERS",
     "SCORE_NORMALIZERS",
-    "collect_activations",
-    "collect_taylor",
-    "gather_stats",
     "score_groups",
 ]
 
@@ -148,8 +144,7 @@ def coupled_l1(group: Any, stats: ScoreStats) -> torch.Tensor:
     return _l1_rows(group.rows() + group.columns(), group.width, _device(group))
 
 
-l1 = coupled_l1  # the usual name outside the paper
-register_scorer("l1", l1)
+register_scorer("l1", coupled_l1)  # the usual name outside the paper; one function, two registered names
 
 
 @register_scorer("l2")
@@ -220,7 +215,7 @@ def normalized(scorer: Scorer, how: str | Callable[[torch.Tensor, Any], torch.Te
     """``scorer`` with its scores normalised per group (``'mean'``, ``'max'``, ``'l2'``, ``'sum'``, ``'lamp'``,
     ``'n+m'``, ``'terms'``, or ``fn(scores, group) -> scores``), so that a global ranking compares unlike layers.
 
-    Example: ``normalized(l1, 'mean')`` ranks each channel by its L1 relative to its layer's mean channel.
+    Example: ``normalized(coupled_l1, 'mean')`` ranks each channel by its L1 relative to its layer's mean channel.
     """
     if isinstance(how, str):
         if how not in SCORE_NORMALIZERS:
@@ -325,132 +320,6 @@ for _name, _base, _how, _doc in _COMBINATIONS:
     _fn = _inherit(normalized(_base, _how), _base, name=_name)
     _fn.__doc__ = _doc
     register_scorer(_name, _fn)
-
-
-def _channel_dim(group: Any) -> int:
-    return 1 if isinstance(getattr(group, "root", None), (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    return batch, None
-
-
-@torch.no_grad()
-def collect_activations(
-        model: nn.Module,
-        groups: Iterable[Any],
-        batches: Iterable,
-        forward_fn: Callable[[nn.Module, object], object] | None = None,
-        max_batches: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Mean |activation| per unit of every group, accumulated over all ``batches`` (eval mode, no grad).
-
-    The activation is the output of ``group.activation`` (the adapter's phi) or, when a group has none, of its root
-    producer; a unit of G channels averages them. A batch is a tensor or a ``(inputs, targets)`` pair. Hooks are
-    removed whatever happens.
-    """
-    groups = list(groups)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {g.name: 0 for g in groups}
-    handles = []
-
-    def make_hook(g: Any):
-        dim = _channel_dim(g)
-        per_unit = getattr(g, "channel_groups", 1)
-
-        def hook(_module, _inputs, out):
-            a = out.detach().abs().float().movedim(dim, -1).reshape(-1, g.width * per_unit)
-            if per_unit > 1:
-                a = a.reshape(-1, per_unit, g.width).mean(1)
-            sums[g.name] = sums.get(g.name, 0) + a.sum(0)
-            counts[g.name] += a.shape[0]
-
-        return hook
-
-    for g in groups:
-        if not hasattr(g, "activation") or not isinstance(getattr(g, "root", None), nn.Module):
-            raise PrunekitError(f"collect_activations: group {g.name!r} (kind {getattr(g, 'kind', '?')!r}) has no "
-                                "activation to record; use a weight or gradient scorer for it")
-    was_training = model.training
-    model.eval()
-    try:
-        for g in groups:
-            target = g.activation if g.activation is not None else g.root
-            handles.append(target.register_forward_hook(make_hook(g)))
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            forward_fn(model, x) if forward_fn is not None else model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not any(counts.values()):
-        raise PrunekitError("collect_activations: the calibration batches were empty")
-    return {name: sums[name] / counts[name] for name in sums}
-
-
-def collect_taylor(
-        model: nn.Module,
-        batches: Iterable,
-        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-        forward_fn: Callable[[nn.Module, object], object] | None = None,
-) -> tuple[dict[int, torch.Tensor], dict[int, nn.Parameter]]:
-    """``sum over batches of |w * dL/dw|`` for every parameter (eval mode), from ``(inputs, targets)`` batches.
-
-    ``loss_fn(outputs, targets)`` defaults to cross-entropy; a batch without targets needs a ``loss_fn`` that takes
-    ``targets=None``. Gradients and ``requires_grad`` flags the model had are restored afterwards.
-    """
-    loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
-    params = {id(p): p for p in model.parameters()}
-    flags = {k: p.requires_grad for k, p in params.items()}
-    grads = {k: p.grad for k, p in params.items()}
-    sal: dict[int, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
-    n = 0
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-        for batch in batches:
-            x, y = _split_batch(batch)
-            for p in params.values():
-                p.grad = None
-            with torch.enable_grad():
-                out = forward_fn(model, x) if forward_fn is not None else model(x)
-                loss = loss_fn(out, y)
-                loss.backward()
-            for k, p in params.items():
-                if p.grad is not None:
-                    s = (p.detach() * p.grad.detach()).abs().float()
-                    sal[k] = sal[k] + s if k in sal else s
-            n += 1
-    finally:
-        for k, p in params.items():
-            p.grad = grads[k]
-            p.requires_grad_(flags[k])
-        model.train(was_training)
-    if not n:
-        raise PrunekitError("collect_taylor: the calibration batches were empty")
-    return sal, params
-
-
-def gather_stats(model: nn.Module, groups: list, scorer: Scorer, batches: Iterable | None, *,
-                 generator: torch.Generator | None = None, loss_fn: Callable | None = None) -> ScoreStats:
-    """The :class:`ScoreStats` ``scorer`` needs: activations and / or Taylor saliencies from ``batches``."""
-    stats = ScoreStats(generator=generator)
-    if needs_activations(scorer) or needs_gradients(scorer):
-        if batches is None:
-            raise PrunekitError(f"scorer {getattr(scorer, '__name__', scorer)!r} needs calibration batches")
-        batches = list(batches)
-        if needs_activations(scorer):
-            stats.activations = collect_activations(model, groups, batches)
-        if needs_gradients(scorer):
-            stats.saliency, stats.params = collect_taylor(model, batches, loss_fn)
-    return stats
 
 
 def score_groups(groups: Iterable[Any], scorer: Scorer, stats: ScoreStats | None = None) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..registry import did_you_mean
-from .spec import RecipeError
+from .spec import ConfigError
 
 __all__ = ["builtin_recipes_dir", "builtin_recipes", "find_recipe"]
 
@@ -42,7 +42,7 @@ def find_recipe(arg: str) -> Path:
     if path.parent == Path(".") and name in builtins:
         return builtins[name]
     if path.exists():
-        raise RecipeError(f"recipe: {str(arg)!r} is a folder, not a recipe file")
+        raise ConfigError(f"recipe: {str(arg)!r} is a folder, not a recipe file")
     hint = did_you_mean(name, list(builtins)) if path.parent == Path(".") else ""
-    raise RecipeError(f"recipe: no such file {str(arg)!r}, and no built-in recipe of that name;{hint} built-in: "
+    raise ConfigError(f"recipe: no such file {str(arg)!r}, and no built-in recipe of that name;{hint} built-in: "
                       f"{', '.join(builtins) or '(none found)'} (`prunekit list recipes`)")

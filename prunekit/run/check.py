@@ -14,9 +14,10 @@ from typing import Any, Callable, TypeVar
 from ..core import distributed as dist_utils
 from ..models.backbone import check_model_name
 from ..data.datasets import DATASETS
-from ..errors import PrunekitError, RecipeError, UnknownNameError, problems_of
+from ..errors import PrunekitError, ConfigError, UnknownNameError, problems_of
 from ..methods import Method, build_method
-from ..recipe.spec import Recipe, ResolvedSection
+from ..recipe.spec import Recipe
+from ..recipe.sections import ResolvedSection
 from ..ranking.scopes import get_scope
 from ..ranking.scorers import get_scorer
 from ..engine.strategy import Strategy, get_strategy
@@ -47,7 +48,7 @@ def check_recipe(recipe: Recipe) -> Checked:
     """Resolve every name in the recipe; fills ``recipe.resolved``.
 
     Every name is checked (model, method and its keys, strategy and its parts, data) and one
-    :class:`~prunekit.errors.RecipeError` lists every problem. Also refuses ``strategy.groups: backbone`` with a
+    :class:`~prunekit.errors.ConfigError` lists every problem. Also refuses ``strategy.groups: backbone`` with a
     method that freezes the backbone (``Method.freezes_backbone``), and such a method on random weights unless the
     recipe says ``model.allow_random_backbone: true``.
     """
@@ -72,7 +73,7 @@ def check_recipe(recipe: Recipe) -> Checked:
             attempt(lambda: _check_fit(recipe, strategy, method, config))
         attempt(lambda: _check_weights(recipe, method))
     if problems:
-        raise RecipeError(*problems)
+        raise ConfigError(*problems)
     strategy = None if strategy is NONE else strategy
     sigma = getattr(config, "sigma", None)
     by_sigma = recipe.strategy.budget.kind is None  # a params / MACs / channels budget has no sigma schedule
@@ -99,7 +100,7 @@ def _sigma_reference(recipe: Recipe, strategy: Strategy | None, sigma: float | N
     if s.sigma_reference is not None:
         return s.sigma_reference
     if sigma is not None and not s.sigma_target > sigma:
-        raise RecipeError(f"strategy.sigma_target: a one-shot run trains as many cycles as an iterative run from "
+        raise ConfigError(f"strategy.sigma_target: a one-shot run trains as many cycles as an iterative run from "
                           f"method.sigma={sigma:g} (the default strategy.sigma_reference) to sigma_target, so "
                           f"sigma_target must be above it; got {s.sigma_target:g}")
     return sigma
@@ -112,7 +113,7 @@ def _check_data_name(recipe: Recipe) -> None:
     try:
         DATASETS.get(recipe.data.name)
     except KeyError as e:
-        raise RecipeError(f"data.name: {e}") from None
+        raise ConfigError(f"data.name: {e}") from None
 
 
 def _resolve_strategy(recipe: Recipe) -> Strategy:
@@ -121,13 +122,13 @@ def _resolve_strategy(recipe: Recipe) -> Strategy:
     replaced = {k: getattr(s, k) for k in STRATEGY_PARTS if getattr(s, k) is not None}
     if s.name == "none":
         if replaced:
-            raise RecipeError(*[f"strategy.{k}: strategy 'none' prunes nothing; remove the key or name a strategy"
+            raise ConfigError(*[f"strategy.{k}: strategy 'none' prunes nothing; remove the key or name a strategy"
                                 for k in replaced])
         return NONE
     try:
         strategy = dataclasses.replace(get_strategy(s.name), **replaced)
     except KeyError as e:
-        raise RecipeError(f"strategy.name: {e} (or 'none')") from None
+        raise ConfigError(f"strategy.name: {e} (or 'none')") from None
     problems = []
     for part, get in (("scorer", get_scorer), ("scope", get_scope)):
         try:
@@ -139,7 +140,7 @@ def _resolve_strategy(recipe: Recipe) -> Strategy:
                 names = "names an " if isinstance(e, UnknownNameError) else ""  # a plug-in strategy's own part
                 problems.append(f"strategy.name: strategy {strategy.name!r} {names}{e}")
     if problems:
-        raise RecipeError(*problems)
+        raise ConfigError(*problems)
     return strategy
 
 
@@ -151,26 +152,26 @@ def _check_fit(recipe: Recipe, strategy: Strategy, method: Method, config: Any) 
     s = recipe.strategy
     if s.groups == "backbone":
         if method.freezes_backbone:
-            raise RecipeError(f"strategy.groups: 'backbone' prunes the model's own channels and heads and fine-tunes "
+            raise ConfigError(f"strategy.groups: 'backbone' prunes the model's own channels and heads and fine-tunes "
                               f"them, but method {method.name!r} keeps the backbone frozen; use method full (every "
                               "parameter trains), or strategy.groups: adapters")
         return
     if not method.prunable:
-        raise RecipeError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
+        raise ConfigError(f"strategy.name: {strategy.name!r} prunes adapters, but method {method.name!r} has no "
                           "prunable groups; use method adapters or parallel_adapters, strategy.groups: backbone "
                           "(with method full), or strategy 'none'")
     if s.budget.kind is not None:
         return
     sigma = getattr(config, "sigma", None)
     if sigma is not None and strategy.mode == "iterative" and not s.sigma_target > sigma:
-        raise RecipeError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only raises "
+        raise ConfigError(f"strategy.sigma_target: expected more than method.sigma={sigma:g} (pruning only raises "
                           f"sigma), got {s.sigma_target:g}")
 
 
 def _check_weights(recipe: Recipe, method: Method) -> None:
     m = recipe.model
     if method.freezes_backbone and not (m.checkpoint or m.pretrained or m.allow_random_backbone):
-        raise RecipeError(
+        raise ConfigError(
             f"model: method {method.name!r} freezes the backbone, but {m.name!r} would keep its random initial "
             "weights (no model.checkpoint, model.pretrained: false): training on frozen random features is "
             "meaningless. Set model.checkpoint (with model.pretrain to make it) or model.pretrained: true; or "
@@ -188,5 +189,5 @@ def check_world(recipe: Recipe) -> None:
     """Under torchrun, the global batch must give every process at least one image."""
     world = dist_utils.world_size()
     if world > 1 and recipe.train.batch_size < world:
-        raise RecipeError(f"train.batch_size: the global batch ({recipe.train.batch_size}) must be at least the "
+        raise ConfigError(f"train.batch_size: the global batch ({recipe.train.batch_size}) must be at least the "
                           f"number of processes ({world})")

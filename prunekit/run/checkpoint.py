@@ -16,10 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import PrunekitError, RecipeError
+from ..errors import PrunekitError, ConfigError
 from .progress import ProgressReporter
 from ..recipe.spec import Recipe
-from ..io.rundir import RunDir, RunWriteError, safetensors_metadata, save_safetensors, written_by_prunekit
+from ..io.rundir import RunDir
+from ..io.files import RunWriteError, safetensors_metadata, save_safetensors, written_by_prunekit
 
 __all__ = ["check_checkpoint_target", "save_checkpoint", "checkpoint_result", "RESULT_KEYS"]
 
@@ -33,10 +34,10 @@ def check_checkpoint_target(recipe: Recipe) -> None:
         return
     dest = Path(recipe.output.save_checkpoint).expanduser()
     if dest.is_dir():
-        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} is a folder; expected a file path, e.g. "
+        raise ConfigError(f"output.save_checkpoint: {str(dest)!r} is a folder; expected a file path, e.g. "
                           f"{str(dest / 'model.safetensors')!r}")
     if dest.exists() and not recipe.output.replace_checkpoint and not written_by_prunekit(dest):
-        raise RecipeError(f"output.save_checkpoint: {str(dest)!r} exists and prunekit did not write it (its "
+        raise ConfigError(f"output.save_checkpoint: {str(dest)!r} exists and prunekit did not write it (its "
                           "safetensors metadata carries no prunekit mark); nothing was changed. Choose another path, "
                           "or set output.replace_checkpoint: true to replace it")
     where = dest.parent.absolute()

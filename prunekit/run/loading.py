@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapters.layers import adapter_groups
+from ..adapters.groups import adapter_groups
 from ..errors import PrunekitError
 from ..core.plan import Plan
 from ..recipe.spec import Recipe, load_recipe

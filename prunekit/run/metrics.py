@@ -15,7 +15,7 @@ import io
 import math
 from typing import Any, Sequence
 
-from ..errors import RecipeError
+from ..errors import ConfigError
 from ..io.rundir import RunDir
 
 __all__ = ["cycles_csv", "TensorBoardScalars", "check_tensorboard", "TENSORBOARD_DIR"]
@@ -53,7 +53,7 @@ def cycles_csv(cycles: Sequence[dict[str, Any]]) -> str:
 def check_tensorboard() -> None:
     """``output.tensorboard: true`` needs the ``tensorboard`` package: a named error before anything runs."""
     if importlib.util.find_spec("tensorboard") is None:
-        raise RecipeError("output.tensorboard: true needs the tensorboard package, which is not installed; "
+        raise ConfigError("output.tensorboard: true needs the tensorboard package, which is not installed; "
                           "pip install 'prunekit[tensorboard]' (or set output.tensorboard: false)")
 
 

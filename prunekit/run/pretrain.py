@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core import distributed as dist_utils
-from ..errors import PrunekitError, RecipeError
+from ..errors import PrunekitError, ConfigError
 from .progress import ProgressReporter
 from ..recipe.spec import Recipe, load_recipe
 from ..io.rundir import check_run_name
@@ -40,7 +40,7 @@ def ensure_checkpoint(recipe: Recipe, out_parent: Path, reporter: ProgressReport
     try:
         check_run_name(name, "output.run_name" if pre.output.run_name else "name")
     except PrunekitError as e:
-        raise RecipeError(f"model.pretrain: {pre_path.name}: {e}") from None
+        raise ConfigError(f"model.pretrain: {pre_path.name}: {e}") from None
     run_name, i = name, 1
     while (out_parent / run_name).exists():
         i += 1
@@ -60,13 +60,13 @@ def _check_before_pretraining(recipe: Recipe) -> tuple[Recipe, Path]:
     base = Path(recipe.source).parent if recipe.source else Path.cwd()
     pre_path = (base / recipe.model.pretrain).resolve()
     if not pre_path.is_file():
-        raise RecipeError(f"model.pretrain: no such recipe {str(pre_path)!r} (paths are relative to the recipe's "
+        raise ConfigError(f"model.pretrain: no such recipe {str(pre_path)!r} (paths are relative to the recipe's "
                           f"folder {str(base)!r}); it runs because model.checkpoint {ckpt!r} does not exist")
     try:
         pre = load_recipe(pre_path, [f"output.save_checkpoint={ckpt}"])
         check_recipe(pre)
     except PrunekitError as e:
-        raise RecipeError(f"model.pretrain: {pre_path.name}: {e}") from None
+        raise ConfigError(f"model.pretrain: {pre_path.name}: {e}") from None
     load_bundle(recipe)
     dry_run(recipe)
     return pre, pre_path

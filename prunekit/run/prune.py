@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..adapters.layers import adapter_groups
+from ..adapters.groups import adapter_groups
 from ..budget.search import Budget
 from ..groups.channels import BackboneGroups, backbone_groups
 from ..engine.iterative import Engine
-from ..errors import PrunekitError, RecipeError
+from ..errors import PrunekitError, ConfigError
 from ..core.plan import Plan
 from ..engine.sources import replay
 from .progress import ProgressReporter
@@ -178,10 +178,10 @@ def _strategy_keys(recipe: Recipe) -> Iterator[None]:
     except PrunekitError as e:
         msg = str(e)
         if msg.startswith("ratio:") and recipe.strategy.budget.kind is not None:
-            raise RecipeError(f"strategy.budget.{recipe.strategy.budget.kind}:{msg[len('ratio:'):]}") from None
+            raise ConfigError(f"strategy.budget.{recipe.strategy.budget.kind}:{msg[len('ratio:'):]}") from None
         prefix = next((p for p in _KEYS if msg.startswith(p)), None)
         if prefix is not None:
-            raise RecipeError(f"{_KEYS[prefix]}{msg}") from None
+            raise ConfigError(f"{_KEYS[prefix]}{msg}") from None
         raise
 
 
@@ -191,5 +191,5 @@ def _check_cycles(recipe: Recipe, n_cycles: int) -> None:
         return
     goal = (f"to go from the method's sigma to sigma_target={s.sigma_target:g}" if s.budget.kind is None else
             f"to remove {s.budget.value:g} of the model's {s.budget.kind}")
-    raise RecipeError(f"strategy.cycles: {s.name} needs {n_cycles} cycles {goal} with rho={s.rho}, got {s.cycles}; "
+    raise ConfigError(f"strategy.cycles: {s.name} needs {n_cycles} cycles {goal} with rho={s.rho}, got {s.cycles}; "
                       f"remove the key or set it to {n_cycles}")

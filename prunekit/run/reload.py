@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import parse_section
-from ..errors import PrunekitError, RecipeError
+from ..errors import PrunekitError, ConfigError
 from ..core.plan import Plan
 from ..engine.sources import replay
 from ..recipe.spec import Recipe, read_yaml
@@ -134,7 +134,7 @@ def resolved_recipe(data: Any, where: str) -> Recipe:
                             "; truncated or edited?")
     try:
         recipe = parse_section(Recipe, data)
-    except RecipeError as e:
+    except ConfigError as e:
         raise PrunekitError(f"{where}: {e}") from None
     # The run has trained already: refusing a random frozen backbone is for starting runs, not for reloading one.
     recipe.model.allow_random_backbone = True

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import atomic_write
+
 __all__ = ["cycle_rows", "cycle_table", "columns_for", "markdown_table", "plot_widths", "short_group_name",
            "human_bytes", "human_count", "COLUMNS", "BACKBONE_COLUMNS"]
 
@@ -176,9 +178,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path

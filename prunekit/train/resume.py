@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..registry import PrunekitError
-from ..io.rundir import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from ..io.statedict import load_into, with_versions
 
 __all__ = ["STATE_FILE", "FORMAT", "ResumeMismatchError", "capture_rng", "restore_rng", "save_state", "load_state",

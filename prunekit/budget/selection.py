@@ -1,0 +1,106 @@
+"""The one selection search: a plan that meets a budget's step, for ``prune()`` and the engine alike.
+
+Both ask the same questions of a model's groups, and answer them here:
+
+- can the budget be reached at all within the groups' limits (:func:`check_budget_reachable`, before anything runs);
+- what the model measures now (:func:`measure_now`: units, parameters or MACs);
+- which units go (:func:`select_plan`): exact unit counts for sigma / channels, the exact parameter cost model for
+  params, and for MACs (or groups whose parameter cost is first-order) the cost model corrected by counting a pruned
+  copy (:func:`counted_trial`, the model itself untouched).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..core.plan import Plan
+from ..core.policy import round_half_up
+from ..ranking.scopes import Scope, capacity
+from .search import (Budget, CostModel, check_reachable, count_macs, count_parameters, select_cost, select_macs,
+                     select_units, slices_of, unit_limits)
+
+__all__ = ["select_plan", "check_budget_reachable", "measure_now", "counted_trial", "needs_trial", "exact_counts"]
+
+
+def exact_counts(groups: list) -> bool:
+    """Whether every group says exactly which tensor entries a unit owns (else parameter counts are first-order)."""
+    return all(slices_of(g) is not None for g in groups)
+
+
+def needs_trial(budget: Budget, groups: list) -> bool:
+    """Whether a selection for ``budget`` is checked by counting a pruned copy (MACs; parameters of inexact groups)."""
+    return budget.kind == "macs" or (budget.kind == "params" and not exact_counts(groups))
+
+
+def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inputs: Any) -> float:
+    """Units kept (sigma, channels: from groups or a name -> width mapping), parameters or MACs of the model now."""
+    if kind in ("sigma", "channels"):
+        if isinstance(groups_or_widths, Mapping):
+            return float(sum(groups_or_widths.values()))
+        return float(sum(g.width for g in groups_or_widths))
+    if kind == "params":
+        return float(count_parameters(model))
+    return float(count_macs(model, example_inputs))
+
+
+def check_budget_reachable(budget: Budget, groups: list, start: float, *, original: Mapping[str, int] | None = None,
+                           weights: Mapping[int, float] | None = None) -> None:
+    """Raise :class:`~prunekit.core.policy.UnreachableTargetError` (with the most that can go) when the groups'
+    limits cannot remove what ``budget`` asks of a model that measures ``start``; ``weights``: MACs per parameter."""
+    limits = unit_limits(groups, original)
+    most = {g.name: capacity({g.name: g.width}, {g.name: limits[g.name]}) for g in groups}
+    if budget.kind == "channels":
+        removable = float(sum(most.values()))
+    else:
+        removable = CostModel(groups, weights if budget.kind == "macs" else None).removed(most)
+    check_reachable(budget, removable, start)
+
+
+def counted_trial(kind: str, model: nn.Module, groups_fn: Callable, example_inputs: Any, before: float
+                  ) -> Callable[[Plan], float]:
+    """``fn(plan) -> what it removes`` (MACs or parameters), counted on a pruned deep copy of ``model``."""
+
+    def removed(plan: Plan) -> float:
+        trial = copy.deepcopy(model)
+        Plan.from_dict(plan.to_dict()).apply(trial, groups_fn(trial, example_inputs))
+        return before - (count_macs(trial, example_inputs) if kind == "macs" else count_parameters(trial))
+
+    return removed
+
+
+def select_plan(
+        budget: Budget,
+        groups: list,
+        scores: Mapping[str, torch.Tensor],
+        scope: Scope,
+        goal: float,
+        *,
+        original: Mapping[str, int] | None = None,
+        weights: Mapping[int, float] | None = None,
+        trial: Callable[[Plan], float] | None = None,
+) -> tuple[Plan, float, float]:
+    """One budgeted selection: a plan removing ``goal`` of the budget's measure now (units for sigma / channels,
+    parameters or MACs otherwise), the amount it removes and the tolerance (one step's worth: ``round_to`` units).
+
+    Units are exact; parameters are exact through :class:`~prunekit.budget.search.CostModel` (``weights``: MACs per
+    parameter for MACs); with ``trial`` (``fn(plan) -> amount it really removes``, counted on a pruned copy) the
+    selection is corrected by counting, for MACs and for groups without ``param_slices``. Raises before anything is
+    modified if ``goal`` is beyond the limits' reach.
+    """
+    limits = unit_limits(groups, original)
+    removable = {g.name for g in groups if capacity({g.name: g.width}, {g.name: limits[g.name]})}
+    if budget.counts_units:
+        plan = select_units(scope, scores, round_half_up(goal), limits)
+        tol = max((limits[n].round_to for n in removable), default=1) - 1
+        return plan, float(plan.n_removed), float(tol)
+    cost = CostModel(groups, weights)
+    # one step of a group: round_to units (a policy's round_to moves a width by that many at a time)
+    tol = max((cost.removed({n: limits[n].round_to}) for n in removable), default=0.0)
+    if trial is None:
+        plan = select_cost(scope, scores, goal, cost, limits)
+        return plan, cost.removed({k: len(v) for k, v in plan.remove.items()}), tol
+    plan, done = select_macs(scope, scores, goal, cost, trial, tol, limits)
+    return plan, done, tol

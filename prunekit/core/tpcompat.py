@@ -1,0 +1,125 @@
+"""torch-pruning, as prunekit needs it: pruners it lacks, one index mapping per search, groups cut instead of walked.
+
+- :func:`default_customized_pruners`: a GroupNorm without weight or bias (timm's ``GroupNorm1NoBias``), which
+  torch-pruning's own GroupNorm pruner cannot slice;
+- :func:`frozen_index_mapping`: while groups are found, torch-pruning's index mappings are computed once instead of
+  on every ``get_pruning_group`` call (the wrapper is installed only while a block is open);
+- :func:`subgroup` / :func:`static_mapping`: in a graph without concatenations, splits and slices, the group of some
+  root channels is cut from the group of every channel instead of walking the graph again.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import _helpers as _tp_helpers, ops
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
+
+
+__all__ = ["default_customized_pruners", "frozen_index_mapping", "static_mapping", "subgroup"]
+
+
+class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """torch-pruning's GroupNorm pruner, also for a GroupNorm without bias or weight (timm's ``GroupNorm1NoBias``)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.num_channels)) - set(idxs))
+        layer.num_channels = layer.num_channels - len(idxs)
+        for attr in ("weight", "bias"):
+            p = getattr(layer, attr, None)
+            if isinstance(p, nn.Parameter):
+                setattr(layer, attr, self._prune_parameter_and_grad(p, keep, 0))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+def default_customized_pruners(model: nn.Module) -> dict:
+    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight."""
+    out = {}
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm) and (m.bias is None or m.weight is None):
+            out[type(m)] = _GroupNormPruner()
+    return out
+
+
+_FROZEN_ATTR = "_prunekit_index_mapping_frozen"
+_tp_update_index_mapping = _tp_index_mapping.update_index_mapping
+
+
+def _update_index_mapping(graph: tp.DependencyGraph) -> None:
+    """torch-pruning's ``update_index_mapping``, skipped for a graph inside :func:`frozen_index_mapping`."""
+    if getattr(graph, _FROZEN_ATTR, False):
+        return
+    _tp_update_index_mapping(graph)
+
+
+_PATCH_DEPTH = 0  # open frozen_index_mapping blocks: torch-pruning's function is wrapped only while one is open
+
+
+@contextlib.contextmanager
+def frozen_index_mapping(dg: tp.DependencyGraph):
+    """Inside the block, ``dg.get_pruning_group`` reuses one index mapping instead of recomputing it on every call.
+
+    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph on each
+    ``get_pruning_group`` call, because a prune in between changes the channel counts they are derived from. Finding
+    groups prunes nothing, so one computation at the start serves every call (with dozens of concatenations, as in
+    GhostNet or DenseNet, the recomputations were a large share of finding the groups). Nothing may be pruned through
+    ``dg`` inside the block; :meth:`Group.prune` is never called in one.
+
+    The wrapper that skips the recomputation is installed in torch-pruning's ``index_mapping`` module on entering the
+    first open block and removed when the last one closes; it skips only for a graph marked by a block, so any other
+    graph (another thread's, a user's own) gets torch-pruning's function unchanged even then.
+    """
+    global _PATCH_DEPTH
+    if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
+        yield dg
+        return
+    _tp_update_index_mapping(dg)  # a reused trace (``find_groups(traced=...)``) may have been pruned since it was built
+    setattr(dg, _FROZEN_ATTR, True)
+    _PATCH_DEPTH += 1
+    _tp_index_mapping.update_index_mapping = _update_index_mapping
+    try:
+        yield dg
+    finally:
+        _PATCH_DEPTH -= 1
+        if _PATCH_DEPTH == 0:
+            _tp_index_mapping.update_index_mapping = _tp_update_index_mapping
+        delattr(dg, _FROZEN_ATTR)
+
+
+# Node types whose index mappings torch-pruning recomputes from the current channel counts: in a graph with none of
+# them but reshapes (which map one group's own channels), pruning one group never moves another group's indices.
+_SHIFTING = (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND, ops.OPTYPE.EXPAND, ops.OPTYPE.SLICE)
+
+
+def static_mapping(dg: tp.DependencyGraph) -> bool:
+    """Whether every group's channel indices in ``dg`` stay where they are when other groups are pruned."""
+    return not any(node.type in _SHIFTING for node in dg.module2node.values())
+
+
+def subgroup(every, channels: Sequence[int]):
+    """torch-pruning's group for root ``channels``, cut from its group of every channel: each item keeps the indices
+    that root channels in ``channels`` map to (what ``get_pruning_group(root, fn, channels)`` finds again by walking
+    the graph, without the walk). None when the full group's items carry no root indices."""
+    wanted, channels = set(channels), sorted(channels)
+    every_channel = list(range(len(every.items[0].idxs)))
+    out = type(every)()
+    for item in every.items:
+        root_idxs = item.root_idxs
+        if root_idxs is None or len(root_idxs) != len(item.idxs):
+            return None
+        if root_idxs == every_channel:  # the usual case: root channel r at position r
+            idxs, roots = [item.idxs[r] for r in channels], list(channels)
+        else:
+            pairs = [(i, r) for i, r in zip(item.idxs, root_idxs) if r in wanted]
+            idxs, roots = [i for i, _ in pairs], [r for _, r in pairs]
+        if not idxs:
+            continue
+        cut = _tp_helpers.GroupItem(dep=item.dep, idxs=idxs)
+        cut.root_idxs = roots
+        out.items.append(cut)
+    out._DG = every._DG
+    return out
