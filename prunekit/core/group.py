@@ -4,14 +4,13 @@ The group protocol
 ------------------
 The core (scopes, plans, budgets, the engine, the scorers) never checks a group's class; any object with these
 attributes is a group, so other modules add kinds of their own (``prunekit.adapters.groups``: adapters;
-``prunekit.groups.heads``:
-attention heads, where one unit is a whole head)::
+``prunekit.groups.heads``: attention heads, where one unit is a whole head)::
 
     name: str            unique in the model and stable when the same architecture is rebuilt (plans key on it)
     kind: str            'adapter', 'channel', 'neuron', 'head', ...
     width: int           n, the number of units now
     fan: int             m, weights per unit in the producers (Eq. 2 normalises by n + m)
-    policy               min_width, round_to, max_ratio, on_empty (see prunekit.core.policy)
+    policy               min_width, round_to, max_ratio, on_empty, check_forward (see prunekit.core.policy)
     rows() -> [Tensor(n, k)]     producer weights, row j computes unit j
     columns() -> [Tensor(n, k)]  consumer weights, row j reads unit j
     prune(idxs) -> None          remove these units (indices in 0..n-1) physically
