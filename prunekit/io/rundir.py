@@ -42,8 +42,9 @@ import torch
 from ..registry import PrunekitError
 from .files import RunWriteError, _write_error, atomic_write_bytes, atomic_write_text, save_safetensors
 from .runlock import LOCK_FILE, RunLock, RunLockedError, holder_of
+from .runpaths import (describe_contents, inside, is_temp_of, json_default, nearest_existing)
 
-__all__ = ["RunDir", "MARKER", "NotARunDirError", "run_directory", "check_run_name", "describe_contents"]
+__all__ = ["RunDir", "MARKER", "NotARunDirError"]
 
 MARKER = ".prunekit-run.json"
 MARKER_FORMAT = "prunekit.run/1"
@@ -51,42 +52,6 @@ MARKER_FORMAT = "prunekit.run/1"
 
 class NotARunDirError(PrunekitError):
     """A folder prunekit did not create as a run directory (no valid ``.prunekit-run.json``)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# where a run goes
-
-def check_run_name(value: str, key: str) -> str:
-    """A run directory name is one folder name inside ``output.dir``: not '.', '..', absolute or with a separator."""
-    if value in ("", ".", "..") or PurePath(value).is_absolute() or "/" in value or "\\" in value or "\0" in value:
-        raise PrunekitError(f"{key}: expected one folder name inside output.dir (no '/', not '.', '..' or an absolute "
-                            f"path), got {value!r}; use --out for a run directory elsewhere")
-    return value
-
-
-def run_directory(output_dir: str, run_name: str | None, name: str) -> Path:
-    """``output_dir/<run_name or name>``, refusing names that leave ``output_dir`` (also through a symbolic link)."""
-    key, value = ("output.run_name", run_name) if run_name else ("name", name)
-    path = Path(output_dir) / check_run_name(value, key)
-    if path.exists() and not path.resolve().is_relative_to(Path(output_dir).resolve()):
-        raise PrunekitError(f"{key}: {path} leads to {path.resolve()}, outside output.dir ({output_dir}); nothing "
-                            "was changed. Use --out to name that folder directly")
-    return path
-
-
-def describe_contents(path: Path, names: list[str] | None = None, limit: int = 6) -> str:
-    """``thesis.tex, data/ and 3 more``: the entries of ``path`` (or the given relative ``names``)."""
-    if names is None:
-        names = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in path.iterdir())
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -119,7 +84,7 @@ class RunDir:
         if not (isinstance(m, dict) and m.get("format") == MARKER_FORMAT and isinstance(m.get("run_id"), str)
                 and isinstance(m.get("files"), list) and all(isinstance(f, str) for f in m["files"])):
             return None
-        if not all(_inside(f) for f in m["files"]):
+        if not all(inside(f) for f in m["files"]):
             return None
         return m
 
@@ -172,7 +137,7 @@ class RunDir:
                        and not os.path.islink(os.path.join(top, d))]
             for f in sorted(files):
                 rel = f if rel_top == "." else f"{rel_top}/{f}"
-                if rel not in own and not _is_temp_of(rel, own):
+                if rel not in own and not is_temp_of(rel, own):
                     foreign.append(rel)
         return sorted(foreign)
 
@@ -203,7 +168,7 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise NotARunDirError(f"output: {path} is a file, not a run directory; nothing was changed")
         if not path.exists() or not any(p.name != LOCK_FILE for p in path.iterdir()):
-            where = _nearest_existing(path)
+            where = nearest_existing(path)
             if not os.access(where, os.W_OK | os.X_OK):
                 raise RunWriteError(f"output: cannot create the run directory {path}: {where} is not writable "
                                     "(read-only file system or no permission); nothing was changed")
@@ -291,7 +256,7 @@ class RunDir:
             rel_top = os.path.relpath(top, self.path)
             for f in files:
                 rel = f if rel_top == "." else f"{rel_top}/{f}"
-                if rel in own or _is_temp_of(rel, own):
+                if rel in own or is_temp_of(rel, own):
                     (self.path / rel).unlink()
         parents = {PurePath(f).parent for f in own}
         parents |= {p for d in parents for p in d.parents}
@@ -328,7 +293,7 @@ class RunDir:
             own = set(self._marker["files"])
             for top, _, files in os.walk(self.path):
                 for f in files:
-                    if _is_temp_of(os.path.relpath(os.path.join(top, f), self.path), own):
+                    if is_temp_of(os.path.relpath(os.path.join(top, f), self.path), own):
                         with contextlib.suppress(OSError):
                             os.unlink(os.path.join(top, f))
         if self._lock is not None:
@@ -358,7 +323,7 @@ class RunDir:
             yield path
         except OSError as e:
             for tmp in path.parent.glob(f"*{path.name}.tmp*"):
-                if _is_temp_of(tmp.relative_to(self.path).as_posix(), {path.relative_to(self.path).as_posix()}):
+                if is_temp_of(tmp.relative_to(self.path).as_posix(), {path.relative_to(self.path).as_posix()}):
                     tmp.unlink(missing_ok=True)
             raise _write_error(path, e) from None
 
@@ -388,7 +353,7 @@ class RunDir:
                 Plan.save_all(plans, path)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return self.write_text(name, json.dumps(obj, indent=1, default=_json_default) + "\n")
+        return self.write_text(name, json.dumps(obj, indent=1, default=json_default) + "\n")
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         if not self.write:
@@ -397,7 +362,7 @@ class RunDir:
         self._register(path)
         try:
             with open(path, "a") as f:
-                f.write(json.dumps(dict(record), default=_json_default) + "\n")
+                f.write(json.dumps(dict(record), default=json_default) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
@@ -433,29 +398,3 @@ class RunDir:
 
     def finish(self) -> None:
         self.write_text(self.DONE, datetime.now(timezone.utc).isoformat() + "\n")
-
-
-def _inside(rel: str) -> bool:
-    p = PurePath(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
-
-
-def _is_temp_of(rel: str, own: set[str]) -> bool:
-    """``.name.tmp<pid>``, ``.name.tmp.png`` or ``name.tmp`` next to a manifest file ``name``: prunekit's temp file."""
-    p = PurePath(rel)
-    base = p.name
-    for candidate in (base[1:].split(".tmp", 1)[0] if base.startswith(".") else None,
-                      base[: -len(".tmp")] if base.endswith(".tmp") else None):
-        if candidate and str(p.with_name(candidate)) in own:
-            return True
-    return False
-
-
-def _json_default(o):
-    if isinstance(o, float):
-        return o
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")

@@ -13,7 +13,7 @@ from ..core import distributed as dist_utils
 from ..errors import PrunekitError, ConfigError
 from .progress import ProgressReporter
 from ..recipe.spec import Recipe, load_recipe
-from ..io.rundir import check_run_name
+from ..io.runpaths import check_run_name
 from .check import check_recipe
 from .preview import dry_run
 from .task import load_bundle

@@ -23,7 +23,8 @@ from .progress import ProgressReporter
 from ..recipe.spec import Recipe, recipe_to_dict
 from .summary import cycle_table, plot_widths
 from ..train.resume import STATE_FILE
-from ..io.rundir import RunDir, run_directory
+from ..io.rundir import RunDir
+from ..io.runpaths import run_directory
 from ..io.runlock import describe_holder
 from ..io.statedict import with_versions
 from .checkpoint import save_checkpoint
