@@ -46,23 +46,25 @@ BUILD = {
 }
 
 
+def clean_env() -> dict[str, str]:
+    """No inherited variables but PATH and HOME; one thread; prunekit found where this process found it."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(PACKAGE_ROOT)}
+
+
 def fresh_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``code`` in a new interpreter with a clean environment; fails the test with its output when it fails."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(PACKAGE_ROOT)}
     prelude = "import torch; torch.set_num_threads(1)\n"
     proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=clean_env(), timeout=timeout)
     assert proc.returncode == 0, f"the fresh process failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
 def fresh_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m prunekit ARGS`` in a new interpreter (as the ``prunekit`` command runs)."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(PACKAGE_ROOT)}
     return subprocess.run([sys.executable, "-m", "prunekit", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+                          env=clean_env(), cwd=cwd, timeout=timeout)
 
 
 def build(name: str) -> nn.Module:
