@@ -7,11 +7,11 @@ have different widths, like Swin).
 from prunekit.engine.strategy import Strategy, register_strategy
 
 GLOBAL_UNSCALED = register_strategy(Strategy(
-    name="global_unscaled", scorer="coupled_l1", scope="global", mode="oneshot", groups="adapters",
+    name="global_unscaled", scorer="l1", scope="global", mode="oneshot", groups="adapters",
     description="global selection by I_0 = |W_down row|_1 + |W_up column|_1 (unscaled), pruned once",
 ))
 GLOBAL_UNSCALED_ITERATIVE = register_strategy(Strategy(
-    name="global_unscaled_iterative", scorer="coupled_l1", scope="global", mode="iterative", groups="adapters",
+    name="global_unscaled_iterative", scorer="l1", scope="global", mode="iterative", groups="adapters",
     description="global selection by I_0 = |W_down row|_1 + |W_up column|_1 (unscaled), pruned iteratively "
                 "(TINA without 1 / (n + m))",
 ))

@@ -143,7 +143,7 @@ ROWS = [
     # imported while checking); a plug-in strategy may name an unregistered scorer; `prunekit list` refuses a
     # misspelt kind.
     Row("scorer-unknown-in-recipe", ["run", "{row_recipe}", *OUT],
-        ["strategy.scorer: unknown scorer 'tinna'; did you mean 'tina'?", "allowed: coupled_l1"],
+        ["strategy.scorer: unknown scorer 'tinna'; did you mean 'tina'?", "allowed: l1, l1_activation"],
         patch={"strategy": {"scorer": "tinna"}}),
     Row("scorer-path-not-importable",
         ["run", "{recipe}", "--set", "strategy.scorer=no_such_pkg.scores:weight_norm", *OUT],
@@ -158,7 +158,7 @@ ROWS = [
         ["strategy.mode: expected 'iterative' or 'oneshot', got 'oneshoot'; did you mean 'oneshot'?"]),
     Row("plugin-strategy-unknown-scorer", ["run", "{recipe}", "--set", "strategy.name=plugin_typo", *OUT],
         ["strategy.name: strategy 'plugin_typo' names an unknown scorer 'tinna'; did you mean 'tina'?",
-         "allowed: coupled_l1"], setup=plugin_with_unknown_scorer),
+         "allowed: l1, l1_activation"], setup=plugin_with_unknown_scorer),
     Row("plugin-strategy-unknown-scorer-dry-run", ["run", "{recipe}", "--set", "strategy.name=plugin_typo",
                                                    "--dry-run"],
         ["strategy.name: strategy 'plugin_typo' names an unknown scorer 'tinna'"], setup=plugin_with_unknown_scorer),

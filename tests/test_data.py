@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from prunekit.data.datasets import FASHION_MNIST_SYSTEM_DIR, UnreadableImagesWarning, load_data, make_loaders
+from prunekit.data.bundled import FASHION_MNIST_SYSTEM_DIR
+from prunekit.data.datasets import load_data, make_loaders
+from prunekit.data.folders import UnreadableImagesWarning
 from prunekit.recipe.sections import DataSection
 from prunekit.registry import PrunekitError
 
@@ -155,7 +157,7 @@ def test_only_the_images_a_run_uses_are_checked(tmp_path):
 
 
 def test_a_good_jpeg_passes_without_decoding_and_a_truncated_one_is_named(tmp_path):
-    from prunekit.data.datasets import _image_problem
+    from prunekit.data.folders import _image_problem
 
     good = tmp_path / "good.jpg"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(good)

@@ -84,7 +84,7 @@ def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one
     assert abs(history[1].reached - 0.75) < 0.02
     assert (tmp_path / "resnet18-quarter" / "prunekit.json").is_file()
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[-4:]] == ["coupled_l1", "l1_mean", "lamp", "l2_max"]
+    assert [line.split()[0] for line in out[-4:]] == ["l1", "l1_mean", "lamp", "l2_max"]
     assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in out[-4:])
     assert scorers["plan"].meta["scorer"] == "taylor"
 

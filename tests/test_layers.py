@@ -101,7 +101,7 @@ def test_the_core_knows_no_adapters_recipes_cli_or_run_directories():
 
 
 # Modules still past the limit, to be split along their seams; the list may only shrink.
-TOO_LONG = {"data.datasets"}
+TOO_LONG: set[str] = set()
 
 
 def test_no_module_is_past_400_lines_but_the_listed_ones():

@@ -115,7 +115,8 @@ def test_random_is_seeded(group):
 
 
 def test_registry_names_and_did_you_mean():
-    assert {"l1_down", "l1_activation", "coupled_l1", "tina", "random"} <= set(SCORERS.names())
+    assert {"l1_down", "l1_activation", "l1", "tina", "random"} <= set(SCORERS.names())
+    assert "coupled_l1" not in SCORERS.names() and SCORERS.get("l1") is coupled_l1  # one name a scorer
     with pytest.raises(UnknownNameError, match="did you mean 'tina'"):
         get_scorer("tinaa")
     own = lambda grp, stats: torch.ones(grp.width)  # noqa: E731

@@ -15,12 +15,12 @@ EXPECTED = {
     # name: (scorer, scope, mode) -- the rows of the paper's Table 3
     "tina": ("tina", "global", "iterative"),
     "vanilla_l1": ("l1_down", "local", "oneshot"),
-    "local_l1": ("coupled_l1", "local", "iterative"),
-    "local_l1_oneshot": ("coupled_l1", "local", "oneshot"),
+    "local_l1": ("l1", "local", "iterative"),
+    "local_l1_oneshot": ("l1", "local", "oneshot"),
     "global_activation": ("l1_activation_scaled", "global", "iterative"),
     "global_activation_oneshot": ("l1_activation_scaled", "global", "oneshot"),
-    "global_unscaled": ("coupled_l1", "global", "oneshot"),
-    "global_unscaled_iterative": ("coupled_l1", "global", "iterative"),  # TINA without 1 / (n + m)
+    "global_unscaled": ("l1", "global", "oneshot"),
+    "global_unscaled_iterative": ("l1", "global", "iterative"),  # TINA without 1 / (n + m)
     "global_scaled_oneshot": ("tina", "global", "oneshot"),
 }
 

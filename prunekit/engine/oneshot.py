@@ -119,7 +119,7 @@ def prune(
         raise PrunekitError(f"target: unknown {target!r}; allowed: {', '.join(TARGETS)}")
     budget = Budget(target, ratio)
     score_fn, scope_fn = get_scorer(scorer), get_scope(scope)
-    label = getattr(score_fn, "__name__", str(scorer))
+    label = scorer if isinstance(scorer, str) else getattr(score_fn, "__name__", str(scorer))
     if (needs_activations(score_fn) or needs_gradients(score_fn)) and calibration is None:
         raise PrunekitError(f"scorer {label!r} needs calibration= batches "
                             f"({'(inputs, targets) pairs' if needs_gradients(score_fn) else 'inputs'})")

@@ -6,7 +6,7 @@ graph.py), so the same scorer ranks adapter neurons, conv channels and attention
 name (TINA, Sec. 3.3 and Table 3, and the usual structured-pruning criteria):
 
 - ``l1_down``: vanilla L1, the producer row only, ``sum_k |W_down[j, k]|``;
-- ``coupled_l1`` (alias ``l1``): every weight tied to unit j, producer rows plus consumer columns (the paper's I_0);
+- ``l1`` (:func:`coupled_l1`): every weight tied to unit j, producer rows plus consumer columns (the paper's I_0);
 - ``l2``: the L2 norm of those weights;
 - ``tina``: Eq. 2, I = I_0 / (n_i + m_i), comparable across adapters of different sizes;
 - ``l1_activation``: ``mean |phi(W_down h)_j|`` over calibration batches, L1(a); ``l1_activation_scaled``;
@@ -138,13 +138,11 @@ def l1_down(group: Any, stats: ScoreStats) -> torch.Tensor:
     return _l1_rows(group.rows(), group.width, _device(group))
 
 
-@register_scorer("coupled_l1")
+@register_scorer("l1")
 def coupled_l1(group: Any, stats: ScoreStats) -> torch.Tensor:
     """I_0: ``sum_k |W_down[j, k]| + sum_k |W_up[k, j]|``, the down row plus the up column, unscaled."""
     return _l1_rows(group.rows() + group.columns(), group.width, _device(group))
 
-
-register_scorer("l1", coupled_l1)  # the usual name outside the paper; one function, two registered names
 
 
 @register_scorer("l2")

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..data.datasets import IMAGE_EXTENSIONS
+from ..data.folders import IMAGE_EXTENSIONS
 from ..errors import PrunekitError
 from .loading import load_trained_model
 from .task import image_transform
