@@ -133,19 +133,28 @@ def test_ghostnet_stem_units_cost_the_same_and_budgets_count_them_exactly():
     assert predicted == before - count_parameters(model)
 
 
-def test_torch_prunings_index_mapping_is_wrapped_only_inside_the_block():
-    """No process-wide patch: torch-pruning's own function is back once the last block closes."""
+def test_index_mappings_are_computed_once_a_block_and_torch_pruning_is_never_patched(monkeypatch):
+    """Outside a block every walk recomputes torch-pruning's index mappings (a prune may have moved them); inside one,
+    the block's entry computes them for every walk; torch-pruning's function is never replaced by prunekit."""
     from torch_pruning.dependency import index_mapping
 
-    original = tpcompat._tp_update_index_mapping
-    assert index_mapping.update_index_mapping is original  # importing prunekit patched nothing
+    from prunekit.core.walk import pruning_group
+
+    original = index_mapping.update_index_mapping
+    calls = []
+    monkeypatch.setattr(index_mapping, "update_index_mapping", lambda g: (calls.append(g), original(g)))
+    counting = index_mapping.update_index_mapping
     model = timm.create_model("resnet18", num_classes=4).eval()
     dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 32, 32))
+    calls.clear()
+    fn = tp.prune_conv_out_channels
+    pruning_group(dg, model.conv1, fn, [0])
+    pruning_group(dg, model.conv1, fn, [1])
+    assert len(calls) == 2
     with tpcompat.frozen_index_mapping(dg):
-        assert index_mapping.update_index_mapping is not original
-        with tpcompat.frozen_index_mapping(dg):  # nested
-            pass
-        assert index_mapping.update_index_mapping is not original
-    assert index_mapping.update_index_mapping is original
+        with tpcompat.frozen_index_mapping(dg):  # nested: the outer block's computation serves
+            for i in range(5):
+                pruning_group(dg, model.conv1, fn, [i])
+    assert len(calls) == 3
     backbone_groups()(model, torch.randn(1, 3, 32, 32))
-    assert index_mapping.update_index_mapping is original
+    assert index_mapping.update_index_mapping is counting

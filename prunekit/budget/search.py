@@ -174,13 +174,13 @@ def slices_of(group: Any) -> list | None:
     if not modules or not getattr(group, "width", 0):
         return None
     from ..core.group import ParamSlice
-    from ..core.graph import _meta_clone
+    from ..core.slices import meta_clone
 
     tops = [m for m in modules if not any(m is not o and any(m is d for d in o.modules()) for o in modules)]
     memo: dict[int, Any] = {}
     originals: dict[int, tuple[nn.Module, dict[str, tuple[int, ...]]]] = {}
     for top in tops:
-        clone = _meta_clone(top)
+        clone = meta_clone(top)
         pairs = zip(top.named_modules(remove_duplicate=False), clone.named_modules(remove_duplicate=False))
         for (_, a), (_, b) in pairs:
             memo[id(a)] = b

@@ -14,9 +14,10 @@ Examples (n = width, m = fan-in of one producer row):
 - a grouped conv (``groups=G``) or GroupNorm in the chain: one *unit* is G channels, channel ``j`` of every one of the
   G channel groups (``j, j + n, j + 2n, ...``), so every conv group keeps the same width; ``width = channels / G``.
 
-torch-pruning finds the coupling (including index maps through flatten / concat); prunekit keeps the ranking and the
-selection, and prunes a group by explicit indices with ``DG.get_pruning_group(root, fn, idxs).prune()``, which,
-unlike torch-pruning's ``MetaPruner``, may remove every channel.
+torch-pruning traces the model and maps channel indices through flatten / concat / split / reshape; prunekit walks the
+traced graph itself (:mod:`prunekit.core.walk`: the walk always ends, within a budget), keeps the ranking and the
+selection, and prunes a group by explicit indices through torch-pruning's pruning functions, which, unlike
+torch-pruning's ``MetaPruner``, may remove every channel.
 
 The group protocol is :mod:`prunekit.core.group`; what prunekit changes or adds to torch-pruning (pruners it lacks,
 one index mapping per search, cutting a found group instead of walking the graph again) is
@@ -25,7 +26,6 @@ one index mapping per search, cutting a found group instead of walking the graph
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +40,8 @@ from ..registry import PrunekitError
 
 from .group import (ACTIVATION_TYPES, DEFAULT_ROOT_TYPES, Group, Member, ParamSlice, UnsupportedLayerError)
 from .tpcompat import default_customized_pruners, frozen_index_mapping, static_mapping
+from .slices import slices_of_item
+from .walk import DEFAULT_BUDGET, DiscoveryBudget, DiscoveryBudgetError, pruning_group, remapped_nodes
 
 __all__ = ["Trace", "trace", "find_groups", "channel_groups_of", "call_model", "eval_mode"]
 
@@ -140,7 +142,7 @@ def _tied_root_channels(dg: tp.DependencyGraph, root: nn.Module, handler, n: int
     with ``cat([x1, cheap(x1)])``, whose halves are one channel of x1 each, so stem channels j and j + n/2 go
     together. Such a group has n/2 units of 2 channels (like a grouped conv's); a tie of any other shape is refused
     (:class:`UnsupportedLayerError`: the group is left out), since a unit must be the same channels every time."""
-    probe = dg.get_pruning_group(root, handler, [0])
+    probe = pruning_group(dg, root, handler, [0], names=names)
     tied = sorted({i for item in probe.items if item.dep.target.module is root
                    and dg.is_out_channel_pruning_fn(item.dep.handler) for i in item.idxs})
     k = len(tied)
@@ -152,89 +154,12 @@ def _tied_root_channels(dg: tp.DependencyGraph, root: nn.Module, handler, n: int
     return k
 
 
-# Layers (and subclasses, e.g. timm's BatchNormAct2d) whose pruned shapes follow from their parameter shapes (and conv
-# groups) alone: _slices_of_item caches them by type, handler and shapes.
-_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-                 nn.LayerNorm, nn.GroupNorm)
-_SLICE_CACHE: dict[tuple, list[tuple[str, int, float]]] = {}
-
-
-def _meta_clone(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose tensors live on the meta device (shapes only, no memory).
-
-    A module whose tensors are all its own (conv, linear, norm, timm's norm + activation: nearly every item of a group)
-    is copied shallowly with new parameter and buffer dicts, which is all a torch-pruning handler replaces; a module
-    whose children hold tensors is deep-copied (memo: meta tensors).
-    """
-    def meta_param(p):
-        return None if p is None else nn.Parameter(torch.empty(p.shape, device="meta"), requires_grad=p.requires_grad)
-
-    def meta_buffer(b):
-        return None if b is None else torch.empty(b.shape, device="meta", dtype=b.dtype)
-
-    if not any(True for c in module.children() for _ in (*c.parameters(), *c.buffers())):
-        # children without tensors (BatchNormAct2d's activation): shared, a handler only slices the layer's own
-        clone = copy.copy(module)
-        clone.__dict__["_parameters"] = {n: meta_param(p) for n, p in module._parameters.items()}
-        clone.__dict__["_buffers"] = {n: meta_buffer(b) for n, b in module._buffers.items()}
-        clone.__dict__["_modules"] = dict(module._modules)
-        return clone
-    memo: dict[int, Any] = {}
-    for p in module.parameters():
-        memo[id(p)] = meta_param(p)
-    for b in module.buffers():
-        memo[id(b)] = meta_buffer(b)
-    return copy.deepcopy(module, memo)
-
-
-def _slices_of_item(dg: tp.DependencyGraph, item, unit_idxs: list[int], names: dict) -> list[ParamSlice]:
-    """Which tensor dims shrink, by how much, when the channels ``unit_idxs`` of this item's target go."""
-    target = item.dep.target
-    if target.type == ops.OPTYPE.PARAMETER:  # a stray nn.Parameter (cls token, layer scale ...)
-        name = dg._param_to_name.get(target.module)
-        if name is None:
-            return []
-        owner_name, _, attr = name.rpartition(".")
-        owner = dg.model.get_submodule(owner_name) if owner_name else dg.model
-        dim = target.pruning_dim % target.module.dim()
-        return [ParamSlice(owner, attr, dim, float(len(unit_idxs)))]
-    module = target.module
-    if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-        return []
-    before = {n: tuple(p.shape) for n, p in module.named_parameters(recurse=False)}
-    key = None
-    if isinstance(module, _PLAIN_LAYERS):  # shape arithmetic only: the same answer for the same type and shapes
-        key = (type(module), item.dep.handler, tuple(before.items()), getattr(module, "groups", None),
-               len(unit_idxs))
-        hit = _SLICE_CACHE.get(key)
-        if hit is not None:
-            return [ParamSlice(module, n, d, size) for n, d, size in hit]
-    clone = _meta_clone(module)
-    try:
-        item.dep.handler(clone, sorted(unit_idxs))
-    except Exception as e:  # noqa: BLE001 - the real layer would fail the same way when pruned
-        raise UnsupportedLayerError(f"torch-pruning cannot slice {names.get(module, type(module).__name__)} "
-                                    f"({type(module).__name__}: {type(e).__name__}: {str(e)[:120]})") from None
-    out = []
-    for n, shape in before.items():
-        new = getattr(clone, n, None)
-        new_shape = tuple(new.shape) if isinstance(new, torch.Tensor) else shape
-        for d, (a, b) in enumerate(zip(shape, new_shape)):
-            if a != b:
-                out.append(ParamSlice(module, n, d, float(a - b)))
-    if key is not None:
-        if len(_SLICE_CACHE) > 4096:
-            _SLICE_CACHE.clear()
-        _SLICE_CACHE[key] = [(s.attr, s.dim, s.size) for s in out]
-    return out
-
-
 def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str], kind: str | None,
                  policy: Policy, tp_group=None, static: bool = False) -> Group:
     pruner = dg.get_pruner_of_module(root)
     handler = pruner.prune_out_channels
     if tp_group is None:
-        tp_group = dg.get_pruning_group(root, handler, list(range(pruner.get_out_channels(root))))
+        tp_group = pruning_group(dg, root, handler, list(range(pruner.get_out_channels(root))), names=names)
     members: list[Member] = []
     seen = set()
     for item in tp_group.items:
@@ -278,13 +203,13 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
             # that much for each of them, i.e. on average times the share of units it carries
             probe = [i for i, u in zip(item.idxs, units) if u == units[0]]
             share = len(per_unit) / width
-        for s in _slices_of_item(dg, item, probe, names):
+        for s in slices_of_item(dg, item, probe, names):
             slices.append(s._replace(size=s.size * share))
     if kind is None:
         kind = "channel" if isinstance(root, ops.TORCH_CONV) else "neuron"
     every = tp_group if static else None  # pruning other groups first leaves its indices valid
     return Group(names[root], members, _activation_after(parent, chain), kind, policy, g, slices, exact, dg, handler,
-                 every)
+                 every, remapped_nodes(tp_group))
 
 
 @contextlib.contextmanager
@@ -326,6 +251,8 @@ def find_groups(
         traced: Trace | None = None,
         keep: Callable[[Any], bool] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
+        budget: DiscoveryBudget = DEFAULT_BUDGET,
+        roots: Callable[[str, nn.Module], bool] | None = None,
 ) -> list[Group]:
     """All coupled groups of ``model``, traced on ``example_inputs`` (or taken from an existing ``traced``).
 
@@ -341,7 +268,11 @@ def find_groups(
         traced: reuse this trace of ``model`` instead of tracing again.
         keep: ``fn(tp_group) -> bool`` on torch-pruning's full-width group, to drop groups before they are built.
         on_skip: ``fn(name, reason)`` for a group torch-pruning cannot slice (its pruning function fails on a
-            shape-only copy of a layer); without it that raises :class:`UnsupportedLayerError`.
+            shape-only copy of a layer) or whose walk went past ``budget``; without it those raise
+            :class:`UnsupportedLayerError` / :class:`~prunekit.core.walk.DiscoveryBudgetError`.
+        budget: how far one group's walk of the graph may go (:class:`~prunekit.core.walk.DiscoveryBudget`).
+        roots: ``fn(name, module) -> bool``: whether a layer may root a group, asked before the graph is walked from
+            it (a layer it refuses still joins the group of a root whose walk reaches it).
 
     Returns:
         Groups in model order; each has at least one producer. A residual stream shared by many layers is one group.
@@ -361,23 +292,31 @@ def find_groups(
         inside = allowed.__contains__
 
     with frozen_index_mapping(dg):
-        return _find_groups(model, dg, names, inside, root_types, kind, policy, keep, on_skip)
+        return _find_groups(model, dg, names, inside, root_types, kind, policy, keep, on_skip, budget, roots)
 
 
 def _find_groups(model: nn.Module, dg: tp.DependencyGraph, names: dict, inside: Callable[[str], bool],
                  root_types: Sequence[type], kind: str | None, policy: Policy, keep: Callable | None,
-                 on_skip: Callable | None) -> list[Group]:
+                 on_skip: Callable | None, budget: DiscoveryBudget, roots: Callable | None) -> list[Group]:
     groups, visited = [], set()
     static = static_mapping(dg)
     for name, module in model.named_modules():
         if not isinstance(module, tuple(root_types)) or module in visited or module not in dg.module2node:
             continue
-        if not inside(name):
+        if not inside(name) or (roots is not None and not roots(name, module)):
             continue
         pruner = dg.get_pruner_of_module(module)
         if pruner is None or pruner.get_out_channels(module) is None:
             continue
-        tp_group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module))))
+        try:
+            tp_group = pruning_group(dg, module, pruner.prune_out_channels,
+                                     list(range(pruner.get_out_channels(module))), budget=budget, names=names)
+        except DiscoveryBudgetError as e:
+            if on_skip is None:
+                raise
+            on_skip(name, str(e))
+            visited.update(m for m in e.reached if isinstance(m, tuple(root_types)))  # coupled: the same group
+            continue
         for item in tp_group.items:
             if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, tuple(root_types)):
                 visited.add(item.dep.target.module)

@@ -179,6 +179,9 @@ class Group:
     _dg: tp.DependencyGraph | None = field(default=None, repr=False)
     _handler: Callable | None = field(default=None, repr=False)
     _every: Any = field(default=None, repr=False)  # torch-pruning's group of all channels, while it stays valid
+    # the concatenations, splits, reshapes ... the group passes, whose index mappings follow the channel counts: what
+    # pruning it recomputes (None: not known, every mapping of the graph)
+    _remapped: tuple | None = field(default=None, repr=False)
 
     @property
     def root(self) -> nn.Module:
@@ -251,7 +254,9 @@ class Group:
         every, self._every = self._every, None  # after this prune (or a failed one) it no longer describes the model
         tp_group = subgroup(every, channels) if every is not None else None
         if tp_group is None:
-            tp_group = self._dg.get_pruning_group(self.root, self._handler, channels)
+            from .walk import pruning_group  # walk.py names this module's UnsupportedModelError
+
+            tp_group = pruning_group(self._dg, self.root, self._handler, channels, update=True if self._remapped is None else self._remapped)
         tp_group.prune(record_history=False)
         for m in owners:
             for n, p in m.named_parameters(recurse=False):

@@ -3,7 +3,7 @@
 - :func:`default_customized_pruners`: a GroupNorm without weight or bias (timm's ``GroupNorm1NoBias``), which
   torch-pruning's own GroupNorm pruner cannot slice;
 - :func:`frozen_index_mapping`: while groups are found, torch-pruning's index mappings are computed once instead of
-  on every ``get_pruning_group`` call (the wrapper is installed only while a block is open);
+  before every walk of the graph;
 - :func:`subgroup` / :func:`static_mapping`: in a graph without concatenations, splits and slices, the group of some
   root channels is cut from the group of every channel instead of walking the graph again.
 """
@@ -18,7 +18,9 @@ from torch_pruning import _helpers as _tp_helpers, ops
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 
-__all__ = ["default_customized_pruners", "frozen_index_mapping", "static_mapping", "subgroup"]
+__all__ = ["default_customized_pruners", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
+
+FROZEN_ATTR = "_prunekit_index_mapping_frozen"  # on a graph inside frozen_index_mapping: its mappings are current
 
 
 class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
@@ -45,49 +47,27 @@ def default_customized_pruners(model: nn.Module) -> dict:
     return out
 
 
-_FROZEN_ATTR = "_prunekit_index_mapping_frozen"
-_tp_update_index_mapping = _tp_index_mapping.update_index_mapping
-
-
-def _update_index_mapping(graph: tp.DependencyGraph) -> None:
-    """torch-pruning's ``update_index_mapping``, skipped for a graph inside :func:`frozen_index_mapping`."""
-    if getattr(graph, _FROZEN_ATTR, False):
-        return
-    _tp_update_index_mapping(graph)
-
-
-_PATCH_DEPTH = 0  # open frozen_index_mapping blocks: torch-pruning's function is wrapped only while one is open
-
-
 @contextlib.contextmanager
 def frozen_index_mapping(dg: tp.DependencyGraph):
-    """Inside the block, ``dg.get_pruning_group`` reuses one index mapping instead of recomputing it on every call.
+    """Inside the block, every walk of ``dg`` (:func:`~prunekit.core.walk.pruning_group`) reuses one index mapping
+    instead of recomputing it.
 
-    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph on each
-    ``get_pruning_group`` call, because a prune in between changes the channel counts they are derived from. Finding
-    groups prunes nothing, so one computation at the start serves every call (with dozens of concatenations, as in
-    GhostNet or DenseNet, the recomputations were a large share of finding the groups). Nothing may be pruned through
-    ``dg`` inside the block; :meth:`Group.prune` is never called in one.
-
-    The wrapper that skips the recomputation is installed in torch-pruning's ``index_mapping`` module on entering the
-    first open block and removed when the last one closes; it skips only for a graph marked by a block, so any other
-    graph (another thread's, a user's own) gets torch-pruning's function unchanged even then.
+    torch-pruning recomputes the index mappings of every concatenation, split and reshape of the whole graph before
+    each walk, because a prune in between changes the channel counts they are derived from. Finding groups prunes
+    nothing, so one computation at the start serves every walk (with dozens of concatenations, as in GhostNet or
+    DenseNet, the recomputations were a large share of finding the groups). Nothing may be pruned through ``dg``
+    inside the block; :meth:`Group.prune` is never called in one. Only ``dg`` is marked: torch-pruning itself is not
+    changed.
     """
-    global _PATCH_DEPTH
-    if getattr(dg, _FROZEN_ATTR, False):  # nested: the outer block computed it
+    if getattr(dg, FROZEN_ATTR, False):  # nested: the outer block computed it
         yield dg
         return
-    _tp_update_index_mapping(dg)  # a reused trace (``find_groups(traced=...)``) may have been pruned since it was built
-    setattr(dg, _FROZEN_ATTR, True)
-    _PATCH_DEPTH += 1
-    _tp_index_mapping.update_index_mapping = _update_index_mapping
+    _tp_index_mapping.update_index_mapping(dg)  # a reused trace may have been pruned since it was built
+    setattr(dg, FROZEN_ATTR, True)
     try:
         yield dg
     finally:
-        _PATCH_DEPTH -= 1
-        if _PATCH_DEPTH == 0:
-            _tp_index_mapping.update_index_mapping = _tp_update_index_mapping
-        delattr(dg, _FROZEN_ATTR)
+        delattr(dg, FROZEN_ATTR)
 
 
 # Node types whose index mappings torch-pruning recomputes from the current channel counts: in a graph with none of
@@ -102,7 +82,7 @@ def static_mapping(dg: tp.DependencyGraph) -> bool:
 
 def subgroup(every, channels: Sequence[int]):
     """torch-pruning's group for root ``channels``, cut from its group of every channel: each item keeps the indices
-    that root channels in ``channels`` map to (what ``get_pruning_group(root, fn, channels)`` finds again by walking
+    that root channels in ``channels`` map to (what ``pruning_group(dg, root, fn, channels)`` finds again by walking
     the graph, without the walk). None when the full group's items carry no root indices."""
     wanted, channels = set(channels), sorted(channels)
     every_channel = list(range(len(every.items[0].idxs)))

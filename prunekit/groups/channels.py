@@ -40,6 +40,7 @@ from ..core.group import DEFAULT_ROOT_TYPES, UnsupportedModelError
 
 from ..core.graph import Trace, find_groups, trace
 from ..core.ignore import resolve_ignore
+from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget, pruning_group
 from ..core.undo import output_shapes, rekey_graph, restore, snapshot_modules
 from ..core.policy import Policy
 from ..registry import PrunekitError
@@ -103,6 +104,8 @@ class BackboneGroups:
         heads: add attention-head groups from ``prunekit.groups.heads`` when that module exists.
         verify: prune a copy by one unit per group and run it; leave out groups that break the forward.
         forward_fn: ``fn(model, example_inputs)`` for models that need more than ``model(x)``.
+        discovery: how far one group's walk of the traced graph may go; a group past it is left out (in
+            ``excluded``, with what to ``ignore=``), the others are found.
         excluded: group name -> why it was left out, after a call.
     """
 
@@ -114,6 +117,7 @@ class BackboneGroups:
     verify: bool = True
     forward_fn: Callable | None = None
     root_types: Sequence[type] = DEFAULT_ROOT_TYPES
+    discovery: DiscoveryBudget = DEFAULT_BUDGET
     excluded: dict[str, str] = field(default_factory=dict)
     _ignore_names: list[str] = field(default_factory=list, repr=False)
     _verdicts: dict[str, str | None] = field(default_factory=dict, repr=False)
@@ -180,8 +184,15 @@ class BackboneGroups:
                         return False
             return True
 
+        def may_root(name: str, module: nn.Module) -> bool:  # decided before walking the graph from it
+            if module in projections:
+                excluded[name] = (f"per-head channels of attention {projections[module]!r} (heads are pruned as "
+                                  "whole heads)")
+                return False
+            return True
+
         groups = find_groups(model, traced=traced, root_types=self.root_types, policy=self.policy, keep=keep,
-                             on_skip=excluded.__setitem__)
+                             on_skip=excluded.__setitem__, budget=self.discovery, roots=may_root)
         broken = self._verify(model, example_inputs, groups) if self.verify else self._known_broken()
         excluded.update({n: r for n, r in broken.items() if any(g.name == n for g in groups)})
         groups = [g for g in groups if g.name not in broken]
@@ -311,7 +322,7 @@ def _touched(group) -> list[nn.Module]:
     """Every module whose tensors or attributes pruning ``group`` changes (members and stray parameters' owners)."""
     mods = list(group.modules) + [s.owner for s in group.slices]
     every = group.channels(range(group.width))
-    for item in group._dg.get_pruning_group(group.root, group._handler, every).items:
+    for item in pruning_group(group._dg, group.root, group._handler, every).items:
         if isinstance(item.dep.target.module, nn.Module):
             mods.append(item.dep.target.module)
     return list({id(m): m for m in mods}.values())
