@@ -70,13 +70,13 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_
 def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
     """Every Python block of docs/generic-pruning.md, in order, in an empty folder (one intra-op thread)."""
     blocks = python_blocks(DOCS / "generic-pruning.md")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     spaces = []
     for i, block in enumerate(blocks):
         spaces.append({})
         exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
-    one, engine, scorers = spaces
+    one, engine, scorers, hf = spaces
     assert abs(one["plan"].meta["reached"] - 0.5) < 0.01 and one["plan"].meta["macs_after"] < one["plan"].meta[
         "macs_before"]
     history = engine["engine"].history
@@ -84,9 +84,11 @@ def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one
     assert abs(history[1].reached - 0.75) < 0.02
     assert (tmp_path / "resnet18-quarter" / "prunekit.json").is_file()
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[-4:]] == ["l1", "l1_mean", "lamp", "l2_max"]
-    assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in out[-4:])
+    assert [line.split()[0] for line in out[-5:-1]] == ["l1", "l1_mean", "lamp", "l2_max"]
+    assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in out[-5:-1])
     assert scorers["plan"].meta["scorer"] == "taylor"
+    assert abs(hf["plan"].meta["reached"] - 0.3) < 0.05 and hf["heads"]  # heads and neurons both went
+    assert hf["ids"].shape == (1, 12) and (tmp_path / "llama-pruned" / "prunekit.json").is_file()
 
 
 def bash_commands(text: str) -> list[str]:

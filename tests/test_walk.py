@@ -47,6 +47,16 @@ def _swin():
     return torchvision.models.swin_t(num_classes=10).eval(), torch.randn(1, 3, 64, 64)
 
 
+def test_a_small_budget_stops_a_walk_that_reaches_too_many_channels():
+    model = timm.create_model("resnet18", num_classes=5).eval()
+    traced = trace(model, torch.randn(1, 3, 32, 32))
+    fn = traced.dg.get_pruner_of_module(model.conv1).prune_out_channels
+    with pytest.raises(DiscoveryBudgetError, match=r"the group of conv1's channels did not close .* max_pairs=100,"):
+        pruning_group(traced.dg, model.conv1, fn, list(range(64)), budget=DiscoveryBudget(max_pairs=100))
+    assert len(pruning_group(traced.dg, model.conv1, fn, list(range(64))).items) > 10  # the default budget: found
+
+
+@pytest.mark.integration
 def test_a_walk_past_its_budget_stops_in_time_names_the_root_and_changes_nothing():
     """torchvision Swin's last residual stream: torch-pruning's own walk of it grows past 10 GB; prunekit's stops."""
     model, x = _swin()
@@ -68,6 +78,7 @@ def test_a_walk_past_its_budget_stops_in_time_names_the_root_and_changes_nothing
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.integration
 def test_groups_past_the_budget_are_left_out_by_name_and_the_rest_are_found():
     model, x = _swin()
     source = backbone_groups(verify=False)

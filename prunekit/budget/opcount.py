@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
+
+from ..core.outputs import output_tensors
 
 __all__ = ["OpCounter"]
 
@@ -70,11 +71,9 @@ class OpCounter:
         self._handles.clear()
 
     def _on_model(self, _model: nn.Module, inputs: tuple, output: Any) -> None:
-        from torch_pruning.utils import flatten_as_list
-
         self.forwards += 1
         self.batch += len(inputs[0]) if inputs and hasattr(inputs[0], "__len__") else 1
-        self.output_shapes = [tuple(t.shape) for t in flatten_as_list(output) if isinstance(t, torch.Tensor)]
+        self.output_shapes = [tuple(t.shape) for t in output_tensors(output)]
 
     @property
     def layer_macs(self) -> dict[nn.Module, float]:

@@ -40,6 +40,7 @@ from ..registry import PrunekitError
 
 from .group import (ACTIVATION_TYPES, DEFAULT_ROOT_TYPES, Group, Member, ParamSlice, UnsupportedLayerError)
 from .tpcompat import default_customized_pruners, frozen_index_mapping, static_mapping
+from .outputs import output_tensors
 from .slices import slices_of_item
 from .walk import DEFAULT_BUDGET, DiscoveryBudget, DiscoveryBudgetError, pruning_group, remapped_nodes
 
@@ -74,13 +75,17 @@ def trace(
     was_training = model.training
     outputs: set = set()
 
-    def forward(m, x):
-        out = call_model(m, x, forward_fn)
-        outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
+    def forward(m, x):  # torch-pruning sees the output's tensors only (not a KV cache, not None fields)
+        out = output_tensors(call_model(m, x, forward_fn))
+        outputs.update(t.grad_fn for t in out)
         return out
 
     model.eval()
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)  # a transformers model's KV cache is state, not output: off
     try:
+        if cached:
+            config.use_cache = False
         for p in frozen:
             p.requires_grad_(True)
         with torch.enable_grad():
@@ -90,6 +95,8 @@ def trace(
                 customized_pruners=customized_pruners if customized_pruners is not None else
                 default_customized_pruners(model) or None)
     finally:
+        if cached:
+            config.use_cache = cached
         for p in frozen:
             p.requires_grad_(False)
         # always through train(): modules drop what they cached in eval mode (timm's LeViT keeps its attention biases,

@@ -92,6 +92,17 @@ class ParamSlice(NamedTuple):
         return getattr(self.owner, self.attr, None)
 
 
+def channel_dims(module: nn.Module) -> tuple[int, int]:
+    """``(output-channel dim, input-channel dim)`` of ``module.weight``: (0, 1) for Linear and Conv; (1, 0) where the
+    weight is stored the other way round: ``ConvTranspose`` ``(in, out / groups, k...)``, ``nn.Embedding``
+    ``(num_embeddings, dim)``, transformers' ``Conv1D`` ``(in, out)``."""
+    if isinstance(module, nn.Embedding) or getattr(module, "transposed", False) is True:
+        return 1, 0
+    if type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int):
+        return 1, 0
+    return 0, 1
+
+
 @dataclass(eq=False)
 class Member:
     """One layer of a group: which of its channels (``idxs``) carry which of the group's channels (``root_idxs``)."""
@@ -110,11 +121,13 @@ class Member:
         ``channel_groups`` G, unit j gathers root channels ``j, j + width, ...``.
         """
         w = self.module.weight
-        dim = 0 if self.role == "producer" else 1
+        out_dim, in_dim = channel_dims(self.module)
+        dim = out_dim if self.role == "producer" else in_dim
         if self.role == "other" or w.dim() < 2:
             dim = 0
         groups = getattr(self.module, "groups", 1)
-        grouped_input = dim == 1 and isinstance(self.module, ops.TORCH_CONV) and groups > 1
+        grouped_input = dim == 1 and (out_dim, in_dim) == (0, 1) and isinstance(self.module, ops.TORCH_CONV) \
+            and groups > 1
         if not grouped_input and len(self.idxs) == w.shape[dim] and self.idxs == self.root_idxs \
                 and self.idxs == list(range(len(self.idxs))):
             per_channel = w.movedim(dim, 0).reshape(len(self.idxs), -1)  # every channel, in order: a view
@@ -203,7 +216,8 @@ class Group:
     @property
     def fan(self) -> int:
         """m: number of weights in one unit's rows of the root producer (its fan-in; the adapter's input width)."""
-        row = self.root.weight[0].numel() if self.root.weight.shape[0] else self.root.weight.shape[1]
+        w = self.root.weight.movedim(channel_dims(self.root)[0], 0)
+        row = w[0].numel() if w.shape[0] else w.shape[1]
         return row * self.channel_groups
 
     @property

@@ -14,7 +14,7 @@ import json
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -41,6 +41,19 @@ def record_applied(model: nn.Module, plan: "Plan") -> None:
 def applied_plans(model: nn.Module) -> list["Plan"]:
     """Plans applied to ``model`` by :func:`~prunekit.engine.oneshot.prune`, the engine or :func:`replay`, in order."""
     return list(_APPLIED.get(model, []))
+
+
+AFTER_APPLY: list[Callable[[nn.Module], Any]] = []
+"""``fn(model)`` run after every applied plan, to bring what a library derives from the widths in line (a
+transformers model's ``config``: :func:`register_after_apply`)."""
+
+
+def register_after_apply(fn: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
+    """Run ``fn(model)`` after every :meth:`Plan.apply` (once per function, however often it is registered); ``fn``
+    must leave any model it does not recognise alone."""
+    if fn not in AFTER_APPLY:
+        AFTER_APPLY.append(fn)
+    return fn
 
 
 @dataclass
@@ -119,6 +132,8 @@ class Plan:
         for kind in kinds:
             self.meta[f"removed_{kind}s"] = by_kind.get(kind, [])
         self.meta["removed"] = removed
+        for sync in AFTER_APPLY:
+            sync(model)
         return removed
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """torch-pruning, as prunekit needs it: pruners it lacks, one index mapping per search, groups cut instead of walked.
 
 - :func:`default_customized_pruners`: a GroupNorm without weight or bias (timm's ``GroupNorm1NoBias``), which
-  torch-pruning's own GroupNorm pruner cannot slice;
+  torch-pruning's own GroupNorm pruner cannot slice, and transformers' ``Conv1D`` (GPT-2), which it does not know;
 - :func:`frozen_index_mapping`: while groups are found, torch-pruning's index mappings are computed once instead of
   before every walk of the graph;
 - :func:`subgroup` / :func:`static_mapping`: in a graph without concatenations, splits and slices, the group of some
@@ -18,7 +18,7 @@ from torch_pruning import _helpers as _tp_helpers, ops
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 
-__all__ = ["default_customized_pruners", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
+__all__ = ["default_customized_pruners", "extra_root_types", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
 
 FROZEN_ATTR = "_prunekit_index_mapping_frozen"  # on a graph inside frozen_index_mapping: its mappings are current
 
@@ -38,12 +38,51 @@ class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
     prune_in_channels = prune_out_channels
 
 
+class _Conv1DPruner(tp.pruner.function.BasePruningFunc):
+    """transformers' ``Conv1D`` (GPT-2's projections): a Linear whose weight is stored ``(in, out)``."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[1])) - set(idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[0])) - set(idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        if hasattr(layer, "nx"):
+            layer.nx = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.") and \
+        isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() == 2
+
+
+def extra_root_types(model: nn.Module) -> tuple[type, ...]:
+    """Layer types of ``model`` that prunekit's pruners teach torch-pruning and whose output channels root groups
+    like a Linear's (transformers' ``Conv1D``)."""
+    return tuple({type(m) for m in model.modules() if _is_hf_conv1d(m)})
+
+
 def default_customized_pruners(model: nn.Module) -> dict:
-    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight."""
+    """Pruners torch-pruning lacks for layers of ``model``: GroupNorms without bias or weight, transformers'
+    ``Conv1D``."""
     out = {}
     for m in model.modules():
         if isinstance(m, nn.GroupNorm) and (m.bias is None or m.weight is None):
             out[type(m)] = _GroupNormPruner()
+        elif _is_hf_conv1d(m):
+            out[type(m)] = _Conv1DPruner()
     return out
 
 

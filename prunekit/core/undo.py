@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .graph import call_model, eval_mode
+from .outputs import output_tensors
 
 __all__ = ["snapshot", "snapshot_modules", "restore", "rekey_graph", "output_shapes"]
 
@@ -71,4 +71,4 @@ def output_shapes(model: nn.Module, example_inputs: Any, forward_fn: Callable | 
     """Shapes of every tensor the model returns on ``example_inputs`` (eval mode, no grad; the mode is restored)."""
     with eval_mode(model), torch.no_grad():
         out = call_model(model, example_inputs, forward_fn)
-    return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
+    return [tuple(t.shape) for t in output_tensors(out)]

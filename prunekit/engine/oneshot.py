@@ -41,7 +41,7 @@ from ..core.plan import Plan, input_spec, record_applied
 from ..core.policy import UnreachableTargetError, removal_steps, round_half_up
 from ..registry import PrunekitError
 from ..ranking.scopes import get_scope
-from ..core.undo import restore, snapshot
+from ..core.undo import output_shapes, restore, snapshot
 from ..ranking.scorers import get_scorer, needs_activations, needs_gradients, score_groups
 from ..ranking.calibration import gather_stats
 
@@ -137,6 +137,8 @@ def prune(
             before = forward_count(model, ops.macs, ops.layer_macs, ops.output_shapes) if ops.forwards == 1 \
                 else count_forward(model, example_inputs, forward_fn)
             macs_before, weights, reference = before.macs, before.weights, before.output_shapes
+            if forward_fn is not None:  # the counter saw the model's own outputs; compare what forward_fn returns
+                reference = output_shapes(model, example_inputs, forward_fn)
         else:
             groups = groups_fn(model, example_inputs)
         if not groups:

@@ -40,6 +40,7 @@ from ..core.group import DEFAULT_ROOT_TYPES, UnsupportedModelError
 
 from ..core.graph import Trace, find_groups, trace
 from ..core.ignore import resolve_ignore
+from ..core.tpcompat import extra_root_types
 from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget, pruning_group
 from ..core.undo import output_shapes, rekey_graph, restore, snapshot_modules
 from ..core.policy import Policy
@@ -73,10 +74,12 @@ def output_modules(traced: Trace) -> set:
 
 
 def attention_projections(model: nn.Module) -> dict[nn.Module, str]:
-    """Every module (and sub-module) that projects to per-head channels, with the attention module's name."""
+    """Every module (and sub-module) that projects to per-head channels, with the attention module's name: children
+    named as :data:`ATTENTION_PROJECTIONS` of a module counting its heads (``num_heads``, or ``n_heads`` /
+    ``num_attention_heads`` as torchvision's MaxViT and transformers name it)."""
     out: dict[nn.Module, str] = {}
     for name, m in model.named_modules():
-        if not isinstance(getattr(m, "num_heads", None), int):
+        if not any(isinstance(getattr(m, a, None), int) for a in ("num_heads", "n_heads", "num_attention_heads")):
             continue
         for child_name, child in m.named_children():
             if child_name in ATTENTION_PROJECTIONS:
@@ -104,6 +107,8 @@ class BackboneGroups:
         heads: add attention-head groups from ``prunekit.groups.heads`` when that module exists.
         verify: prune a copy by one unit per group and run it; leave out groups that break the forward.
         forward_fn: ``fn(model, example_inputs)`` for models that need more than ``model(x)``.
+        embeddings: also prune groups that hold an ``nn.Embedding``'s width (a language model's hidden size:
+            every norm, embedding and projection on the residual stream at once); off by default.
         discovery: how far one group's walk of the traced graph may go; a group past it is left out (in
             ``excluded``, with what to ``ignore=``), the others are found.
         excluded: group name -> why it was left out, after a call.
@@ -117,6 +122,7 @@ class BackboneGroups:
     verify: bool = True
     forward_fn: Callable | None = None
     root_types: Sequence[type] = DEFAULT_ROOT_TYPES
+    embeddings: bool = False
     discovery: DiscoveryBudget = DEFAULT_BUDGET
     excluded: dict[str, str] = field(default_factory=dict)
     _ignore_names: list[str] = field(default_factory=list, repr=False)
@@ -141,8 +147,11 @@ class BackboneGroups:
     def group_source(self) -> tuple[str, dict[str, Any]]:
         """How to find the same groups on a freshly built model (JSON: module ignores become names)."""
         names = self._ignore_names or [i for i in self.ignore if isinstance(i, str)]
-        return "backbone", {"ignore": list(names), "min_width": self.min_width, "round_to": self.round_to,
-                            "max_layer_ratio": self.max_layer_ratio, "heads": self.heads}
+        config = {"ignore": list(names), "min_width": self.min_width, "round_to": self.round_to,
+                  "max_layer_ratio": self.max_layer_ratio, "heads": self.heads}
+        if self.embeddings:
+            config["embeddings"] = True
+        return "backbone", config
 
     def __call__(self, model: nn.Module, example_inputs: Any) -> list:
         ignored, self._ignore_names = resolve_ignore(model, self.ignore)
@@ -155,8 +164,16 @@ class BackboneGroups:
                                         ) from None
         protected = output_modules(traced)
         projections = attention_projections(model)
+        heads_module = _heads_module()
+        if heads_module is not None:  # layouts that resolve name their q / k / v layers, whatever they are called
+            projections.update(heads_module.head_projections(model))
         names = traced.names
         excluded: dict[str, str] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, nn.RNNBase):  # torch-pruning's LSTM pruner slices the gates inconsistently
+                excluded[name] = (f"{type(module).__name__} hidden units are not pruned (no recurrent group kind: "
+                                  "each unit's gate rows, recurrent column and the next layer's columns would go "
+                                  "together); the layers around it are")
 
         def keep(tp_group) -> bool:
             dg = traced.dg
@@ -168,6 +185,10 @@ class BackboneGroups:
                 if module in protected and is_out:
                     through = names.get(module, "a parameter")
                     excluded[label] = f"its channels are the model's output (through {through})"
+                    return False
+                if is_out and isinstance(module, nn.Embedding) and not self.embeddings:
+                    excluded[label] = (f"it holds the embedding width of {names.get(module)} (the hidden size of a "
+                                       "language model): pass embeddings=True to prune it")
                     return False
                 if is_out and module in ignored:
                     excluded[label] = f"ignore= covers {names.get(module)}"
@@ -191,7 +212,9 @@ class BackboneGroups:
                 return False
             return True
 
-        groups = find_groups(model, traced=traced, root_types=self.root_types, policy=self.policy, keep=keep,
+        # layers torch-pruning learns from prunekit's pruners (transformers' Conv1D) root groups like a Linear
+        root_types = tuple(self.root_types) + extra_root_types(model)
+        groups = find_groups(model, traced=traced, root_types=root_types, policy=self.policy, keep=keep,
                              on_skip=excluded.__setitem__, budget=self.discovery, roots=may_root)
         broken = self._verify(model, example_inputs, groups) if self.verify else self._known_broken()
         excluded.update({n: r for n, r in broken.items() if any(g.name == n for g in groups)})

@@ -51,9 +51,10 @@ same parameters, same state-dict keys, same hooks, ``isinstance`` unchanged, and
 """
 from __future__ import annotations
 
-from .generic import attention_modules, head_layout
+from .generic import attention_modules, head_layout, head_projections
 from .groups import HeadDimGroup, HeadGroup, head_dim_groups, head_groups
 from .layouts import HEAD_LAYOUTS, HeadLayout, HeadSlice, UnsupportedAttentionError, register_head_layout
 
 __all__ = ["HeadSlice", "HeadLayout", "HeadGroup", "HeadDimGroup", "UnsupportedAttentionError", "HEAD_LAYOUTS",
-           "register_head_layout", "attention_modules", "head_layout", "head_groups", "head_dim_groups"]
+           "register_head_layout", "attention_modules", "head_layout", "head_projections", "head_groups",
+           "head_dim_groups"]

@@ -3,6 +3,7 @@ check that pruning one head of it equals masking that head, and which modules of
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from ...core.wrapper import BaseLayerWrapper
 from .layouts import HEAD_LAYOUTS, HeadLayout, UnsupportedAttentionError, linear_slices
-from .slicing import check_shapes, head_dim_of, slice_heads, tensor_at
+from .slicing import check_shapes, head_dim_of, owner_of, present, slice_heads, tensor_at
 
 
 _GENERIC_PRODUCERS = (("qkv", 3),), (("q", 1), ("k", 1), ("v", 1)), (("q", 1), ("kv", 2))
@@ -107,8 +108,22 @@ def _resolve(m: nn.Module) -> HeadLayout:
     return layout
 
 
+def _registered(m: nn.Module) -> bool:
+    return HEAD_LAYOUTS.find(type(m)) is not None
+
+
+def _load_layouts_for(model: nn.Module) -> None:
+    """Import the layouts of the libraries ``model`` is built from (Hugging Face transformers: only when the model
+    holds its modules, so a timm model never imports transformers)."""
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        importlib.import_module(f"{__package__}.hf").register_model_classes(model)
+
+
 def head_layout(module: nn.Module) -> HeadLayout:
     """The :class:`HeadLayout` of one attention module; raises :class:`UnsupportedAttentionError` with the reason."""
+    _load_layouts_for(module)
+    if _registered(module):
+        return _resolve(module)
     if not _declares_num_heads(module):
         raise UnsupportedAttentionError(f"{type(module).__qualname__} has no integer 'num_heads' attribute")
     return _resolve(module)
@@ -124,15 +139,34 @@ def _is_container(m: nn.Module) -> bool:
 
 
 def scan(model: nn.Module) -> tuple[dict[str, tuple[nn.Module, HeadLayout]], dict[str, str]]:
+    """Every attention module of ``model``: a registered class, or a module declaring ``num_heads`` that is not a
+    container nor inside a registered one (``BertAttention`` is registered, its ``self`` holds the head count)."""
+    _load_layouts_for(model)
     ok, refused = {}, {}
+    inside: list[str] = []
     for name, m in model.named_modules():
-        if not _declares_num_heads(m) or _is_container(m):
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        if _registered(m):
+            inside.append(name)
+        elif not _declares_num_heads(m) or _is_container(m):
             continue
         try:
             ok[name] = (m, _resolve(m))
         except UnsupportedAttentionError as e:
             refused[name] = str(e)
     return ok, refused
+
+
+def head_projections(model: nn.Module) -> dict[nn.Module, str]:
+    """Every layer whose output channels are laid out per head (the q / k / v rows of an attention module whose layout
+    resolves), with the attention module's name: channel pruning must leave them to the head groups."""
+    out: dict[nn.Module, str] = {}
+    for name, (m, layout) in scan(model)[0].items():
+        for s in present(m, layout):
+            if s[0].role == "row":
+                out[owner_of(m, s[0].path)[0]] = name
+    return out
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:

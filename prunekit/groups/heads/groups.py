@@ -12,7 +12,7 @@ from ...core.policy import Policy
 from ...registry import PrunekitError
 from .generic import scan
 from .layouts import HeadLayout, HeadSlice, UnsupportedAttentionError
-from .slicing import head_dim_of, owner_of, present, slice_head_dims, slice_heads
+from .slicing import head_dim_of, owner_of, present, slice_head_dims, slice_heads, units_of
 
 
 class _AttentionGroup:
@@ -33,7 +33,7 @@ class _AttentionGroup:
 
     @property
     def num_heads(self) -> int:
-        return self.module.num_heads
+        return units_of(self.module, self.layout)
 
     @property
     def head_dim(self) -> int:
@@ -120,12 +120,12 @@ class HeadGroup(_AttentionGroup):
 
     @property
     def width(self) -> int:
-        """Current number of heads."""
-        return self.module.num_heads
+        """Current number of heads (key/value heads with their query heads, for grouped-query attention)."""
+        return units_of(self.module, self.layout)
 
     def _units(self, t: torch.Tensor, s: HeadSlice) -> torch.Tensor:
         # (.., [repeats x H x block] along dim, ..) -> (H, repeats * block * rest)
-        heads = self.module.num_heads
+        heads = units_of(self.module, self.layout)
         return t.movedim(s.dim, 0).reshape(s.repeats, heads, -1).transpose(0, 1).reshape(heads, -1)
 
     def prune(self, idxs: Sequence[int]) -> None:
@@ -157,7 +157,7 @@ class HeadDimGroup(_AttentionGroup):
 
     def _units(self, t: torch.Tensor, s: HeadSlice) -> torch.Tensor:
         # (.., [repeats x H x hd] along dim, ..) -> (hd, repeats * H * rest)
-        heads, hd = self.module.num_heads, self.head_dim
+        heads, hd = units_of(self.module, self.layout), self.head_dim
         return t.movedim(s.dim, 0).reshape(s.repeats, heads, hd, -1).permute(2, 0, 1, 3).reshape(hd, -1)
 
     def _views(self, role: str) -> list[torch.Tensor]:

@@ -49,10 +49,19 @@ class HeadSlice:
 class HeadLayout:
     """Where the heads of one attention module live.
 
+    A *unit* is what a head group removes at once: one head, or, with grouped-query attention, one key/value head
+    together with the query heads that read it (every slice then holds ``units`` equal blocks along its ``dim``).
+
     Attributes:
         slices: every tensor sliced when a head goes (missing optional tensors such as a ``None`` bias are skipped).
-        width_attrs: integer attributes equal to ``num_heads * head_dim`` that the forward reads (timm's ``attn_dim``).
+            Paths may reach into children (``'self.query.weight'``, ``'output.dense.weight'``).
+        width_attrs: integer attributes equal to ``num_heads * head_dim`` that the forward reads (timm's ``attn_dim``;
+            dotted paths allowed, ``'self.all_head_size'``).
         count_attrs: integer attributes equal to ``num_heads`` besides it (``num_kv_heads`` without grouped queries).
+        heads_attr: the attribute holding the unit count (default ``num_heads``; dotted paths allowed), or None when
+            the forward infers it from the shapes; then ``count`` computes it.
+        count: ``fn(module) -> units`` when ``heads_attr`` is None (a decoder's ``k_proj`` rows / ``head_dim``).
+        on_resize: ``fn(module)`` after a slice, for attributes derived otherwise (GPT-2's ``split_size``).
         head_dim_attr: attribute holding ``head_dim`` (updated by head-dim pruning), None if the forward infers it.
         query: ``(path of the q weight, block)`` for head-dim pruning, whose temperature is folded into q rows
             (``('qkv', 0)``: block 0 of qkv); None when head-dim pruning is not supported for this module.
@@ -65,6 +74,9 @@ class HeadLayout:
     head_dim_attr: str | None = None
     query: tuple[str, int] | None = None
     forward_cls: type[nn.Module] | None = None
+    heads_attr: str | None = "num_heads"
+    count: Callable[[nn.Module], int] | None = None
+    on_resize: Callable[[nn.Module], None] | None = None
 
 
 LayoutFn = Callable[[nn.Module], HeadLayout]

@@ -12,6 +12,19 @@ from .layouts import HeadLayout, HeadSlice, UnsupportedAttentionError
 
 
 
+def units_of(m: nn.Module, layout: HeadLayout) -> int:
+    """How many units (heads, or key/value heads with their query heads) ``m`` has now."""
+    if layout.heads_attr is None:
+        return int(layout.count(m))
+    owner, attr = owner_of(m, layout.heads_attr)
+    return int(getattr(owner, attr))
+
+
+def set_attr(m: nn.Module, path: str, value: int) -> None:
+    owner, attr = owner_of(m, path)
+    setattr(owner, attr, value)
+
+
 def owner_of(m: nn.Module, path: str) -> tuple[nn.Module, str]:
     mod_name, _, attr = path.rpartition(".")
     return (m.get_submodule(mod_name) if mod_name else m), attr
@@ -32,11 +45,11 @@ def present(m: nn.Module, layout: HeadLayout) -> list[tuple[HeadSlice, torch.Ten
 
 def head_dim_of(m: nn.Module, layout: HeadLayout) -> int:
     s, t = present(m, layout)[0]
-    return t.shape[s.dim] // (s.repeats * m.num_heads)
+    return t.shape[s.dim] // (s.repeats * units_of(m, layout))
 
 
 def check_shapes(m: nn.Module, layout: HeadLayout) -> None:
-    cls, heads = type(m).__qualname__, m.num_heads
+    cls, heads = type(m).__qualname__, units_of(m, layout)
     tensors = present(m, layout)
     if not any(s.role == "row" for s, _ in tensors) or not any(s.role == "column" for s, _ in tensors):
         raise UnsupportedAttentionError(f"{cls}: its layout has no q/k/v rows or no proj columns")
@@ -74,6 +87,8 @@ def _sync_metadata(m: nn.Module, layout: HeadLayout) -> None:
     for o in owners:
         if isinstance(o, nn.Linear):
             o.out_features, o.in_features = o.weight.shape
+        elif isinstance(getattr(o, "nf", None), int) and o.weight.dim() == 2:  # transformers' Conv1D: (in, out)
+            o.nx, o.nf = o.weight.shape
         elif isinstance(o, nn.LayerNorm) and o.weight is not None:
             o.normalized_shape = (o.weight.shape[0],)
 
@@ -81,11 +96,13 @@ def _sync_metadata(m: nn.Module, layout: HeadLayout) -> None:
 def _switch_forward(m: nn.Module, layout: HeadLayout) -> None:
     if layout.forward_cls is not None and type(m) is not layout.forward_cls:
         m.__class__ = layout.forward_cls
+    if layout.on_resize is not None:
+        layout.on_resize(m)
 
 
 @torch.no_grad()
 def slice_heads(m: nn.Module, layout: HeadLayout, drop: Sequence[int]) -> None:
-    heads = m.num_heads
+    heads = units_of(m, layout)
     hd = head_dim_of(m, layout)
     keep = [h for h in range(heads) if h not in set(drop)]
     for s, t in present(m, layout):
@@ -93,17 +110,18 @@ def slice_heads(m: nn.Module, layout: HeadLayout, drop: Sequence[int]) -> None:
         idx = _block_index(t.shape[s.dim], s.repeats, heads, keep, block).to(t.device)
         _replace(m, s.path, t.index_select(s.dim, idx))
     _sync_metadata(m, layout)
-    m.num_heads = len(keep)
+    if layout.heads_attr is not None:
+        set_attr(m, layout.heads_attr, len(keep))
     for a in layout.count_attrs:
-        setattr(m, a, len(keep))
+        set_attr(m, a, len(keep))
     for a in layout.width_attrs:
-        setattr(m, a, len(keep) * hd)
+        set_attr(m, a, len(keep) * hd)
     _switch_forward(m, layout)
 
 
 @torch.no_grad()
 def slice_head_dims(m: nn.Module, layout: HeadLayout, drop: Sequence[int]) -> None:
-    heads = m.num_heads
+    heads = units_of(m, layout)
     hd = head_dim_of(m, layout)
     keep = [d for d in range(hd) if d not in set(drop)]
     q_path, q_block = layout.query
@@ -120,6 +138,6 @@ def slice_head_dims(m: nn.Module, layout: HeadLayout, drop: Sequence[int]) -> No
     if layout.head_dim_attr is not None:
         setattr(m, layout.head_dim_attr, len(keep))
     for a in layout.width_attrs:
-        setattr(m, a, heads * len(keep))
+        set_attr(m, a, heads * len(keep))
     m.scale = len(keep) ** -0.5
     _switch_forward(m, layout)
