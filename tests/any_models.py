@@ -70,6 +70,24 @@ class UNet(nn.Module):
         return self.head(self.dec1(torch.cat([self.up1(d2), e1], 1)))
 
 
+class TextRNN(nn.Module):
+    """Token embedding -> a 2-layer LSTM / GRU -> a linear classifier on the last step."""
+
+    def __init__(self, cell: type[nn.RNNBase] = nn.LSTM, classes: int = 4):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 32)
+        self.rnn = cell(32, 64, num_layers=2, batch_first=True)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.emb(x))
+        return self.head(out[:, -1])
+
+
+def _token_ids(batch: int = 2) -> torch.Tensor:
+    return _tokens(batch)["input_ids"]
+
+
 def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
@@ -84,6 +102,15 @@ def _segmentation(name: str) -> Callable[[], nn.Module]:
         from torchvision.models import segmentation
 
         return getattr(segmentation, name)(num_classes=3, weights=None, weights_backbone=None, aux_loss=None)
+
+    return build
+
+
+def _detection(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from torchvision.models import detection
+
+        return getattr(detection, name)(num_classes=3, weights=None, weights_backbone=None)
 
     return build
 
@@ -112,7 +139,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[..., Any], str]] = {
     "mnasnet0_5": (_torchvision("mnasnet0_5", num_classes=10), _images(64), "cnn"),
     "lraspp_mobilenet_v3": (_segmentation("lraspp_mobilenet_v3_large"), _images(64), "segmentation"),
     "deeplabv3_mobilenet_v3": (_segmentation("deeplabv3_mobilenet_v3_large"), _images(64), "segmentation"),
+    "ssdlite": (_detection("ssdlite320_mobilenet_v3_large"), _images(128), "detection"),
+    "fasterrcnn_mobilenet_v3": (_detection("fasterrcnn_mobilenet_v3_large_320_fpn"), _images(128), "detection"),
     "unet": (UNet, _images(32), "unet"),
+    "lstm": (TextRNN, _token_ids, "recurrent"),
+    "gru": (lambda: TextRNN(nn.GRU), _token_ids, "recurrent"),
 }
 
 

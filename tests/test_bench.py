@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("storage.py", {"scenarios"}),
     ("inference.py", {"scenarios"}),
     ("vs_torch_pruning.py", {"models", "big_batch"}),
+    ("vs_torch_pruning_families.py", {"models", "ratio"}),
     ("swin_offline_cost.py", {"methods", "grid_hours", "task_sizes"}),
     ("cli_startup.py", {"rows", "met"}),
 ])

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..core.outputs import output_tensors
+from ..core.tpcompat import extra_root_types
 
 __all__ = ["OpCounter"]
 
@@ -55,6 +56,8 @@ class OpCounter:
         from torch_pruning.utils import op_counter
 
         mapping = {**op_counter.MODULES_MAPPING, **op_counter.CUSTOM_MODULES_MAPPING}
+        for cls in extra_root_types(self.model):  # transformers' Conv1D computes what a Linear does
+            mapping.setdefault(cls, op_counter.MODULES_MAPPING[nn.Linear])
         for m in self.model.modules():
             fn = mapping.get(type(m))
             if fn is None or m in self._counted:

@@ -173,7 +173,7 @@ def _build_group(dg: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         module = item.dep.target.module
         if not isinstance(module, nn.Module) or module not in names or not any(True for _ in module.parameters(False)):
             continue  # element-wise ops, reshapes, concat nodes: nothing to prune or score
-        if _has_matrix_weight(module):
+        if _has_matrix_weight(module) or isinstance(module, nn.RNNBase):
             role = "producer" if dg.is_out_channel_pruning_fn(item.dep.handler) else "consumer"
         else:
             role = "other"

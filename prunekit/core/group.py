@@ -120,6 +120,8 @@ class Member:
         to several input channels (a conv feeding a Linear through ``flatten``), those columns are concatenated; with
         ``channel_groups`` G, unit j gathers root channels ``j, j + width, ...``.
         """
+        if isinstance(self.module, nn.RNNBase):
+            return self._by_unit(self._recurrent_weights(), width, channel_groups)
         w = self.module.weight
         out_dim, in_dim = channel_dims(self.module)
         dim = out_dim if self.role == "producer" else in_dim
@@ -155,6 +157,23 @@ class Member:
             out[roots[keep], rank[keep]] = per_channel[keep]
             per_channel = out.reshape(channels, -1)
         return self._by_unit(per_channel, width, channel_groups)
+
+    def _recurrent_weights(self) -> torch.Tensor:
+        """A recurrent layer's weights per hidden unit: as a producer, rows ``g * H + j`` of every gate g of every
+        weight and bias (every layer); as a consumer, the input columns of its first layer."""
+        m = self.module
+        idx = torch.as_tensor(self.idxs)[torch.argsort(torch.as_tensor(self.root_idxs), stable=True)]
+        if self.role != "producer":
+            return m.weight_ih_l0.index_select(1, idx.to(m.weight_ih_l0.device)).t()
+        parts = []
+        for name in m._flat_weights_names:
+            w = getattr(m, name, None)
+            if w is None:
+                continue
+            gates = w.shape[0] // m.hidden_size
+            view = w.reshape(gates, m.hidden_size, -1).index_select(1, idx.to(w.device))  # (G, n, cols)
+            parts.append(view.transpose(0, 1).reshape(len(idx), -1))
+        return torch.cat(parts, 1)
 
     @staticmethod
     def _by_unit(per_channel: torch.Tensor, width: int, channel_groups: int) -> torch.Tensor:
@@ -216,6 +235,8 @@ class Group:
     @property
     def fan(self) -> int:
         """m: number of weights in one unit's rows of the root producer (its fan-in; the adapter's input width)."""
+        if isinstance(self.root, nn.RNNBase):
+            return self.members[0].channel_weights(self.width).shape[1]
         w = self.root.weight.movedim(channel_dims(self.root)[0], 0)
         row = w[0].numel() if w.shape[0] else w.shape[1]
         return row * self.channel_groups

@@ -42,6 +42,9 @@ def meta_clone(module: nn.Module) -> nn.Module:
         clone.__dict__["_parameters"] = {n: meta_param(p) for n, p in module._parameters.items()}
         clone.__dict__["_buffers"] = {n: meta_buffer(b) for n, b in module._buffers.items()}
         clone.__dict__["_modules"] = dict(module._modules)
+        if isinstance(module.__dict__.get("_flat_weights"), list):  # a recurrent layer's own list of its weights,
+            # which its __setattr__ updates in place: the clone's must not be the original's
+            clone.__dict__["_flat_weights"] = [clone._parameters.get(n) for n in module._flat_weights_names]
         return clone
     memo: dict[int, Any] = {}
     for p in module.parameters():

@@ -18,7 +18,7 @@ from torch_pruning import _helpers as _tp_helpers, ops
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 
-__all__ = ["default_customized_pruners", "extra_root_types", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
+__all__ = ["default_customized_pruners", "extra_root_types", "recurrent_problem", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
 
 FROZEN_ATTR = "_prunekit_index_mapping_frozen"  # on a graph inside frozen_index_mapping: its mappings are current
 
@@ -63,6 +63,57 @@ class _Conv1DPruner(tp.pruner.function.BasePruningFunc):
         return layer.weight.shape[0]
 
 
+class _RecurrentPruner(tp.pruner.function.BasePruningFunc):
+    """``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` hidden units: unit j is hidden unit j of every layer, i.e. rows
+    ``g * H + j`` of every gate g in ``weight_ih_l<k>``, ``weight_hh_l<k>`` and both biases, column j of every
+    ``weight_hh_l<k>`` and of ``weight_ih_l<k>`` for k > 0 (torch-pruning's own LSTM pruner slices the gates
+    inconsistently). Unidirectional, without ``proj_size``; :func:`recurrent_problem` names the others."""
+
+    def prune_out_channels(self, layer: nn.RNNBase, idxs: Sequence[int]) -> nn.Module:
+        hidden = layer.hidden_size
+        keep = sorted(set(range(hidden)) - set(idxs))
+        gates = _gates(layer)
+        rows = [g * hidden + j for g in range(gates) for j in keep]
+        for k in range(layer.num_layers):
+            for name, dims in ((f"weight_ih_l{k}", (0, 1) if k else (0,)), (f"weight_hh_l{k}", (0, 1)),
+                               (f"bias_ih_l{k}", (0,)), (f"bias_hh_l{k}", (0,))):
+                p = getattr(layer, name, None)
+                if p is None:
+                    continue
+                for d in dims:
+                    p = self._prune_parameter_and_grad(p, rows if d == 0 else keep, d)
+                setattr(layer, name, p)
+        layer.hidden_size = len(keep)
+        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
+        return layer
+
+    def prune_in_channels(self, layer: nn.RNNBase, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.input_size)) - set(idxs))
+        layer.weight_ih_l0 = self._prune_parameter_and_grad(layer.weight_ih_l0, keep, 1)
+        layer.input_size = len(keep)
+        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
+        return layer
+
+    def get_out_channels(self, layer: nn.RNNBase) -> int:
+        return layer.hidden_size
+
+    def get_in_channels(self, layer: nn.RNNBase) -> int:
+        return layer.input_size
+
+
+def _gates(layer: nn.RNNBase) -> int:
+    return {"LSTM": 4, "GRU": 3}.get(layer.mode, 1)
+
+
+def recurrent_problem(layer: nn.RNNBase) -> str | None:
+    """Why a recurrent layer's hidden units are not a group (None: they are)."""
+    if layer.bidirectional:
+        return "bidirectional (its output holds each unit twice, forward and backward)"
+    if getattr(layer, "proj_size", 0):
+        return f"proj_size={layer.proj_size} (the recurrent state is the projection, not the hidden units)"
+    return None
+
+
 def _is_hf_conv1d(m: nn.Module) -> bool:
     return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.") and \
         isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() == 2
@@ -70,8 +121,9 @@ def _is_hf_conv1d(m: nn.Module) -> bool:
 
 def extra_root_types(model: nn.Module) -> tuple[type, ...]:
     """Layer types of ``model`` that prunekit's pruners teach torch-pruning and whose output channels root groups
-    like a Linear's (transformers' ``Conv1D``)."""
-    return tuple({type(m) for m in model.modules() if _is_hf_conv1d(m)})
+    like a Linear's (transformers' ``Conv1D``, recurrent layers)."""
+    return tuple({type(m) for m in model.modules() if _is_hf_conv1d(m) or (
+        isinstance(m, nn.RNNBase) and recurrent_problem(m) is None)})
 
 
 def default_customized_pruners(model: nn.Module) -> dict:
@@ -83,6 +135,8 @@ def default_customized_pruners(model: nn.Module) -> dict:
             out[type(m)] = _GroupNormPruner()
         elif _is_hf_conv1d(m):
             out[type(m)] = _Conv1DPruner()
+        elif isinstance(m, nn.RNNBase):
+            out[type(m)] = _RecurrentPruner()
     return out
 
 

@@ -40,7 +40,7 @@ from ..core.group import DEFAULT_ROOT_TYPES, UnsupportedModelError
 
 from ..core.graph import Trace, find_groups, trace
 from ..core.ignore import resolve_ignore
-from ..core.tpcompat import extra_root_types
+from ..core.tpcompat import extra_root_types, recurrent_problem
 from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget, pruning_group
 from ..core.undo import output_shapes, rekey_graph, restore, snapshot_modules
 from ..core.policy import Policy
@@ -170,10 +170,9 @@ class BackboneGroups:
         names = traced.names
         excluded: dict[str, str] = {}
         for name, module in model.named_modules():
-            if isinstance(module, nn.RNNBase):  # torch-pruning's LSTM pruner slices the gates inconsistently
-                excluded[name] = (f"{type(module).__name__} hidden units are not pruned (no recurrent group kind: "
-                                  "each unit's gate rows, recurrent column and the next layer's columns would go "
-                                  "together); the layers around it are")
+            why = recurrent_problem(module) if isinstance(module, nn.RNNBase) else None
+            if why is not None:
+                excluded[name] = f"{type(module).__name__} hidden units are not pruned: {why}"
 
         def keep(tp_group) -> bool:
             dg = traced.dg

@@ -18,7 +18,6 @@ import torch
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import save_file
-from torch import nn
 
 import prunekit as pk
 from prunekit.cli import main
