@@ -21,7 +21,8 @@ def _causal(batch: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _pixels(size: int) -> Callable[[int], dict[str, torch.Tensor]]:
-    return lambda batch=2: {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))}
+    return lambda batch=2: {"pixel_values": torch.randn(batch, 3, size, size,
+                                                        generator=torch.Generator().manual_seed(1))}
 
 
 def _images(size: int) -> Callable[[int], torch.Tensor]:

@@ -101,3 +101,26 @@ def test_the_config_follows_uniform_widths_and_the_model_reloads_with_from_pretr
     torch.testing.assert_close(logits(again, x), before, rtol=1e-5, atol=1e-5)
     out = model.generate(x["input_ids"][:1], max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 11)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama_gqa"])
+def test_the_hidden_size_is_pruned_only_when_asked_for(name):
+    model, x = build(name)
+    assert not any(g.name.endswith("o_proj") or g.name.endswith("attention.output.dense")
+                   for g in pk.backbone_groups(verify=False)(model, x))
+    groups = {g.name: g for g in pk.BackboneGroups(embeddings=True, verify=False)(model, x)}
+    hidden = next(n for n, g in groups.items() if any(isinstance(m.module, torch.nn.Embedding)
+                                                       for m in getattr(g, "members", [])))
+    shape = logits(model, x).shape
+    Plan(widths={hidden: groups[hidden].width}, remove={hidden: [0, 1, 2, 3]}).apply(model, groups)
+    assert model.get_input_embeddings().embedding_dim == 60 and logits(model, x).shape == shape
+
+
+def test_prune_passes_embeddings_and_the_discovery_budget_on():
+    model, x = build("bert")
+    plan = pk.prune(model, x, ratio=0.3, target="params", embeddings=True)
+    assert not any("embeddings=True" in r for r in plan.meta["excluded"].values())
+    model, x = build("bert")
+    plan = pk.prune(model, x, ratio=0.05, target="params", discovery=pk.DiscoveryBudget(max_pairs=300))
+    stopped = [n for n, r in plan.meta["excluded"].items() if "discovery budget" in r]
+    assert "bert.encoder.layer.0.intermediate.dense" in stopped  # 128 neurons x 2 layers pass 300 pairs

@@ -13,6 +13,8 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+import prunekit as pk
+
 from prunekit.core.graph import trace
 from prunekit.core.tpcompat import frozen_index_mapping
 from prunekit.core.walk import DiscoveryBudget, DiscoveryBudgetError, pruning_group
@@ -25,7 +27,7 @@ def _as_sets(group):
     return {(id(i.dep.target), i.dep.handler): (sorted(i.idxs), sorted(zip(i.idxs, i.root_idxs))) for i in group.items}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "ghostnet_050", "mobilenetv3_small_050",
+@pytest.mark.parametrize("name", ["resnet18", "ghostnet_050", "mobilenetv3_small_050",  # DenseNet: test_graph_shortcuts
                                   "vit_tiny_patch16_224", "convnext_atto"])
 def test_the_walk_finds_torch_prunings_groups(name):
     """Same layers, handlers, channels and root channels as ``DependencyGraph.get_pruning_group``, for every root."""
@@ -92,6 +94,8 @@ def test_groups_past_the_budget_are_left_out_by_name_and_the_rest_are_found():
 
 
 def test_budget_fields_are_checked():
+    with pytest.raises(pk.PrunekitError, match=r"discovery: expected a prunekit.DiscoveryBudget.*got \{'max_pairs'"):
+        backbone_groups(discovery={"max_pairs": 5})
     with pytest.raises(ValueError, match="max_pairs: expected a positive int, got 0"):
         DiscoveryBudget(max_pairs=0)
     with pytest.raises(ValueError, match="max_seconds: expected a positive number, got -1"):

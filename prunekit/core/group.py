@@ -291,7 +291,8 @@ class Group:
         if tp_group is None:
             from .walk import pruning_group  # walk.py names this module's UnsupportedModelError
 
-            tp_group = pruning_group(self._dg, self.root, self._handler, channels, update=True if self._remapped is None else self._remapped)
+            update = True if self._remapped is None else self._remapped
+            tp_group = pruning_group(self._dg, self.root, self._handler, channels, update=update)
         tp_group.prune(record_history=False)
         for m in owners:
             for n, p in m.named_parameters(recurse=False):

@@ -18,7 +18,8 @@ from torch_pruning import _helpers as _tp_helpers, ops
 from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 
-__all__ = ["default_customized_pruners", "extra_root_types", "recurrent_problem", "frozen_index_mapping", "static_mapping", "subgroup", "FROZEN_ATTR"]
+__all__ = ["default_customized_pruners", "extra_root_types", "recurrent_problem", "frozen_index_mapping",
+           "static_mapping", "subgroup", "FROZEN_ATTR"]
 
 FROZEN_ATTR = "_prunekit_index_mapping_frozen"  # on a graph inside frozen_index_mapping: its mappings are current
 

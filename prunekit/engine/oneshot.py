@@ -42,6 +42,7 @@ from ..core.policy import UnreachableTargetError, removal_steps, round_half_up
 from ..registry import PrunekitError
 from ..ranking.scopes import get_scope
 from ..core.undo import output_shapes, restore, snapshot
+from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget
 from ..ranking.scorers import get_scorer, needs_activations, needs_gradients, score_groups
 from ..ranking.calibration import gather_stats
 
@@ -86,6 +87,8 @@ def prune(
         min_width: int = 1,
         loss_fn: Callable | None = None,
         forward_fn: Callable | None = None,
+        embeddings: bool = False,
+        discovery: DiscoveryBudget = DEFAULT_BUDGET,
 ) -> Plan:
     """Remove ``ratio`` of the model's ``target`` measure, in place; returns the applied plan.
 
@@ -104,7 +107,11 @@ def prune(
         calibration: batches for activation scorers, ``(inputs, targets)`` batches for ``'taylor'``.
         min_width: units every group keeps.
         loss_fn: ``loss_fn(outputs, targets)`` for gradient scorers (default cross-entropy).
-        forward_fn: ``fn(model, example_inputs)`` for models that need more than ``model(x)``.
+        forward_fn: ``fn(model, example_inputs)`` for models that need more than ``model(x)`` (a dict of inputs is
+            ``model(**x)`` already).
+        embeddings: also prune the width of ``nn.Embedding`` s (a language model's hidden size); off by default.
+        discovery: how far one group's walk of the traced graph may go (:class:`~prunekit.core.walk.DiscoveryBudget`);
+            a group past it is left out, named in ``plan.meta['excluded']``.
 
     Returns:
         The plan, with ``meta`` holding ``budget``, ``reached``, ``params_before`` / ``params_after``,
@@ -127,7 +134,8 @@ def prune(
     # the model: the model is restored, the groups whose removals break it are found on a copy and left out, and
     # the selection is made again (a layer may only break at some widths, so the probe replays the failed plan).
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
-                                max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn)
+                                max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn,
+                                embeddings=embeddings, discovery=discovery)
     params_before = count_parameters(model)
     snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):

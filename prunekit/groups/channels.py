@@ -139,6 +139,9 @@ class BackboneGroups:
         if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
             raise PrunekitError(f"max_layer_ratio: expected a fraction in [0, 1] of a layer's width, got "
                                 f"{self.max_layer_ratio!r}")
+        if not isinstance(self.discovery, DiscoveryBudget):
+            raise PrunekitError(f"discovery: expected a prunekit.DiscoveryBudget(max_pairs=..., max_seconds=...), got "
+                                f"{self.discovery!r}")
         # the policy checks round_to and names the field
         self.policy = Policy(min_width=self.min_width, round_to=self.round_to or 1,
                              max_ratio=1.0 if self.max_layer_ratio is None else self.max_layer_ratio)
@@ -274,11 +277,14 @@ def backbone_groups(
         heads: bool = True,
         verify: bool = True,
         forward_fn: Callable | None = None,
+        embeddings: bool = False,
+        discovery: DiscoveryBudget = DEFAULT_BUDGET,
 ) -> BackboneGroups:
     """A ``groups_fn`` for any model's channels: ``backbone_groups(round_to=8)(model, x)`` lists the groups,
     ``Engine(..., groups_fn=backbone_groups(ignore=['stem.*']))`` prunes them iteratively (module docstring)."""
     return BackboneGroups(ignore=tuple(ignore or ()), min_width=min_width, round_to=round_to,
-                          max_layer_ratio=max_layer_ratio, heads=heads, verify=verify, forward_fn=forward_fn)
+                          max_layer_ratio=max_layer_ratio, heads=heads, verify=verify, forward_fn=forward_fn,
+                          embeddings=embeddings, discovery=discovery)
 
 
 
