@@ -60,7 +60,7 @@ def test_a_small_budget_stops_a_walk_that_reaches_too_many_channels():
 
 @pytest.mark.integration
 def test_a_walk_past_its_budget_stops_in_time_names_the_root_and_changes_nothing():
-    """torchvision Swin's last residual stream: torch-pruning's own walk of it grows past 10 GB; prunekit's stops."""
+    """torchvision Swin's last residual stream, a walk that does not close: prunekit's stops within its budget."""
     model, x = _swin()
     traced = trace(model, x)
     root = model.features[6].reduction

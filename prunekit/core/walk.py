@@ -4,8 +4,9 @@ torch-pruning's ``DependencyGraph.get_pruning_group`` follows every dependency f
 indices through each concatenation, split, slice and reshape on the way, and visits a layer again whenever it arrives
 there with a list of indices it has not seen *as a list*. Graphs that reach one layer along many paths with differently
 mapped lists (torchvision's Swin: window shifts, paddings and patch merging on the residual stream; a decoder's
-rotary embedding: halves sliced and concatenated in every layer) make that walk grow without bound: 24 GB for
-torchvision's ``swin_t`` at 64 px, no answer after minutes for a two-layer LLaMA.
+rotary embedding: halves sliced and concatenated in every layer) make that walk grow without bound: torch-pruning gives
+no answer within 90 s under an 8 GB cap for torchvision's ``swin_t`` at 64 px or a two-layer LLaMA with grouped-query
+attention (docs/benchmarks.md, section 7b).
 
 :func:`pruning_group` finds the same group (the same layers, handlers and channel indices; every index mapping is
 applied one index at a time, so the union does not depend on how the indices are batched) by propagating each
@@ -63,7 +64,7 @@ def update_mappings(dg: tp.DependencyGraph, nodes) -> None:
 
 @dataclass(frozen=True)
 class DiscoveryBudget:
-    """How far one group's walk may go before it stops (the pairs bound its memory: about 200 bytes each)."""
+    """How far one group's walk may go before it stops (the pairs it holds bound its memory, the seconds its time)."""
 
     max_pairs: int = 1_000_000  # (layer, channel) pairs, over every layer the group reaches
     max_seconds: float = 20.0  # wall time of one walk
