@@ -58,9 +58,10 @@ _UPDATE = {ops.OPTYPE.CONCAT: _tp_index_mapping.update_concat_index_mapping,
 
 
 def update_mappings(dg: tp.DependencyGraph, nodes) -> None:
-    """torch-pruning's ``update_index_mapping`` for ``nodes`` only (the same per-node functions, in graph order)."""
+    """torch-pruning's ``update_index_mapping`` for ``nodes`` only (the same per-node functions)."""
     for node in nodes:
         _UPDATE[node.type](dg, node)
+
 
 @dataclass(frozen=True)
 class DiscoveryBudget:
@@ -70,7 +71,7 @@ class DiscoveryBudget:
     max_seconds: float = 20.0  # wall time of one walk
 
     def __post_init__(self):
-        if not (isinstance(self.max_pairs, int) and self.max_pairs > 0):
+        if isinstance(self.max_pairs, bool) or not (isinstance(self.max_pairs, int) and self.max_pairs > 0):
             raise ValueError(f"DiscoveryBudget.max_pairs: expected a positive int, got {self.max_pairs!r}")
         if not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
             raise ValueError(f"DiscoveryBudget.max_seconds: expected a positive number, got {self.max_seconds!r}")
