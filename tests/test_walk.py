@@ -27,7 +27,7 @@ def _as_sets(group):
     return {(id(i.dep.target), i.dep.handler): (sorted(i.idxs), sorted(zip(i.idxs, i.root_idxs))) for i in group.items}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "ghostnet_050", "mobilenetv3_small_050",  # DenseNet: test_graph_shortcuts
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "ghostnet_050", "mobilenetv3_small_050",
                                   "vit_tiny_patch16_224", "convnext_atto"])
 def test_the_walk_finds_torch_prunings_groups(name):
     """Same layers, handlers, channels and root channels as ``DependencyGraph.get_pruning_group``, for every root."""
