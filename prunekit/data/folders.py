@@ -15,6 +15,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .datasets import DataBundle, DataSize, existing_root, image_transforms, register_dataset
+from ..io.files import read_lines
 from ..registry import PrunekitError
 
 __all__ = ["IMAGE_EXTENSIONS", "UnreadableImagesWarning", "DOMAINNET_DOMAINS"]
@@ -235,10 +236,7 @@ def _listing_classes(items: list[tuple[str, int]], n: int) -> list[str] | None:
 
 def _read_listing(listing: Path) -> list[tuple[str, int]]:
     """``<path> <label>`` lines of a DomainNet split file; a malformed line is named."""
-    try:
-        lines = listing.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PrunekitError(f"{listing}: not readable ({type(e).__name__}: {e})") from None
+    lines = read_lines(listing)
     items = []
     for i, line in enumerate(lines, 1):
         parts = line.split()

@@ -177,6 +177,9 @@ class BackboneGroups:
             if why is not None:
                 excluded[name] = f"{type(module).__name__} hidden units are not pruned: {why}"
 
+        def per_head(module: nn.Module) -> str:
+            return f"per-head channels of attention {projections[module]!r} (heads are pruned as whole heads)"
+
         def keep(tp_group) -> bool:
             dg = traced.dg
             root = tp_group.items[0].dep.target.module
@@ -196,8 +199,7 @@ class BackboneGroups:
                     excluded[label] = f"ignore= covers {names.get(module)}"
                     return False
                 if is_out and module in projections:
-                    excluded[label] = (f"per-head channels of attention {projections[module]!r} (heads are pruned as "
-                                       "whole heads)")
+                    excluded[label] = per_head(module)
                     return False
                 if isinstance(module, nn.Module) and item.idxs:
                     width = dg.get_out_channels(module) if is_out else dg.get_in_channels(module)
@@ -209,8 +211,7 @@ class BackboneGroups:
 
         def may_root(name: str, module: nn.Module) -> bool:  # decided before walking the graph from it
             if module in projections:
-                excluded[name] = (f"per-head channels of attention {projections[module]!r} (heads are pruned as "
-                                  "whole heads)")
+                excluded[name] = per_head(module)
                 return False
             return True
 

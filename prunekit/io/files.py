@@ -18,7 +18,7 @@ from ..registry import PrunekitError
 from .statedict import versions_metadata
 
 __all__ = ["RunWriteError", "atomic_write_bytes", "atomic_write_text", "save_safetensors", "safetensors_metadata",
-           "written_by_prunekit", "SAFETENSORS_MARK", "SAFETENSORS_MARK_VALUE"]
+           "written_by_prunekit", "SAFETENSORS_MARK", "SAFETENSORS_MARK_VALUE", "read_lines"]
 
 SAFETENSORS_MARK = "written_by"  # safetensors metadata key prunekit sets on every file it writes
 SAFETENSORS_MARK_VALUE = "prunekit"
@@ -81,3 +81,11 @@ def written_by_prunekit(path: Path) -> bool:
     """Whether ``path`` is a .safetensors file whose metadata carries prunekit's mark (reads the header only)."""
     meta = safetensors_metadata(path)
     return meta is not None and meta.get(SAFETENSORS_MARK) == SAFETENSORS_MARK_VALUE
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file; a file that cannot be read or decoded is named in a :class:`PrunekitError`."""
+    try:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrunekitError(f"{path}: not readable ({type(e).__name__}: {e})") from None

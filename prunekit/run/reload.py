@@ -20,6 +20,7 @@ from ..errors import PrunekitError, ConfigError
 from ..core.plan import Plan
 from ..engine.sources import replay
 from ..recipe.spec import Recipe, read_yaml
+from ..io.files import read_lines
 from ..io.rundir import RunDir
 from ..io.statedict import load_into, load_safetensors
 from ..train.trainer import Trainer, seed_everything, select_device
@@ -149,10 +150,7 @@ def _run_metrics(rd: RunDir) -> list[dict[str, Any]]:
     path = rd.file("metrics.jsonl")
     if not path.is_file():
         return []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PrunekitError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    lines = read_lines(path)
     records = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
