@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "prunekit"
-LAYERS = ["base", "core", "groups", "adapters", "ranking", "budget", "engine", "strategies", "io", "models", "methods",
-          "data", "recipe", "train", "run", "ablation", "cli"]
+LAYERS = ["base", "core", "groups", "adapters", "ranking", "budget", "engine", "strategies", "native", "io", "models",
+          "methods", "data", "recipe", "train", "run", "ablation", "cli"]
 TOP_LEVEL = {"cli": "cli", "__main__": "cli", "__init__": None}  # other top-level modules are the foundation
 MAX_LINES = 400
 MAX_PHASE_LINES = 300  # prunekit/run/: one phase, one job

@@ -6,7 +6,8 @@ Both ask the same questions of a model's groups, and answer them here:
 - what the model measures now (:func:`measure_now`: units, parameters or MACs);
 - which units go (:func:`select_plan`): exact unit counts for sigma / channels, the exact parameter cost model for
   params, and for MACs (or groups whose parameter cost is first-order) the cost model corrected by counting a pruned
-  copy (:func:`counted_trial`, the model itself untouched).
+  copy (:func:`counted_trial`, the model itself untouched); with ``families`` (uniform pruning,
+  :mod:`prunekit.budget.uniform`) the same search runs over the families' steps.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..core.policy import round_half_up
 from ..ranking.scopes import Scope, capacity
 from .search import (Budget, CostModel, check_reachable, count_macs, count_parameters, select_cost, select_macs,
                      select_units, slices_of, unit_limits)
+from .uniform import Family, FamilyCost, UnitCount, describe, expand, family_limits, family_plan_trial, family_scores
 
 __all__ = ["select_plan", "check_budget_reachable", "measure_now", "counted_trial", "needs_trial", "exact_counts"]
 
@@ -47,10 +49,18 @@ def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inpu
 
 
 def check_budget_reachable(budget: Budget, groups: list, start: float, *, original: Mapping[str, int] | None = None,
-                           weights: Mapping[int, float] | None = None) -> None:
+                           weights: Mapping[int, float] | None = None, families: list[Family] | None = None) -> None:
     """Raise :class:`~prunekit.core.policy.UnreachableTargetError` (with the most that can go) when the groups'
-    limits cannot remove what ``budget`` asks of a model that measures ``start``; ``weights``: MACs per parameter."""
+    limits cannot remove what ``budget`` asks of a model that measures ``start``; ``weights``: MACs per parameter;
+    ``families``: uniform pruning's tied groups (a family goes no lower than its most constrained member)."""
     limits = unit_limits(groups, original)
+    if families is not None:
+        flimits = family_limits(families, limits)
+        most = {f.name: capacity({f.name: f.steps}, {f.name: flimits[f.name]}) for f in families}
+        base = UnitCount() if budget.kind == "channels" else CostModel(groups, weights if budget.kind == "macs"
+                                                                       else None)
+        check_reachable(budget, FamilyCost(base, families).removed(most), start)
+        return
     most = {g.name: capacity({g.name: g.width}, {g.name: limits[g.name]}) for g in groups}
     if budget.kind == "channels":
         removable = float(sum(most.values()))
@@ -81,6 +91,7 @@ def select_plan(
         original: Mapping[str, int] | None = None,
         weights: Mapping[int, float] | None = None,
         trial: Callable[[Plan], float] | None = None,
+        families: list[Family] | None = None,
 ) -> tuple[Plan, float, float]:
     """One budgeted selection: a plan removing ``goal`` of the budget's measure now (units for sigma / channels,
     parameters or MACs otherwise), the amount it removes and the tolerance (one step's worth: ``round_to`` units).
@@ -88,9 +99,12 @@ def select_plan(
     Units are exact; parameters are exact through :class:`~prunekit.budget.search.CostModel` (``weights``: MACs per
     parameter for MACs); with ``trial`` (``fn(plan) -> amount it really removes``, counted on a pruned copy) the
     selection is corrected by counting, for MACs and for groups without ``param_slices``. Raises before anything is
-    modified if ``goal`` is beyond the limits' reach.
+    modified if ``goal`` is beyond the limits' reach. With ``families`` (:func:`~prunekit.budget.uniform.families`)
+    the scope ranks the families' steps and the tolerance is one step of a family.
     """
     limits = unit_limits(groups, original)
+    if families is not None:
+        return _select_families(budget, groups, scores, scope, goal, limits, weights, trial, families)
     removable = {g.name for g in groups if capacity({g.name: g.width}, {g.name: limits[g.name]})}
     if budget.counts_units:
         plan = select_units(scope, scores, round_half_up(goal), limits)
@@ -103,4 +117,28 @@ def select_plan(
         plan = select_cost(scope, scores, goal, cost, limits)
         return plan, cost.removed({k: len(v) for k, v in plan.remove.items()}), tol
     plan, done = select_macs(scope, scores, goal, cost, trial, tol, limits)
+    return plan, done, tol
+
+
+def _select_families(budget: Budget, groups: list, scores: Mapping[str, torch.Tensor], scope: Scope, goal: float,
+                     limits: Mapping[str, Any], weights: Mapping[int, float] | None,
+                     trial: Callable[[Plan], float] | None, families: list[Family]) -> tuple[Plan, float, float]:
+    """:func:`select_plan` over families: their steps ranked and costed as wholes, then expanded to the members."""
+    widths = {g.name: g.width for g in groups}
+    fscores, flimits = family_scores(families, scores), family_limits(families, limits)
+    removable = [f.name for f in families if capacity({f.name: f.steps}, {f.name: flimits[f.name]})]
+    base = UnitCount() if budget.counts_units else CostModel(groups, weights)
+    cost = FamilyCost(base, families)
+    tol = max((cost.removed({n: flimits[n].round_to}) for n in removable), default=0.0)
+    if budget.counts_units:
+        goal = float(round_half_up(goal))
+    ftrial = family_plan_trial(trial, families, scores, widths)
+    if ftrial is None:
+        fplan = select_cost(scope, fscores, goal, cost, flimits)
+        done = cost.removed({k: len(v) for k, v in fplan.remove.items()})
+    else:
+        fplan, done = select_macs(scope, fscores, goal, cost, ftrial, tol, flimits)
+    fplan.meta["target_steps"] = fplan.meta.pop("target_units", None)
+    plan = expand(fplan, families, scores, widths)
+    plan.meta["uniform"] = describe(families)
     return plan, done, tol

@@ -6,7 +6,9 @@ fresh model built the same way (:func:`replay`), like torch-pruning's pruning hi
 What an emptied group means is the group's business: :meth:`Plan.apply` calls each policy's ``on_empty`` hook (the
 adapter policy replaces the wrapper by its sub-layer) and records what it removed in ``meta['removed']`` and, per
 kind, ``meta['removed_<kind>s']`` (``removed_adapters``). ``meta['groups']`` names how the groups were found (a
-registered group source and its config), so :func:`replay` can find them again on a fresh model.
+registered group source and its config), so :func:`replay` can find them again on a fresh model, and
+``meta['structure']`` what slicing changed, module by module (:mod:`prunekit.core.structure`), so a fresh model can be
+resized to it without finding any group.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from .group import groups_by_name
 from .policy import policy_of
+from .structure import changes, snapshot
 from ..atomic import atomic_write
 from ..registry import PrunekitError
 
@@ -114,6 +117,7 @@ class Plan:
                 raise PrunekitError(f"plan removes every unit of group {name!r} (kind {by_name[name].kind!r}), whose "
                                     f"policy keeps min_width={min_width}; allowed: at most "
                                     f"{self.widths[name] - min_width} of its {self.widths[name]}")
+        before = snapshot(model)
         for name, idxs in self.remove.items():
             if idxs:
                 by_name[name].prune(idxs)
@@ -134,6 +138,7 @@ class Plan:
         self.meta["removed"] = removed
         for sync in AFTER_APPLY:
             sync(model)
+        self.meta["structure"] = changes(before, model)
         return removed
 
     def to_dict(self) -> dict[str, Any]:

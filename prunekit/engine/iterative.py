@@ -39,6 +39,7 @@ from ..budget.search import (
     Budget, count_parameters, mac_weights,
 )
 from ..budget.selection import check_budget_reachable, counted_trial, needs_trial, select_plan
+from ..budget.uniform import families
 from ..core.distributed import broadcast_object, is_main
 from ..core.group import UnsupportedModelError
 from .sources import describe_groups_fn, groups_fn_from
@@ -91,6 +92,8 @@ class Engine:
             shapes change, restore the model from a copy taken before the prune and raise
             :class:`~prunekit.core.group.UnsupportedModelError`. Default: on, unless every group's policy says its
             removal cannot break the model (``Policy.check_forward = False``: adapters, removed by construction).
+        uniform: every prune keeps repeated blocks at one width (:mod:`prunekit.budget.uniform`); default: the
+            groups_fn's own ``uniform`` (``backbone_groups(uniform=True)``), else off.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Engine:
             budget: Budget | None = None,
             loss_fn: Callable | None = None,
             check_forward: bool | None = None,
+            uniform: bool | None = None,
     ):
         if strategy is None:
             if scorer is None:
@@ -143,6 +147,7 @@ class Engine:
         self.calibration = calibration
         self.loss_fn = loss_fn
         self.groups_fn = groups_fn_from(groups_fn) if isinstance(groups_fn, str) else groups_fn
+        self.uniform = bool(getattr(self.groups_fn, "uniform", False) if uniform is None else uniform)
         self.generator = torch.Generator().manual_seed(seed)
         self._callbacks: dict[str, list[Callable]] = defaultdict(list)
 
@@ -182,7 +187,8 @@ class Engine:
 
     def _check_reachable(self, groups: list) -> None:
         weights = mac_weights(self.model, self.example_inputs)[1] if self.budget.kind == "macs" else None
-        check_budget_reachable(self.budget, groups, self.measure.start, original=self.original, weights=weights)
+        check_budget_reachable(self.budget, groups, self.measure.start, original=self.original, weights=weights,
+                               families=self.families(groups))
 
     def add_callback(self, event: str, fn: Callable) -> None:
         """``on_cycle_start(engine, cycle)``, ``on_prune(engine, plan)``, ``on_cycle_end(engine, record)``."""
@@ -193,6 +199,10 @@ class Engine:
     def _emit(self, event: str, *args) -> None:
         for fn in self._callbacks[event]:
             fn(self, *args)
+
+    def families(self, groups: list) -> list | None:
+        """The tied families of ``groups`` when the engine prunes uniformly (:mod:`prunekit.budget.uniform`)."""
+        return families(self.model, groups) if self.uniform else None
 
     def groups(self) -> list:
         """The model's groups now (one trace)."""
@@ -244,7 +254,7 @@ class Engine:
                 before = self.measure.now(groups)
             trial = counted_trial(self.budget.kind, self.model, self.groups_fn, self.example_inputs, float(before))
         plan, done, tol = select_plan(self.budget, groups, scores, self.scope, goal, original=self.original,
-                                      weights=weights, trial=trial)
+                                      weights=weights, trial=trial, families=self.families(groups))
         if abs(done - goal) > tol + 1e-6 * max(1.0, abs(goal)):
             scope = getattr(self.scope, "__name__", self.scope)
             raise PrunekitError(f"scope {scope!r} missed this prune's target: it removes {done:,.0f} of the "

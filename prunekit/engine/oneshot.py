@@ -37,6 +37,7 @@ from ..core.group import UnsupportedModelError
 from ..budget.selection import check_budget_reachable, counted_trial, measure_now, needs_trial, select_plan
 from .sources import describe_groups_fn
 from ..budget.opcount import OpCounter
+from ..budget.uniform import families
 from ..core.plan import Plan, input_spec, record_applied
 from ..core.policy import UnreachableTargetError, removal_steps, round_half_up
 from ..registry import PrunekitError
@@ -55,15 +56,17 @@ ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to
 def _select(budget: Budget, model: nn.Module, groups: list, groups_fn: Callable, score_fn: Callable,
             scope_fn: Callable, start: float, goal: float, weights: dict, example_inputs: Any,
             calibration: Iterable | None, loss_fn: Callable | None) -> tuple[Plan, float]:
-    """Reachability check, scores, budgeted selection; returns the plan and its tolerance (one unit's worth)."""
+    """Reachability check, scores, budgeted selection; returns the plan and its tolerance (one unit's worth, one
+    family step's under ``uniform``)."""
     target = budget.kind
-    check_budget_reachable(budget, groups, start, weights=weights)
+    fams = families(model, groups) if groups_fn.uniform else None
+    check_budget_reachable(budget, groups, start, weights=weights, families=fams)
     stats = gather_stats(model, groups, score_fn, calibration, generator=torch.Generator().manual_seed(0),
                          loss_fn=loss_fn)
     scores = score_groups(groups, score_fn, stats)
     trial = counted_trial(target, model, groups_fn, example_inputs, start) if needs_trial(budget, groups) else None
     plan, _, tol = select_plan(budget, groups, scores, scope_fn, goal, weights=weights if target == "macs" else None,
-                               trial=trial)
+                               trial=trial, families=fams)
     if target == "params" and trial is not None:  # heads etc. without param_slices: a unit's cost is first-order
         limits = unit_limits(groups)
         removable = [g for g in groups if removal_steps(g.width, *limits[g.name])[-1]]
@@ -89,6 +92,7 @@ def prune(
         forward_fn: Callable | None = None,
         embeddings: bool = False,
         discovery: DiscoveryBudget = DEFAULT_BUDGET,
+        uniform: bool = False,
 ) -> Plan:
     """Remove ``ratio`` of the model's ``target`` measure, in place; returns the applied plan.
 
@@ -112,6 +116,10 @@ def prune(
         embeddings: also prune the width of ``nn.Embedding`` s (a language model's hidden size); off by default.
         discovery: how far one group's walk of the traced graph may go (:class:`~prunekit.core.walk.DiscoveryBudget`);
             a group past it is left out, named in ``plan.meta['excluded']``.
+        uniform: every repeated block keeps the same width (the same heads per attention, key/value heads per
+            decoder layer, MLP width per block), so the model's config or constructor can describe the result
+            (:mod:`prunekit.budget.uniform`: the families, and how units are ranked); the budget is met within one
+            step of a family. ``plan.meta['uniform']`` names the tied families.
 
     Returns:
         The plan, with ``meta`` holding ``budget``, ``reached``, ``params_before`` / ``params_after``,
@@ -135,7 +143,7 @@ def prune(
     # the selection is made again (a layer may only break at some widths, so the probe replays the failed plan).
     groups_fn = backbone_groups(ignore=ignore, min_width=min_width, round_to=round_to,
                                 max_layer_ratio=max_layer_ratio, heads=heads, verify=False, forward_fn=forward_fn,
-                                embeddings=embeddings, discovery=discovery)
+                                embeddings=embeddings, discovery=discovery, uniform=uniform)
     params_before = count_parameters(model)
     snap = snapshot(model)  # the undo, should slicing break the model
     for attempt in range(ATTEMPTS):

@@ -44,6 +44,7 @@ from ..core.tpcompat import extra_root_types, recurrent_problem
 from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget, pruning_group
 from ..core.undo import output_shapes, rekey_graph, restore, snapshot_modules
 from ..core.policy import Policy
+from . import ties as _ties  # noqa: F401 - registers timm's constructor ties for uniform pruning
 from ..registry import PrunekitError
 
 __all__ = ["BackboneGroups", "backbone_groups", "UnsupportedModelError", "ATTENTION_PROJECTIONS", "output_modules",
@@ -111,6 +112,8 @@ class BackboneGroups:
             every norm, embedding and projection on the residual stream at once); off by default.
         discovery: how far one group's walk of the traced graph may go; a group past it is left out (in
             ``excluded``, with what to ``ignore=``), the others are found.
+        uniform: a selection over these groups keeps repeated blocks at one width (:mod:`prunekit.budget.uniform`;
+            read by :func:`~prunekit.prune` and the :class:`~prunekit.Engine`).
         excluded: group name -> why it was left out, after a call.
     """
 
@@ -124,6 +127,7 @@ class BackboneGroups:
     root_types: Sequence[type] = DEFAULT_ROOT_TYPES
     embeddings: bool = False
     discovery: DiscoveryBudget = DEFAULT_BUDGET
+    uniform: bool = False
     excluded: dict[str, str] = field(default_factory=dict)
     _ignore_names: list[str] = field(default_factory=list, repr=False)
     _verdicts: dict[str, str | None] = field(default_factory=dict, repr=False)
@@ -154,6 +158,8 @@ class BackboneGroups:
                   "max_layer_ratio": self.max_layer_ratio, "heads": self.heads}
         if self.embeddings:
             config["embeddings"] = True
+        if self.uniform:
+            config["uniform"] = True
         return "backbone", config
 
     def __call__(self, model: nn.Module, example_inputs: Any) -> list:
@@ -280,12 +286,13 @@ def backbone_groups(
         forward_fn: Callable | None = None,
         embeddings: bool = False,
         discovery: DiscoveryBudget = DEFAULT_BUDGET,
+        uniform: bool = False,
 ) -> BackboneGroups:
     """A ``groups_fn`` for any model's channels: ``backbone_groups(round_to=8)(model, x)`` lists the groups,
     ``Engine(..., groups_fn=backbone_groups(ignore=['stem.*']))`` prunes them iteratively (module docstring)."""
     return BackboneGroups(ignore=tuple(ignore or ()), min_width=min_width, round_to=round_to,
                           max_layer_ratio=max_layer_ratio, heads=heads, verify=verify, forward_fn=forward_fn,
-                          embeddings=embeddings, discovery=discovery)
+                          embeddings=embeddings, discovery=discovery, uniform=uniform)
 
 
 

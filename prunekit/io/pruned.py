@@ -7,13 +7,19 @@
     fresh = timm.create_model("resnet50", num_classes=10)  # the same architecture, unpruned
     model = pk.load_pruned("out/resnet50-half", fresh)     # replays the plans, loads the weights
 
-The directory holds ``prunekit.json`` (format tag, model class, the example input's shapes, every plan with the
-group source and config that finds its groups again: ignore patterns, round_to, heads ...) and ``model.safetensors``
-(the full state dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata).
-Loading traces the fresh model on zeros of the recorded shapes, replays the plans in order (each is checked against
-the model's groups before it cuts anything) and loads the weights strictly, with their module versions.
-A model of another architecture fails with :class:`ArchitectureMismatchError`, naming the first group, key or shape
-that differs.
+The directory holds ``prunekit.json`` (format tag, model class, the example input's shapes, every plan with what it
+changed module by module and the group source that finds its groups again, and ``native``: how the model reloads
+without prunekit, ``timm.create_model(name, **kwargs)`` or transformers' class, or why it cannot) and ``model.safetensors`` (the full state
+dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata; tensors the state dict
+leaves out, non-persistent buffers that pruning resized, go to ``buffers.safetensors``).
+
+Loading does not trace: every plan records, per module, the tensors it resized and the attributes it changed
+(:mod:`prunekit.core.structure`), so the fresh model's modules are resized directly and the weights loaded strictly,
+with their module versions; a model whose forward cannot run at load time loads all the same. Files written before
+plans recorded their changes (or by a plan that created a module) are loaded the older way: the fresh model is traced
+on zeros of the recorded shapes and the plans replayed in order, each checked against the model's groups first.
+A model of another architecture fails with :class:`ArchitectureMismatchError`, naming the first module, group, key
+or shape that differs, before anything is changed.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from ..atomic import atomic_write
 from ..core.plan import Plan, applied_plans, input_spec, inputs_from_spec, record_applied
 from ..engine.sources import DEFAULT_GROUP_SOURCE, groups_fn_from
 from ..registry import PrunekitError
+from ..core.structure import check_resizable, replayable, resize
 from .statedict import load_into, load_safetensors, versions_metadata, with_versions
 
 __all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "FORMAT"]
@@ -34,6 +41,7 @@ __all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "FORMAT"]
 FORMAT = "prunekit.pruned/1"
 META_FILE = "prunekit.json"
 WEIGHTS_FILE = "model.safetensors"
+BUFFERS_FILE = "buffers.safetensors"
 
 
 class ArchitectureMismatchError(PrunekitError, ValueError):
@@ -70,16 +78,55 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
     own = model.state_dict()
     state = with_versions({k: v.detach().to("cpu").contiguous().clone() for k, v in own.items()}, own)
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, **versions_metadata(state)})
+    extra = _resized_buffers(model, plans, own)
+    if extra:
+        save_file(extra, str(directory / BUFFERS_FILE), metadata={"format": FORMAT})
+    elif (directory / BUFFERS_FILE).is_file() and _written_by_us(directory / BUFFERS_FILE):
+        (directory / BUFFERS_FILE).unlink()  # a stale one from an earlier save into this directory
     meta = {"format": FORMAT, "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "example_inputs": spec, "plans": [p.to_dict() for p in plans],
-            "params": sum(v.numel() for v in state.values())}
+            "params": sum(v.numel() for v in state.values()), "native": _native(model)}
     atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return directory
 
 
+def _native(model: nn.Module) -> dict[str, Any]:
+    """How the model reloads without prunekit (timm's kwargs, transformers' class), or why it cannot."""
+    from ..native import NotNativeError, native_reload
+
+    try:
+        return native_reload(model)
+    except NotNativeError as e:
+        return {"problem": str(e)}
+
+
+def _resized_buffers(model: nn.Module, plans: list[Plan], state: dict) -> dict:
+    """Buffers the plans resized that ``state_dict()`` leaves out (non-persistent), by their names."""
+    out = {}
+    named = dict(model.named_buffers())
+    for plan in plans:
+        for name, shapes in plan.meta.get("structure", {}).get("tensors", {}).items():
+            for t in shapes:
+                key = f"{name}.{t}" if name else t
+                if key not in state and key in named:
+                    out[key] = named[key].detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _written_by_us(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - not a safetensors file: not ours to delete
+        return False
+
+
 def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
-    """Replay the saved plans on ``model`` (a freshly built, unpruned instance of the saved architecture) and load
-    the saved weights into it, with the module versions they were saved with; returns it (in place)."""
+    """Resize ``model`` (a freshly built, unpruned instance of the saved architecture) to the saved one and load the
+    saved weights into it, with the module versions they were saved with; returns it (in place). Nothing is traced
+    unless the file predates recorded changes (module docstring)."""
     directory = Path(directory)
     meta_path = directory / META_FILE
     if not meta_path.is_file():
@@ -91,9 +138,51 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
     if meta["model"] != cls:
         raise ArchitectureMismatchError(f"load_pruned: {str(directory)!r} holds a pruned {meta['model']}, got a "
                                         f"{cls}; build the same architecture (unpruned) and pass it")
-    example = inputs_from_spec(meta["example_inputs"])
-    for i, d in enumerate(meta["plans"]):
-        plan = Plan.from_dict(d)
+    plans = [Plan.from_dict(d) for d in meta["plans"]]
+    saved = load_safetensors(directory / WEIGHTS_FILE)
+    if replayable(p.meta.get("structure") for p in plans):
+        _resize_all(model, plans, directory)
+    else:
+        _replay_all(model, plans, inputs_from_spec(meta["example_inputs"]))
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [f"{k}: saved {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in saved.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        detail = "; ".join(filter(None, [f"missing keys {missing[:3]}" if missing else "",
+                                         f"unexpected keys {unexpected[:3]}" if unexpected else "",
+                                         f"shapes differ {shapes[:3]}" if shapes else ""]))
+        raise ArchitectureMismatchError(f"load_pruned: the saved weights do not fit the resized model ({detail})")
+    load_into(model, saved, strict=True)
+    if (directory / BUFFERS_FILE).is_file():
+        import torch
+
+        buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for k, v in load_safetensors(directory / BUFFERS_FILE).items():
+                buffers[k].copy_(v)
+    return model
+
+
+def _resize_all(model: nn.Module, plans: list[Plan], directory: Path) -> None:
+    """Every plan's recorded changes on ``model``, no tracing; the first plan is checked whole before anything
+    changes (later ones apply to the model the earlier ones made)."""
+    memo: dict = {}
+    for i, plan in enumerate(plans):
+        record = plan.meta["structure"]
+        problems = check_resizable(model, record)
+        if problems:
+            raise ArchitectureMismatchError(
+                f"load_pruned: plan {i} of {str(directory)!r} does not fit this model ({'; '.join(problems[:3])}); "
+                f"is it the same architecture, built with the same arguments, and unpruned?")
+        resize(model, record, memo)
+        record_applied(model, plan)
+
+
+def _replay_all(model: nn.Module, plans: list[Plan], example: Any) -> None:
+    """The older way: trace ``model`` on ``example`` and replay the plans through its groups."""
+    for i, plan in enumerate(plans):
         groups = groups_fn_from(plan.meta.get("groups", DEFAULT_GROUP_SOURCE))(model, example)
         found = {g.name: g.width for g in groups}
         missing = [k for k in plan.widths if k not in found]
@@ -104,16 +193,3 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
                                             f"same architecture, built with the same arguments, and unpruned?")
         plan.apply(model, groups)
         record_applied(model, plan)
-    saved = load_safetensors(directory / WEIGHTS_FILE)
-    own = model.state_dict()
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    shapes = [f"{k}: saved {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in saved.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        detail = "; ".join(filter(None, [f"missing keys {missing[:3]}" if missing else "",
-                                         f"unexpected keys {unexpected[:3]}" if unexpected else "",
-                                         f"shapes differ {shapes[:3]}" if shapes else ""]))
-        raise ArchitectureMismatchError(f"load_pruned: the saved weights do not fit the replayed model ({detail})")
-    load_into(model, saved, strict=True)
-    return model

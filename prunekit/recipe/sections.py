@@ -108,6 +108,9 @@ class BackboneSection:
     max_layer_ratio: Optional[float] = field(**option(
         "the most one group may lose over the run, as a fraction of its width, in [0, 1] (null: down to min_width)",
         default=None))
+    uniform: bool = field(**option(
+        "keep every repeated block at one width (the same heads per attention, MLP width per block), so the pruned "
+        "model's config / timm constructor describes it and it reloads without prunekit", default=False))
 
     def __post_init__(self):
         check_count("strategy.backbone.min_width", self.min_width, 1)

@@ -72,7 +72,7 @@ def recipe_groups_fn(recipe: Recipe) -> str | BackboneGroups:
     b = s.backbone
     with _strategy_keys(recipe):
         return backbone_groups(ignore=b.ignore, min_width=b.min_width, round_to=b.round_to,
-                               max_layer_ratio=b.max_layer_ratio, heads=b.heads)
+                               max_layer_ratio=b.max_layer_ratio, heads=b.heads, uniform=b.uniform)
 
 
 def engine_widths(engine: Engine | None, recipe: Recipe) -> tuple[dict[str, int], float | None]:
