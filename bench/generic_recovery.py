@@ -13,7 +13,12 @@ recipe's split and ``train`` settings, ``prunekit.train.trainer.Trainer``):
 * ``torch_pruning``: ``tp.pruner.BasePruner`` with ``GroupMagnitudeImportance``, global, ``num_heads`` with
   ``prune_num_heads=True`` (whole heads), the residual width's layers ignored; its channel ratio is bisected until
   the MACs removed are within 1 % of 50 %;
-* ``random``: ``prunekit.prune(..., scorer="random")``.
+* ``random``: ``prunekit.prune(..., scorer="random")``;
+* ``prunekit_l1_uniform``: ``prunekit_l1`` with ``uniform=True`` (every block keeps the same MLP width and number of
+  heads, so ``timm.create_model(**pk.architecture_kwargs(model))`` rebuilds it): what uniformity costs.
+
+Latency is the median of 20 forwards of a batch of 256 at one thread (interleaved with nothing else: one method's
+model at a time, after its fine-tuning).
 
 Top-1 is the validation accuracy after the last epoch, 3 training seeds (the data split is the recipe's).
 
@@ -43,7 +48,7 @@ from prunekit.train.trainer import Trainer, seed_everything
 from common import device, parser, write
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-METHODS = ["unpruned", "prunekit_l1", "prunekit_taylor", "torch_pruning", "random"]
+METHODS = ["unpruned", "prunekit_l1", "prunekit_taylor", "torch_pruning", "random", "prunekit_l1_uniform"]
 KEEP_WIDTH = ["patch_embed.proj"]  # the residual width: only MLP neurons and heads are pruned
 
 
@@ -96,9 +101,10 @@ def prune(method: str, model: nn.Module, x: torch.Tensor, ratio: float, calibrat
         tp_prune(model, x, r)
         extra = {"channel_ratio": r}
     elif method != "unpruned":
-        scorer = {"prunekit_l1": "l1_mean", "prunekit_taylor": "taylor", "random": "random"}[method]
+        scorer = {"prunekit_l1": "l1_mean", "prunekit_taylor": "taylor", "random": "random",
+                  "prunekit_l1_uniform": "l1_mean"}[method]
         pk.prune(model, x, ratio=ratio, target="macs", scorer=scorer, ignore=KEEP_WIDTH,
-                 calibration=calibration if scorer == "taylor" else None)
+                 calibration=calibration if scorer == "taylor" else None, uniform=method.endswith("_uniform"))
     return {"prune_seconds": time.perf_counter() - t0, **extra}
 
 
@@ -127,9 +133,11 @@ def main():
         params, macs = count_parameters(model), count_macs(model, x)
         trainer = Trainer(dataclasses.replace(t, seed=seed), train_loader, val_loader, dev)
         metrics = trainer.train_cycle(model, trainer.make_optimizer(model.parameters()), 0)
+        latency = forward_ms(model, x, dev, quick=args.quick)
         runs.append({"method": method, "seed": seed, "top1": metrics["last_top1"], "best_top1": metrics["best_top1"],
                      "params": params, "macs": macs, "params_removed": 1 - params / params0,
-                     "macs_removed": 1 - macs / macs0, **info, "seconds": time.perf_counter() - t0})
+                     "macs_removed": 1 - macs / macs0, "latency_ms": latency, **info,
+                     "seconds": time.perf_counter() - t0})
         print(f"{method} seed {seed}: top1 {metrics['last_top1']:.4f}, MACs -{100 * (1 - macs / macs0):.1f} %, "
               f"params -{100 * (1 - params / params0):.1f} % ({time.perf_counter() - t0:.0f} s)", flush=True)
     summary = {}
@@ -138,17 +146,34 @@ def main():
         top1 = [r["top1"] for r in rs]
         summary[method] = {"top1_mean": statistics.mean(top1), "top1_std": statistics.pstdev(top1), "top1": top1,
                            "params": rs[0]["params"], "macs": rs[0]["macs"], "params_removed": rs[0]["params_removed"],
-                           "macs_removed": rs[0]["macs_removed"]}
+                           "macs_removed": rs[0]["macs_removed"],
+                           "latency_ms": statistics.median(r["latency_ms"] for r in rs)}
     write("generic_recovery", {"ratio": args.ratio, "target": "macs", "epochs": t.epochs, "seeds": seeds,
                                "recipe": "recipes/quickstart.yaml", "train": dataclasses.asdict(t), "runs": runs,
                                "summary": summary, "table": table(summary)}, args.out, dev)
 
 
+def forward_ms(model: nn.Module, x: torch.Tensor, dev, quick: bool = False) -> float:
+    """Median milliseconds of a forward of a batch of 256 (one thread, eval, no grad)."""
+    from common import median, timeit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    batch = torch.randn(16 if quick else 256, *x.shape[1:], device=dev)
+    model.eval()
+    try:
+        with torch.no_grad():
+            return 1000 * median(timeit(lambda: model(batch), dev, repeat=3 if quick else 20, warmup=2))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def table(summary: dict) -> str:
-    rows = ["| method | top-1 (mean ± std over seeds) | params | MACs | MACs removed |", "|---|---:|---:|---:|---:|"]
+    rows = ["| method | top-1 (mean ± std over seeds) | params | MACs | MACs removed | latency (ms, batch 256) |",
+            "|---|---:|---:|---:|---:|---:|"]
     for m, s in summary.items():
         rows.append(f"| {m} | {100 * s['top1_mean']:.2f} ± {100 * s['top1_std']:.2f} | {s['params']:,} | "
-                    f"{s['macs']:,} | {100 * s['macs_removed']:.1f} % |")
+                    f"{s['macs']:,} | {100 * s['macs_removed']:.1f} % | {s['latency_ms']:.1f} |")
     return "\n".join(rows)
 
 

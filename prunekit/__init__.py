@@ -3,9 +3,9 @@
 The layers, one folder each, lowest first: ``core`` (the group protocol on torch-pruning's dependency graph, policy,
 plans, undo), ``groups`` (channels, attention heads), ``ranking`` (scorers, scopes), ``budget`` (budgets, cost,
 the selection search), ``engine`` (the iterative engine, ``prune()``, schedule, strategies; built-ins in
-``strategies/``), ``adapters`` (TINA's adapters), ``methods`` (the PET baselines), ``io`` (files: run directories,
-saved pruned models, export), ``native`` (reloading with timm / transformers alone), ``data``, ``models``, ``train``, ``recipe``, ``run`` (a recipe's phases), ``ablation``;
-``cli`` on top. ``docs/architecture.md`` draws them.
+``strategies/``), ``native`` (reloading with timm / transformers alone), ``adapters`` (TINA's adapters),
+``methods`` (the PET baselines), ``io`` (files: run directories, saved pruned models, export), ``data``, ``models``,
+``train``, ``recipe``, ``run`` (a recipe's phases), ``ablation``; ``cli`` on top. ``docs/architecture.md`` draws them.
 """
 # Every public name is imported on first use (PEP 562): ``import prunekit.cli`` answers ``prunekit --help`` without
 # importing torch, timm or torch-pruning; ``prunekit.prune`` / ``from prunekit import Engine`` import their module then.
@@ -33,6 +33,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "core.policy": ("Policy", "UnreachableTargetError",),
     "engine.sources": ("register_group_source", "replay",),
     "io.pruned": ("ArchitectureMismatchError", "load_pruned", "save_pruned",),
+    "io.export": ("export", "ExportError",),
     "native": ("NotNativeError", "architecture_kwargs", "check_native", "native_reload",),
     # TINA: adapters in a frozen backbone
     "adapters.layers": ("Adapter", "NoMatchingModuleError",),

@@ -364,14 +364,16 @@ def eval_(run_dir, cycle, as_json):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript", show_default=True,
-              help="onnx needs pip install 'prunekit[export]'")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx", "torch_export"]), default="torchscript",
+              show_default=True, help="onnx needs pip install 'prunekit[export]'; torch_export: an ExportedProgram "
+              "(.pt2, torch.export.load)")
 @click.option("--cycle", type=int, default=None, help="training cycle to export (default: the last)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="file to write (default: RUN_DIR/export/cycle_K.pt or .onnx)")
+              help="file to write (default: RUN_DIR/export/cycle_K.pt, .onnx or .pt2)")
 @click.option("--overwrite", is_flag=True, help="replace an existing file")
 def export(run_dir, fmt, cycle, out, overwrite):
-    """Write RUN_DIR's model (backbone + adapters or pruned structure + head) as one TorchScript or ONNX file.
+    """Write RUN_DIR's model (backbone + adapters or pruned structure + head) as one TorchScript, ONNX or
+    torch.export file.
 
     \b
     The file is checked against PyTorch on a batch of another size than the traced one (the batch stays dynamic);

@@ -70,25 +70,30 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_
 def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
     """Every Python block of docs/generic-pruning.md, in order, in an empty folder (one intra-op thread)."""
     blocks = python_blocks(DOCS / "generic-pruning.md")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     monkeypatch.chdir(tmp_path)
-    spaces = []
+    spaces, outs = [], []
     for i, block in enumerate(blocks):
         spaces.append({})
         exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
-    one, engine, scorers, hf = spaces
+        outs.append(capsys.readouterr().out.splitlines())
+    one, engine, scorers, hf, native = spaces
     assert abs(one["plan"].meta["reached"] - 0.5) < 0.01 and one["plan"].meta["macs_after"] < one["plan"].meta[
         "macs_before"]
     history = engine["engine"].history
     assert [r.plan is not None for r in history] == [True, True, False]
     assert abs(history[1].reached - 0.75) < 0.02
     assert (tmp_path / "resnet18-quarter" / "prunekit.json").is_file()
-    out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[-5:-1]] == ["l1", "l1_mean", "lamp", "l2_max"]
-    assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in out[-5:-1])
+    assert [line.split()[0] for line in outs[2][-4:]] == ["l1", "l1_mean", "lamp", "l2_max"]
+    assert all(abs(float(line.split()[1]) - 0.5) < 0.02 for line in outs[2][-4:])
     assert scorers["plan"].meta["scorer"] == "taylor"
     assert abs(hf["plan"].meta["reached"] - 0.3) < 0.05 and hf["heads"]  # heads and neurons both went
     assert hf["ids"].shape == (1, 12) and (tmp_path / "llama-pruned" / "prunekit.json").is_file()
+    # reloading without prunekit: the kwargs printed, the free model's reason, the export's report
+    assert "'mlp_ratio'" in outs[4][0] and native["native"]["library"] == "timm"
+    assert "MLP widths differ between blocks" in outs[4][1] and "uniform=True" in outs[4][1]
+    assert "'format': 'torch_export'" in outs[4][2] and (tmp_path / "vit-free.pt2").is_file()
+    assert native["again"].config.intermediate_size < 128 and (tmp_path / "llama-uniform" / "config.json").is_file()
 
 
 def bash_commands(text: str) -> list[str]:

@@ -276,6 +276,21 @@ def test_prunekit_load_of_a_run_directory_in_a_new_process(runs, kind, tmp_path)
     assert torch.equal(_load_elsewhere(run_dir, x, tmp_path), output(pk.load(run_dir), x))
 
 
+@pytest.mark.parametrize("kind", ["adapters", "backbone"])
+def test_a_run_directory_loads_without_tracing(runs, kind, monkeypatch):
+    """Its plans recorded what they changed: the rebuilt model is resized, not traced and replayed."""
+    import torch_pruning as tp
+
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    expected = output(pk.load(runs[kind]), x)
+
+    def refuse(*a, **k):
+        raise AssertionError("loading the run traced the model")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", refuse)
+    assert torch.equal(output(pk.load(runs[kind]), x), expected)
+
+
 def test_one_trained_file_loads_in_a_new_process(runs, tmp_path):
     alone = tmp_path / "task.safetensors"
     last = sorted((runs["adapters"] / "adapters").glob("cycle_*.safetensors"))[-1]

@@ -120,3 +120,17 @@ def test_uniform_capacity_is_the_most_constrained_member():
     with pytest.raises(pk.UnreachableTargetError, match="at most"):
         pk.prune(model, x, ratio=0.9, uniform=True, ignore=["patch_embed.proj"])
     assert all(b.mlp.fc1.out_features == 768 for b in model.blocks)
+
+
+def test_a_recipe_asks_for_uniform_backbone_pruning(tmp_path):
+    from prunekit.recipe.spec import load_recipe
+    from prunekit.run.prune import recipe_groups_fn
+    from test_cli import tiny_recipe
+
+    path = tiny_recipe(tmp_path, method={"name": "full"},
+                       strategy={"groups": "backbone", "budget": {"params": 0.3}, "backbone": {"uniform": True}})
+    groups_fn = recipe_groups_fn(load_recipe(path))
+    assert groups_fn.uniform and groups_fn.group_source[1]["uniform"] is True
+    with pytest.raises(pk.ConfigError, match="strategy.backbone.uniform"):
+        bad = tiny_recipe(tmp_path, name="bad", strategy={"groups": "backbone", "backbone": {"uniform": "yes"}})
+        load_recipe(bad)

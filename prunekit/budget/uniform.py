@@ -4,14 +4,15 @@ A **family** is a set of groups tied together: every step removes ``units`` unit
 members' widths move in lockstep. :func:`families` forms them from the groups:
 
 - **repeated blocks** (the default rule): groups of the same kind and width whose names differ only in their index
-  components (``blocks.0.mlp.fc1`` ... ``blocks.11.mlp.fc1``; ``model.layers.*.self_attn``; ``layer2.*.conv1``) are one
-  family, one unit per step each: every block keeps the same MLP width, the same number of (key/value) heads;
-- **constructor ties** registered per model class (:func:`~prunekit.groups.ties.register_ties`), where a library's constructor derives one
-  width from another: timm's ConvNeXt builds every block's MLP as ``4 x`` its stage's width, so a stage's stream
-  channels and its blocks' MLP neurons form one family, 1 and 4 units per step;
+  components (``blocks.0.mlp.fc1`` ... ``blocks.11.mlp.fc1``; ``model.layers.*.self_attn``; ``layer2.*.conv1``) are
+  one family, one unit per step each: every block keeps the same MLP width, the same number of (key/value) heads;
+- **constructor ties** registered per model class (:func:`~prunekit.groups.ties.register_ties`), where a library's
+  constructor derives one width from another: timm's ConvNeXt builds every block's MLP as ``4 x`` its stage's
+  width, so a stage's stream channels and its blocks' MLP neurons form one family, 1 and 4 units per step;
 - every other group is a family of its own (it prunes as it would without ``uniform``), except in a model whose
-  widths a config describes (:func:`~prunekit.groups.ties.register_config_described`: transformers models), where such a group keeps its
-  width: a config has no field for one layer's width (BERT's pooler is ``hidden_size`` wide, whatever happens).
+  widths a config describes (:func:`~prunekit.groups.ties.register_config_described`: transformers models), where
+  such a group keeps its width: a config has no field for one layer's width (BERT's pooler is ``hidden_size`` wide,
+  whatever happens).
 
 **Which units go.** Unit ``j`` of one block and unit ``j`` of another have nothing in common (a block's hidden units
 can be permuted without changing the model), so summing scores by index would keep or drop units for no reason.
@@ -36,8 +37,8 @@ from ..core.plan import Plan
 from ..groups.ties import CONFIG_DESCRIBED, TIES
 from ..ranking.scopes import Limit
 
-__all__ = ["Family", "families", "register_ties", "TIES", "register_config_described", "CONFIG_DESCRIBED", "family_problem", "FamilyCost", "UnitCount",
-           "family_scores", "family_limits", "expand"]
+__all__ = ["Family", "families", "family_problem", "FamilyCost", "UnitCount", "family_scores", "family_limits",
+           "expand", "describe"]
 
 _NUMBER = re.compile(r"(?:(?<=\.)|^)\d+(?=\.|$)")  # a whole dotted component: blocks.3.mlp, not fc1
 

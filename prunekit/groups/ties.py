@@ -12,8 +12,8 @@ constructor needs on top, so that :func:`~prunekit.native.architecture_kwargs` c
   widths (1, 2, 4, 8 neurons per step for Swin-T); heads keep ``head_dim`` and stay per stage.
 
 In a transformers model a group that is no repeated block's (BERT's pooler) keeps its width: its config has no
-field for it. A rule names only groups that exist and fit (every width the same multiple of its units per step); anything else is
-left to the repeated-block rule.
+field for it. A rule names only groups that exist and fit (every width the same multiple of its units per step);
+anything else is left to the repeated-block rule.
 """
 from __future__ import annotations
 

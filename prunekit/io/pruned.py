@@ -5,13 +5,14 @@
     plan = pk.prune(model, x, ratio=0.5)
     pk.save_pruned(model, "out/resnet50-half")             # plans recorded by prune(), or plans=[...]
     fresh = timm.create_model("resnet50", num_classes=10)  # the same architecture, unpruned
-    model = pk.load_pruned("out/resnet50-half", fresh)     # replays the plans, loads the weights
+    model = pk.load_pruned("out/resnet50-half", fresh)     # resizes its modules (no tracing), loads the weights
 
 The directory holds ``prunekit.json`` (format tag, model class, the example input's shapes, every plan with what it
 changed module by module and the group source that finds its groups again, and ``native``: how the model reloads
-without prunekit, ``timm.create_model(name, **kwargs)`` or transformers' class, or why it cannot) and ``model.safetensors`` (the full state
-dict after pruning, with the module versions of ``state_dict()._metadata`` in its metadata; tensors the state dict
-leaves out, non-persistent buffers that pruning resized, go to ``buffers.safetensors``).
+without prunekit, ``timm.create_model(name, **kwargs)`` or transformers' class, or why it cannot) and
+``model.safetensors`` (the full state dict after pruning, with the module versions of ``state_dict()._metadata`` in
+its metadata; tensors the state dict leaves out, non-persistent buffers that pruning resized, go to
+``buffers.safetensors``).
 
 Loading does not trace: every plan records, per module, the tensors it resized and the attributes it changed
 (:mod:`prunekit.core.structure`), so the fresh model's modules are resized directly and the weights loaded strictly,
@@ -36,7 +37,7 @@ from ..registry import PrunekitError
 from ..core.structure import check_resizable, replayable, resize
 from .statedict import load_into, load_safetensors, versions_metadata, with_versions
 
-__all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "FORMAT"]
+__all__ = ["save_pruned", "load_pruned", "ArchitectureMismatchError", "FORMAT", "resize_to_plans"]
 
 FORMAT = "prunekit.pruned/1"
 META_FILE = "prunekit.json"
@@ -165,9 +166,20 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def _resize_all(model: nn.Module, plans: list[Plan], directory: Path) -> None:
+def resize_to_plans(model: nn.Module, plans: list[Plan], source: str | Path) -> set[str]:
+    """Resize ``model`` (fresh, unpruned) to what ``plans`` made of it, without tracing; returns the state-dict keys of
+    the tensors left uninitialised, for the caller to load. Raises :class:`ArchitectureMismatchError` before changing
+    anything when the first plan does not fit, and :class:`PrunekitError` when the plans did not record their
+    changes (written before they did: replay them instead)."""
+    if not replayable(p.meta.get("structure") for p in plans):
+        raise PrunekitError(f"{source}: its plans do not record what they changed (written before they did); "
+                            f"replay them instead")
+    return _resize_all(model, plans, Path(source))
+
+
+def _resize_all(model: nn.Module, plans: list[Plan], directory: Path) -> set[str]:
     """Every plan's recorded changes on ``model``, no tracing; the first plan is checked whole before anything
-    changes (later ones apply to the model the earlier ones made)."""
+    changes (later ones apply to the model the earlier ones made). Returns the keys of the uninitialised tensors."""
     memo: dict = {}
     for i, plan in enumerate(plans):
         record = plan.meta["structure"]
@@ -178,6 +190,8 @@ def _resize_all(model: nn.Module, plans: list[Plan], directory: Path) -> None:
                 f"is it the same architecture, built with the same arguments, and unpruned?")
         resize(model, record, memo)
         record_applied(model, plan)
+    new = {id(t) for _, t in memo.values()}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in new}
 
 
 def _replay_all(model: nn.Module, plans: list[Plan], example: Any) -> None:

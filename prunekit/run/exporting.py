@@ -1,23 +1,23 @@
-"""Export: a run directory's model at a cycle, as one TorchScript or ONNX file that needs neither prunekit nor timm.
+"""Export: a run directory's model at a cycle, as one TorchScript, ONNX or ``torch.export`` file that needs neither
+prunekit nor timm.
 
 The model is rebuilt exactly as ``prunekit eval`` rebuilds it (:func:`~prunekit.run.reload.load_run`), put in eval
 mode, traced on the recipe's example input and checked against PyTorch on a batch of another size
-(:func:`~prunekit.io.export.export_model`). The default file is ``RUN_DIR/export/cycle_K.{pt,onnx}``, a file prunekit
-adds to the run directory's manifest; any existing file there or at ``--out`` is refused unless ``--overwrite``.
+(:func:`~prunekit.io.export.export_model`). The default file is ``RUN_DIR/export/cycle_K.{pt,onnx,pt2}``, a file
+prunekit adds to the run directory's manifest; any existing file there or at ``--out`` is refused unless
+``--overwrite``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..io.export import ExportError, export_model
+from ..io.export import SUFFIXES, ExportError, export_model
 from ..io.rundir import RunDir
 from .build import example_inputs
 from .reload import load_run
 
 __all__ = ["export_run", "SUFFIXES"]
-
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
 def export_run(run_dir: str | Path, *, format: str = "torchscript", cycle: int | None = None,

@@ -1,7 +1,8 @@
 """Reload: a run directory rebuilt into the model it trained, at any finished cycle, and its top-1 measured again.
 
 ``prunekit eval`` goes through the same phases as the run: the recipe of ``recipe.resolved.yaml`` checked and built,
-the plans of ``plan.json`` replayed, the cycle's trained parameters (a backbone run: the whole pruned model) loaded,
+the model resized to the plans of ``plan.json`` (from what each recorded it changed, without tracing; plans written
+before they recorded it are replayed), the cycle's trained parameters (a backbone run: the whole pruned model) loaded,
 the validation set loaded as the run loaded it. A damaged run directory (a truncated or edited file, a missing adapter
 file) is a named error.
 """
@@ -20,7 +21,9 @@ from ..errors import PrunekitError, ConfigError
 from ..core.plan import Plan
 from ..engine.sources import replay
 from ..recipe.spec import Recipe, read_yaml
+from ..core.structure import replayable
 from ..io.files import read_lines
+from ..io.pruned import resize_to_plans
 from ..io.rundir import RunDir
 from ..io.statedict import load_into, load_safetensors
 from ..train.trainer import Trainer, seed_everything, select_device
@@ -54,7 +57,13 @@ def load_run(run_dir: str | Path, cycle: int | None = None, checkpoint: str | Pa
     model = build_for_reload(recipe, trained, checkpoint, str(run_dir))
     plans = _plans_before(rd.file("plan.json"), cycle)
     try:
-        replay(model, plans, example_inputs(recipe))
+        resized = False
+        if replayable(p.meta.get("structure") for p in plans):  # no tracing: resized, then loaded from the file
+            resized = resize_to_plans(model, plans, run_dir) <= set(trained)
+            if not resized:  # a resized tensor the cycle's file does not hold (a frozen one): slice it instead
+                model = build_for_reload(recipe, trained, checkpoint, str(run_dir))
+        if not resized:  # or plans from before they recorded their changes
+            replay(model, plans, example_inputs(recipe))
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise PrunekitError(f"{run_dir}: plan.json and {rec['adapter_file']} do not fit the model of "
                             f"recipe.resolved.yaml ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
