@@ -15,7 +15,10 @@ recipe's split and ``train`` settings, ``prunekit.train.trainer.Trainer``):
   the MACs removed are within 1 % of 50 %;
 * ``random``: ``prunekit.prune(..., scorer="random")``;
 * ``prunekit_l1_uniform``: ``prunekit_l1`` with ``uniform=True`` (every block keeps the same MLP width and number of
-  heads, so ``timm.create_model(**pk.architecture_kwargs(model))`` rebuilds it): what uniformity costs.
+  heads): what uniformity costs;
+* ``prunekit_l1_uniform_native``: ``uniform=True`` with the residual width prunable too, so a head goes with
+  ``head_dim`` channels of it and ``timm.create_model(**pk.architecture_kwargs(model))`` rebuilds the result (each
+  run records whether it does: ``native``).
 
 Latency is the median of 20 forwards of a batch of 256 at one thread (interleaved with nothing else: one method's
 model at a time, after its fine-tuning).
@@ -48,7 +51,8 @@ from prunekit.train.trainer import Trainer, seed_everything
 from common import device, parser, write
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-METHODS = ["unpruned", "prunekit_l1", "prunekit_taylor", "torch_pruning", "random", "prunekit_l1_uniform"]
+METHODS = ["unpruned", "prunekit_l1", "prunekit_taylor", "torch_pruning", "random", "prunekit_l1_uniform",
+           "prunekit_l1_uniform_native"]
 KEEP_WIDTH = ["patch_embed.proj"]  # the residual width: only MLP neurons and heads are pruned
 
 
@@ -102,10 +106,17 @@ def prune(method: str, model: nn.Module, x: torch.Tensor, ratio: float, calibrat
         extra = {"channel_ratio": r}
     elif method != "unpruned":
         scorer = {"prunekit_l1": "l1_mean", "prunekit_taylor": "taylor", "random": "random",
-                  "prunekit_l1_uniform": "l1_mean"}[method]
-        pk.prune(model, x, ratio=ratio, target="macs", scorer=scorer, ignore=KEEP_WIDTH,
-                 calibration=calibration if scorer == "taylor" else None, uniform=method.endswith("_uniform"))
-    return {"prune_seconds": time.perf_counter() - t0, **extra}
+                  "prunekit_l1_uniform": "l1_mean", "prunekit_l1_uniform_native": "l1_mean"}[method]
+        pk.prune(model, x, ratio=ratio, target="macs", scorer=scorer,
+                 ignore=[] if method.endswith("_native") else KEEP_WIDTH,
+                 calibration=calibration if scorer == "taylor" else None, uniform="_uniform" in method)
+    seconds = time.perf_counter() - t0
+    try:  # whether timm's constructor can rebuild the result
+        pk.architecture_kwargs(model)
+        extra["native"] = True
+    except pk.NotNativeError:
+        extra["native"] = False
+    return {"prune_seconds": seconds, **extra}
 
 
 def main():
@@ -136,7 +147,10 @@ def main():
         latency = forward_ms(model, x, dev, quick=args.quick)
         runs.append({"method": method, "seed": seed, "top1": metrics["last_top1"], "best_top1": metrics["best_top1"],
                      "params": params, "macs": macs, "params_removed": 1 - params / params0,
-                     "macs_removed": 1 - macs / macs0, "latency_ms": latency, **info,
+                     "macs_removed": 1 - macs / macs0, "latency_ms": latency,
+                     "widths": {"mlp": [b.mlp.fc1.out_features for b in model.blocks],
+                                "heads": [b.attn.num_heads for b in model.blocks],
+                                "embed": model.patch_embed.proj.out_channels}, **info,
                      "seconds": time.perf_counter() - t0})
         print(f"{method} seed {seed}: top1 {metrics['last_top1']:.4f}, MACs -{100 * (1 - macs / macs0):.1f} %, "
               f"params -{100 * (1 - params / params0):.1f} % ({time.perf_counter() - t0:.0f} s)", flush=True)

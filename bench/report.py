@@ -116,6 +116,12 @@ def write_report(results: Path) -> Path:
     cs = _load(results, "cli_startup")
     if cs:
         parts += _cli_startup(cs)
+    lt = _load(results, "load_time")
+    if lt:
+        parts += _load_time(lt)
+    el = _load(results, "export_latency")
+    if el:
+        parts += _export_latency(el)
     DOC.write_text("\n".join(parts) + "\n")
     return DOC
 
@@ -223,6 +229,48 @@ def _cli_startup(cs: dict) -> list[str]:
         goal = _mark(r["extra_s"] < cs["goal_extra_s"]) if r["goal"] else "-"
         parts.append(f"| `{name}` | {r['median_s']:.3f} | {r['ratio']:.2f}x | {r['extra_s']:.3f} | {r['exit_code']} | "
                      f"{goal} |")
+    return parts + [""]
+
+
+def _load_time(lt: dict) -> list[str]:
+    """Section 9: loading a pruned model without tracing (bench/load_time.py)."""
+    m = lt["machine"]
+    parts = ["## 9. Loading a pruned model: `load_pruned` vs a plain `load_state_dict`", "",
+             "Each model loses 30 % of its parameters to `pk.prune` (random weights, one example image), is saved with "
+             "`pk.save_pruned`, then loaded three ways, side by side in each of "
+             f"{lt['repeat']} rounds (median), on models built beforehand: `state_dict` is `safetensors.torch."
+             "load_file` + `load_state_dict(strict=True)` into a model that already has the pruned shapes (what "
+             "`timm.create_model(**kwargs)` or `from_pretrained` then costs); `load_pruned` resizes a fresh unpruned "
+             "model from the plans' records and loads the weights; `replay` is the same directory without the "
+             "records (files of earlier versions: trace, find the groups, replay). "
+             f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.", "",
+             "```bash", f"python bench/{lt['command']}", "```", "",
+             "| model | weights (MB) | prune (s) | `state_dict` (ms) | `load_pruned` (ms) | `replay` (ms) | "
+             "`load_pruned` / `state_dict` | `replay` / `state_dict` | same outputs | goal <= 2x |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name, r in lt["models"].items():
+        parts.append(f"| {name} | {r['weights_mb']:.1f} | {r['prune_s']:.2f} | {1e3 * r['state_dict_s']:.1f} | "
+                     f"{1e3 * r['load_pruned_s']:.1f} | {1e3 * r['replay_s']:.1f} | "
+                     f"{r['load_pruned_over_state_dict']:.2f}x | {r['replay_over_state_dict']:.1f}x | "
+                     f"{_yes(r['same_outputs'])} | {_mark(r['load_pruned_over_state_dict'] <= 2.0)} |")
+    return parts + ["", "What `load_pruned` adds is reading `prunekit.json` and writing into freshly allocated "
+                    "tensors (the resized modules' memory is new, the baseline's model already touched its own).", ""]
+
+
+def _export_latency(el: dict) -> list[str]:
+    """Section 10: the exported files' latency beside PyTorch's (bench/export_latency.py)."""
+    m = el["machine"]
+    parts = ["## 10. Export: PyTorch eager, TorchScript, `torch.export` and ONNX Runtime", "",
+             "Each model unpruned and with 50 % of its MACs pruned (`pk.prune(target='macs')`, random weights), "
+             "written by `pk.export` in each format (every file checked against PyTorch), then every (model, "
+             f"runtime) pair timed on one batch of {el['batch']} in {el['rounds']} interleaved rounds (median), "
+             f"{el['threads']} threads everywhere (ONNX Runtime's intra-op threads too); {m['cpu']}, "
+             f"{m['cores']} cores.", "", "```bash", f"python bench/{el['command']}", "```", "", el["table"], "",
+             "Speed-up over the unpruned model in eager PyTorch:", "",
+             "| model | " + " | ".join(k for k in next(iter(el["models"].values()))["speedup_vs_unpruned_eager"]) +
+             " |", "|---|" + "---:|" * len(next(iter(el["models"].values()))["speedup_vs_unpruned_eager"])]
+    for name, r in el["models"].items():
+        parts.append(f"| {name} | " + " | ".join(f"{v:.2f}x" for v in r["speedup_vs_unpruned_eager"].values()) + " |")
     return parts + [""]
 
 

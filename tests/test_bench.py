@@ -20,6 +20,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("vs_torch_pruning_families.py", {"models", "ratio"}),
     ("swin_offline_cost.py", {"methods", "grid_hours", "task_sizes"}),
     ("cli_startup.py", {"rows", "met"}),
+    ("load_time.py", {"models", "met"}),
+    ("export_latency.py", {"models", "table"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -31,6 +33,8 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     if script == "cli_startup.py":  # the timed commands did what they are timed for (the schema error exits 2)
         codes = {name: r["exit_code"] for name, r in data["rows"].items()}
         assert codes.pop("prunekit run BAD.yaml (schema error)") == 2 and set(codes.values()) == {0}
+    if script == "load_time.py":  # every way of loading gave the pruned model back
+        assert all(r["same_outputs"] for r in data["models"].values())
 
 
 def test_ablation_claims_pairs_cells_by_task_and_seed(tmp_path):

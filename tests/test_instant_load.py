@@ -154,3 +154,20 @@ def test_resize_keeps_shared_parameters_shared():
     resize(fresh, record, {})
     assert fresh[0].weight is fresh[1].weight and fresh[0].weight.shape == (3, 4)
     assert fresh[1].bias.shape == (3,) and fresh[1].bias is not fresh[0].bias
+
+
+def test_weights_that_do_not_fit_the_record_are_refused_before_anything_changes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = Armed().eval()
+    pk.prune(model, torch.randn(1, 3, 8, 8), ratio=0.3)
+    pk.save_pruned(model, tmp_path / "m")
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    weights["body.7.weight"] = weights["body.7.weight"][:1].clone()  # an edited file: one class fewer
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    fresh = Armed()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(pk.ArchitectureMismatchError, match=r"body.7.weight: saved \(1, \d+\), the resized model "
+                                                            r"would have \(2, \d+\)"):
+        pk.load_pruned(tmp_path / "m", fresh)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())

@@ -42,6 +42,7 @@ __all__ = ["Family", "families", "family_problem", "FamilyCost", "UnitCount", "f
 
 _NUMBER = re.compile(r"(?:(?<=\.)|^)\d+(?=\.|$)")  # a whole dotted component: blocks.3.mlp, not fc1
 
+
 @dataclass(frozen=True)
 class Family:
     """Groups whose widths move together: one step removes ``units`` units from each member.

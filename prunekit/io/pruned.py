@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from torch import nn
 
@@ -141,20 +141,15 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
                                         f"{cls}; build the same architecture (unpruned) and pass it")
     plans = [Plan.from_dict(d) for d in meta["plans"]]
     saved = load_safetensors(directory / WEIGHTS_FILE)
-    if replayable(p.meta.get("structure") for p in plans):
+    instant = replayable(p.meta.get("structure") for p in plans)
+    predicted = _predicted_shapes(model, plans) if instant else None
+    if predicted is not None:  # the weights checked against the shapes the records will give, before any change
+        _check_fits(predicted, saved, "the resized model would have")
+    if instant:
         _resize_all(model, plans, directory)
     else:
         _replay_all(model, plans, inputs_from_spec(meta["example_inputs"]))
-    own = model.state_dict()
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    shapes = [f"{k}: saved {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in saved.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        detail = "; ".join(filter(None, [f"missing keys {missing[:3]}" if missing else "",
-                                         f"unexpected keys {unexpected[:3]}" if unexpected else "",
-                                         f"shapes differ {shapes[:3]}" if shapes else ""]))
-        raise ArchitectureMismatchError(f"load_pruned: the saved weights do not fit the resized model ({detail})")
+    _check_fits({k: tuple(v.shape) for k, v in model.state_dict().items()}, saved, "the resized model has")
     load_into(model, saved, strict=True)
     if (directory / BUFFERS_FILE).is_file():
         import torch
@@ -164,6 +159,33 @@ def load_pruned(directory: str | Path, model: nn.Module) -> nn.Module:
             for k, v in load_safetensors(directory / BUFFERS_FILE).items():
                 buffers[k].copy_(v)
     return model
+
+
+def _predicted_shapes(model: nn.Module, plans: list[Plan]) -> dict[str, tuple[int, ...]] | None:
+    """The state dict's shapes after the plans' records (None when a plan moves modules: checked afterwards)."""
+    if any(p.meta["structure"].get("moved") for p in plans):
+        return None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for p in plans:
+        for name, tensors in p.meta["structure"].get("tensors", {}).items():
+            for t, (_, after) in tensors.items():
+                key = f"{name}.{t}" if name else t
+                if key in shapes:
+                    shapes[key] = tuple(after)
+    return shapes
+
+
+def _check_fits(shapes: Mapping[str, tuple[int, ...]], saved: Mapping[str, Any], what: str) -> None:
+    missing = [k for k in shapes if k not in saved]
+    unexpected = [k for k in saved if k not in shapes]
+    wrong = [f"{k}: saved {tuple(v.shape)}, {what} {shapes[k]}" for k, v in saved.items()
+             if k in shapes and tuple(v.shape) != shapes[k]]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [f"missing keys {missing[:3]}" if missing else "",
+                                         f"unexpected keys {unexpected[:3]}" if unexpected else "",
+                                         f"shapes differ {wrong[:3]}" if wrong else ""]))
+        raise ArchitectureMismatchError(f"load_pruned: the saved weights do not fit the model ({detail}); nothing "
+                                        f"was loaded")
 
 
 def resize_to_plans(model: nn.Module, plans: list[Plan], source: str | Path) -> set[str]:

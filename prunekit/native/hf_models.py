@@ -47,9 +47,12 @@ def check_native(model: nn.Module) -> None:
     ``from_pretrained`` reload it without prunekit)."""
     if not is_transformers_model(model):
         raise NotNativeError(f"{type(model).__name__} is not a transformers PreTrainedModel")
-    with torch.device("meta"):
-        built = type(model)(copy.deepcopy(model.config))
     what = f"{type(model).__name__}(config)"
+    try:
+        with torch.device("meta"):
+            built = type(model)(copy.deepcopy(model.config))
+    except Exception as e:  # noqa: BLE001 - whatever the class says, its config cannot build this model
+        raise NotNativeError(f"{what} fails ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     try:
         compare_shapes(model.state_dict(), built.state_dict(), what)
     except NotNativeError as e:

@@ -18,7 +18,9 @@ Swin (SwinTransformer)          ``embed_dim``, ``num_heads`` per stage, ``head_d
 Other families (ResNet, EfficientNet, MobileNet ...) build their widths from per-stage rules that channel pruning
 does not follow; they reload with :func:`~prunekit.load_pruned` or an export. Whatever the family, the kwargs are
 checked: ``create_model(name, **kwargs)`` is built on the meta device and every tensor's shape compared, and a
-difference raises :class:`~prunekit.native.NotNativeError` naming it.
+difference raises :class:`~prunekit.native.NotNativeError` naming it. Besides the widths, the kwargs carry what the
+model was built with that shapes do not show (``global_pool``, ``dynamic_img_size``); training-only arguments (drop
+rates) are not recorded.
 """
 from __future__ import annotations
 
@@ -64,12 +66,13 @@ def _vit(model: nn.Module) -> dict[str, Any]:
         raise NotNativeError(
             f"attention is {heads} heads of {head_dim} ({heads * head_dim} wide) but embed_dim is {dim}; timm's "
             f"VisionTransformer derives head_dim = embed_dim // num_heads, so it cannot build this: prune with "
-            f"uniform=True (a head goes with {head_dim} channels of the residual stream), or reload with "
-            f"prunekit.load_pruned / an export")
+            f"uniform=True and the residual stream (patch_embed.proj) not ignored, so a head goes with {head_dim} of "
+            f"its channels, or with heads=False; or reload with prunekit.load_pruned / an export")
     pe = model.patch_embed
     return {"embed_dim": dim, "depth": len(blocks), "num_heads": heads, "mlp_ratio": _ratio(hidden, dim),
             "img_size": list(pe.img_size) if pe.img_size is not None else None, "patch_size": list(pe.patch_size),
-            "in_chans": pe.proj.in_channels}
+            "in_chans": pe.proj.in_channels, "global_pool": model.global_pool,
+            "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False))}
 
 
 def _convnext(model: nn.Module) -> dict[str, Any]:
@@ -84,7 +87,8 @@ def _convnext(model: nn.Module) -> dict[str, Any]:
                                  f"with prunekit.load_pruned / an export")
         dims.append(dim)
         depths.append(len(blocks))
-    return {"dims": dims, "depths": depths, "in_chans": model.stem[0].in_channels}
+    return {"dims": dims, "depths": depths, "in_chans": model.stem[0].in_channels,
+            "global_pool": model.head.global_pool.pool_type}
 
 
 def _swin(model: nn.Module) -> dict[str, Any]:
@@ -108,7 +112,7 @@ def _swin(model: nn.Module) -> dict[str, Any]:
     return {"embed_dim": dims[0], "depths": depths, "num_heads": heads, "head_dim": head_dim,
             "mlp_ratio": _ratio(_width(first.mlp.fc1), dims[0]), "img_size": list(pe.img_size),
             "patch_size": list(pe.patch_size)[0], "window_size": list(first.window_size),
-            "in_chans": pe.proj.in_channels}
+            "in_chans": pe.proj.in_channels, "global_pool": model.global_pool}
 
 
 def _builders() -> dict[type, Callable[[nn.Module], dict[str, Any]]]:
@@ -146,7 +150,12 @@ def architecture_kwargs(model: nn.Module, name: str | None = None) -> dict[str, 
                              f"or an export")
     kwargs = {k: v for k, v in builder(model).items() if v is not None}
     kwargs["num_classes"] = model.num_classes
-    with torch.device("meta"):
-        built = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        with torch.device("meta"):
+            built = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - whatever the constructor says, it cannot build this model
+        raise NotNativeError(f"timm.create_model({name!r}, **{kwargs}) fails ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}); reload with prunekit.load_pruned or an export"
+                             ) from None
     compare_shapes(model.state_dict(), built.state_dict(), f"timm.create_model({name!r}, **kwargs)")
     return kwargs
