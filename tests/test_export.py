@@ -23,7 +23,7 @@ def adapted_vit():
     return model.eval()
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=onnx_ready)])
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=[onnx_ready, pytest.mark.integration])])
 def test_export_matches_pytorch(tmp_path, images, fmt):
     model = adapted_vit()
     path = tmp_path / f"model.{'pt' if fmt == 'torchscript' else 'onnx'}"
@@ -61,6 +61,7 @@ def test_torch_export_writes_an_exported_program_with_a_dynamic_batch(tmp_path, 
 FORMATS = ["torchscript", "torch_export", pytest.param("onnx", marks=onnx_ready)]
 
 
+@pytest.mark.integration  # three formats x two models: the fast lane keeps the adapted-ViT cases above
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_any_pruned_model_including_dict_inputs(tmp_path, fmt):
     """pk.export takes what the model takes: a pruned CNN's tensor, a pruned transformers encoder's dict."""
