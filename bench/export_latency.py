@@ -49,7 +49,7 @@ def main() -> None:
     dev = device(args.device)
     torch.set_num_threads(args.threads)
     models = [("resnet18", 64)] if args.quick else [("resnet50", 224), ("vit_small_patch16_224", 224)]
-    rounds = 3 if args.quick else 15
+    rounds = 2 if args.quick else 15
     rows = {}
     for name, size in models:
         torch.manual_seed(0)

@@ -34,8 +34,10 @@ CONFIG_DESCRIBED: list[Callable[[nn.Module], bool]] = []
 
 def register_ties(cls: type, fn: TieRule) -> TieRule:
     """Tie groups of models of class ``cls`` (and subclasses): ``fn(model, groups)`` returns families as lists of
-    ``(group name, units per step)``; a group it does not name is left to the repeated-block rule."""
-    TIES.append((cls, fn))
+    ``(group name, units per step)``; a group it does not name is left to the repeated-block rule (once per pair,
+    however often it is registered)."""
+    if (cls, fn) not in TIES:
+        TIES.append((cls, fn))
     return fn
 
 

@@ -57,9 +57,9 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
         model: the pruned model.
         directory: where ``prunekit.json`` and ``model.safetensors`` go.
         plans: the plans applied to the model, in order; default: those :func:`~prunekit.engine.oneshot.prune`, the
-        engine
-            or :func:`~prunekit.core.plan.replay` applied to this very model object.
-        example_inputs: a batch for tracing at load time; default: the shapes recorded in the plans by ``prune``.
+            engine or :func:`~prunekit.engine.sources.replay` applied to this very model object.
+        example_inputs: a batch's shapes to record, for tracing at load time should the plans not record their
+            changes; default: the shapes recorded in the plans by ``prune`` (none needed for plans that record them).
     """
     from safetensors.torch import save_file
 
@@ -71,7 +71,7 @@ def save_pruned(model: nn.Module, directory: str | Path, plans: Iterable[Plan] |
         spec = input_spec(example_inputs)
     else:
         spec = next((p.meta["example_inputs"] for p in plans if "example_inputs" in p.meta), None)
-        if spec is None:
+        if spec is None and not replayable(p.meta.get("structure") for p in plans):  # loading will trace
             raise PrunekitError("save_pruned: the plans do not record the example inputs' shapes; pass "
                                 "example_inputs= (a batch the model accepts)")
     directory = Path(directory)
