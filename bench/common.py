@@ -50,6 +50,20 @@ def timeit(fn: Callable[[], Any], dev: torch.device, repeat: int = 5, warmup: in
     return out
 
 
+def interleaved(fns: dict[Any, Callable[[], Any]], rounds: int) -> dict[Any, float]:
+    """Median seconds of every ``fns[k]()`` over ``rounds`` rounds, each round calling every function once (so drift
+    of a shared machine hits all of them alike), after one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

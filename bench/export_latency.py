@@ -9,15 +9,13 @@ ONNX Runtime's ``intra_op_num_threads``).
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import timm
 import torch
 
-from common import device, parser, write
+from common import device, interleaved, parser, write
 import prunekit as pk
 
 
@@ -61,16 +59,8 @@ def main() -> None:
             pairs = {}
             for tag, m in (("unpruned", dense), ("pruned", pruned)):
                 for rt, fn in runtimes(m, x, Path(tmp), tag, args.threads).items():
-                    pairs[(tag, rt)] = fn
-            times = {k: [] for k in pairs}
-            for fn in pairs.values():  # warm-up
-                fn(x)
-            for _ in range(rounds):
-                for k, fn in pairs.items():
-                    t0 = time.perf_counter()
-                    fn(x)
-                    times[k].append(time.perf_counter() - t0)
-        med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+                    pairs[(tag, rt)] = lambda fn=fn, x=x: fn(x)
+            med = {k: 1000 * s for k, s in interleaved(pairs, rounds).items()}
         rows[name] = {"input": [args.batch, 3, size, size], "macs_removed": round(plan.meta["reached"], 4),
                       "params": {"unpruned": plan.meta["params_before"], "pruned": plan.meta["params_after"]},
                       "ms": {f"{tag}/{rt}": round(v, 2) for (tag, rt), v in med.items()},

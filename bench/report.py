@@ -12,6 +12,11 @@ def _load(results: Path, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _command(result: dict) -> list[str]:
+    """The command that wrote ``result``, as a bash block (and the blank line after it)."""
+    return ["```bash", f"python bench/{result['command']}", "```", ""]
+
+
 def _mark(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -222,7 +227,7 @@ def _cli_startup(cs: dict) -> list[str]:
              "timm, torch-pruning and matplotlib are imported; `list scorers`, whose registry lives with torch code, "
              f"is measured beside them. Wall time of a fresh process, median of {cs['repeat']} interleaved rounds, on "
              f"{m['cpu']} ({m['cores']} cores), Python {m['python']}.", "",
-             "```bash", f"python bench/{cs['command']}", "```", "",
+             *_command(cs),
              f"| command | median (s) | vs `python -c pass` | beyond the interpreter (s) | exit code | goal < "
              f"{cs['goal_extra_s']:g} s |", "|---|---:|---:|---:|---:|---|"]
     for name, r in cs["rows"].items():
@@ -244,7 +249,7 @@ def _load_time(lt: dict) -> list[str]:
              "model from the plans' records and loads the weights; `replay` is the same directory without the "
              "records (files of earlier versions: trace, find the groups, replay). "
              f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads.", "",
-             "```bash", f"python bench/{lt['command']}", "```", "",
+             *_command(lt),
              "| model | weights (MB) | prune (s) | `state_dict` (ms) | `load_pruned` (ms) | `replay` (ms) | "
              "`load_pruned` / `state_dict` | `replay` / `state_dict` | same outputs | goal <= 2x |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -265,7 +270,7 @@ def _export_latency(el: dict) -> list[str]:
              "written by `pk.export` in each format (every file checked against PyTorch), then every (model, "
              f"runtime) pair timed on one batch of {el['batch']} in {el['rounds']} interleaved rounds (median), "
              f"{el['threads']} threads everywhere (ONNX Runtime's intra-op threads too); {m['cpu']}, "
-             f"{m['cores']} cores.", "", "```bash", f"python bench/{el['command']}", "```", "", el["table"], "",
+             f"{m['cores']} cores.", "", *_command(el), el["table"], "",
              "Speed-up over the unpruned model in eager PyTorch:", "",
              "| model | " + " | ".join(k for k in next(iter(el["models"].values()))["speedup_vs_unpruned_eager"]) +
              " |", "|---|" + "---:|" * len(next(iter(el["models"].values()))["speedup_vs_unpruned_eager"])]

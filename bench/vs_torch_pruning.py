@@ -36,7 +36,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.budget.search import count_macs, count_parameters
 
-from common import device, parser, write
+from common import device, interleaved, parser, write
 
 # name: (library, constructor kwargs, input size)
 MODELS = {
@@ -112,16 +112,8 @@ def tp_at_params(model: nn.Module, x: torch.Tensor, target: float, steps: int) -
 
 def latencies(models: dict[str, nn.Module], x: torch.Tensor, repeat: int) -> dict[str, float]:
     """Median seconds per forward of each model on ``x``, the models interleaved in every repeat."""
-    times = {k: [] for k in models}
     with torch.inference_mode():
-        for m in models.values():
-            m(x)
-        for _ in range(repeat):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+        return interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, repeat)
 
 
 def timed(base: nn.Module, prune_fns: dict, calls: int) -> dict[str, tuple[nn.Module, float]]:

@@ -159,12 +159,6 @@ class FamilyCost:
     def removed(self, counts: Mapping[str, int]) -> float:
         return self.cost.removed(_member_counts(self.fams, counts))
 
-    def unit_cost(self, name: str) -> float:
-        return self.removed({name: 1})
-
-    def max_unit_cost(self, names: Iterable[str]) -> float:
-        return max((self.unit_cost(n) for n in names), default=0.0)
-
 
 class UnitCount:
     """The cost model of a unit budget (sigma, channels): every unit costs one."""

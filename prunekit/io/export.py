@@ -82,11 +82,8 @@ def _resize_batch(x: Any, n: int, gen: torch.Generator) -> Any:
 
 
 def _call(fn: Callable, x: Any) -> Any:
-    if isinstance(x, dict):
-        return fn(**x)
-    if isinstance(x, torch.Tensor):
-        return fn(x)
-    return fn(*x)
+    args, kwargs = _args(x)
+    return fn(*args, **kwargs)
 
 
 def _fresh_temp(path: Path) -> Path:
@@ -159,41 +156,39 @@ def _export_onnx(model: nn.Module, example: Any, path: Path, opset: int | None) 
     if opset is not None:
         kwargs["opset_version"] = opset
     args, kw = _args(example)
-    exporter = "dynamo"
-    tmp = _fresh_temp(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, str(tmp), kwargs=kw, dynamo=True, external_data=False,
-                              dynamic_shapes=_dynamic_shapes(example), **kwargs)
-    except Exception as first:  # noqa: BLE001 - fall back to the TorchScript-based exporter, report both on failure
-        exporter = "torchscript"
+    exporter = ["dynamo"]
+
+    def write(tmp: Path) -> None:
         try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, args, str(tmp), kwargs=kw, dynamo=True, external_data=False,
+                                  dynamic_shapes=_dynamic_shapes(example), **kwargs)
+        except Exception as first:  # noqa: BLE001 - fall back to the TorchScript-based exporter; both on failure
+            exporter[0] = "torchscript"
             axes = {n: {0: "batch"} for n in names}
             if images:
                 axes["logits"] = {0: "batch"}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, args if not kw else (kw,), str(tmp), dynamo=False, dynamic_axes=axes,
-                                  **kwargs)
-        except Exception as second:  # noqa: BLE001
-            tmp.unlink(missing_ok=True)
-            raise ExportError(f"--format onnx: torch's exporter failed ({type(first).__name__}: {str(first)[:200]}); "
-                              f"the TorchScript-based one too ({type(second).__name__}: {str(second)[:200]})"
-                              ) from None
-    try:
-        atomic_write_bytes(path, tmp.read_bytes())
-    finally:
-        tmp.unlink(missing_ok=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, args if not kw else (kw,), str(tmp), dynamo=False, dynamic_axes=axes,
+                                      **kwargs)
+            except Exception as second:  # noqa: BLE001
+                raise ExportError(f"--format onnx: torch's exporter failed ({type(first).__name__}: "
+                                  f"{str(first)[:200]}); the TorchScript-based one too ({type(second).__name__}: "
+                                  f"{str(second)[:200]})") from None
+
+    _write_through_temp(path, write)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
 
     def run(*a, **k):
-        given = dict(zip(names, [*a, *k.values()])) if not k else k
+        given = k or dict(zip(names, a))
         feed = {n: given[n].detach().cpu().numpy() for n in wanted}
         return [torch.from_numpy(o) for o in session.run(None, feed)]
 
-    return run, exporter
+    return run, exporter[0]
 
 
 def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
