@@ -110,10 +110,10 @@ def run_until_cycle(recipe, out, cycle: int, monkeypatch) -> None:
     """Run ``recipe`` into ``out`` and stop it as training cycle ``cycle`` begins (an interrupted run)."""
     original = Trainer.train_epoch
 
-    def stop(self, model, optimizer, scheduler, cyc, epoch, steps):
+    def stop(self, model, optimizer, scheduler, cyc, epoch, steps, *rest):
         if cyc == cycle:
             raise Interrupted()
-        return original(self, model, optimizer, scheduler, cyc, epoch, steps)
+        return original(self, model, optimizer, scheduler, cyc, epoch, steps, *rest)
 
     monkeypatch.setattr(Trainer, "train_epoch", stop)
     with pytest.raises(Interrupted):

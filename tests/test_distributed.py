@@ -14,20 +14,22 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")]
 
 
-def ddp_recipe(tmp_path: Path) -> Path:
+def ddp_recipe(tmp_path: Path, distill: bool = False) -> Path:
     # 200 images in global batches of 32: the last batch (8) splits 4 + 4; TINA prunes twice (sigma 4 -> 16).
+    # Distilled: every rank's teacher (its own copy of the model before the first prune) scores its own share.
+    extra = {"distill": {"teacher": "unpruned", "alpha": 0.5, "temperature": 2.0}} if distill else {}
     return tiny_recipe(tmp_path, name="ddp", data={"name": "digits", "limit_train": 200, "limit_val": 128},
-                       train={"epochs": 2, "warmup_epochs": 1, "batch_size": 32, "lr": 1e-2})
+                       train={"epochs": 2, "warmup_epochs": 1, "batch_size": 32, "lr": 1e-2, **extra})
 
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=["plain", "distilled"])
+def runs(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("ddp")
-    recipe = ddp_recipe(tmp)
+    recipe = ddp_recipe(tmp, distill=request.param == "distilled")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "prunekit", "run", str(recipe), "--out", str(tmp / "two"), "--quiet"],
                          capture_output=True, text=True, timeout=600)
@@ -38,10 +40,12 @@ def runs(tmp_path_factory):
     return tmp / "two", tmp / "one", two.stdout
 
 
-def test_both_ranks_end_with_the_same_plan_and_weights(runs):
+def test_both_ranks_end_with_the_same_plan_and_weights(runs, request):
     two, _, _ = runs
     cycles = [m for m in metrics(two) if m["type"] == "cycle"]
     assert len(cycles) == 3
+    distilled = request.node.callspec.params["runs"] == "distilled"
+    assert [c.get("distilled") for c in cycles] == ([False, True, True] if distilled else [None] * 3)
     for c in cycles:  # digests of (weights, widths) gathered from every rank after each cycle
         assert len(c["rank_digests"]) == 2 and len(set(c["rank_digests"])) == 1, c["rank_digests"]
     plans = json.loads((two / "plan.json").read_text())["plans"]

@@ -147,11 +147,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, mo
 
     original = Trainer.train_epoch
 
-    def poisoned(self, model, optimizer, scheduler, cycle, epoch, steps):
+    def poisoned(self, model, optimizer, scheduler, cycle, epoch, steps, *rest):
         if epoch == 1:  # a weight turns NaN after the first epoch, as a diverging run's would
             with torch.no_grad():
                 next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
-        return original(self, model, optimizer, scheduler, cycle, epoch, steps)
+        return original(self, model, optimizer, scheduler, cycle, epoch, steps, *rest)
 
     monkeypatch.setattr(Trainer, "train_epoch", poisoned)
     recipe = resume_recipe(tmp_path)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import call_model, eval_mode
+from .group import UnsupportedModelError
 from .outputs import output_tensors
 
 __all__ = ["snapshot", "snapshot_modules", "restore", "rekey_graph", "output_shapes"]
@@ -72,3 +73,23 @@ def output_shapes(model: nn.Module, example_inputs: Any, forward_fn: Callable | 
     with eval_mode(model), torch.no_grad():
         out = call_model(model, example_inputs, forward_fn)
     return [tuple(t.shape) for t in output_tensors(out)]
+
+
+def apply_or_restore(model: nn.Module, plan: Any, groups: list, example_inputs: Any,
+                     reference: list[tuple[int, ...]]) -> None:
+    """``plan.apply(model, groups)``, then a forward on ``example_inputs``: if either fails or the output shapes are
+    not ``reference``, the model is restored from a snapshot taken before and
+    :class:`~prunekit.core.group.UnsupportedModelError` names the problem and the groups pruned."""
+    snap = snapshot(model)
+    try:
+        plan.apply(model, groups)
+        shapes = output_shapes(model, example_inputs)
+        problem = None if shapes == reference else f"output shapes {shapes} instead of {reference}"
+    except Exception as e:  # noqa: BLE001 - any failure: restore, then report it by name
+        problem = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    if problem is not None:
+        restore(model, snap)
+        pruned = sorted(k for k, v in plan.remove.items() if v)
+        raise UnsupportedModelError(f"prune after cycle {plan.meta.get('cycle')}: the pruned model does not run "
+                                    f"({problem}); the model was restored. Groups pruned: {pruned[:6]}; pass "
+                                    "their layers in ignore= (backbone_groups) to keep them")

@@ -23,6 +23,11 @@ The training step is a callback, ``train_fn(model, optimizer, cycle) -> metrics`
 (prunekit's own, a Lightning module, a hand-written one). Events ``on_cycle_start``, ``on_prune`` and
 ``on_cycle_end`` take callbacks (``engine.add_callback('on_prune', fn)``).
 
+With ``distill=`` (:mod:`prunekit.engine.distill`) the cycles after a prune learn from a frozen teacher, by default
+the model as it was just before the first prune: ``train_fn`` is then called with ``teacher=`` (a
+:class:`~prunekit.engine.distill.Teacher`, None in the cycles before the first prune) and mixes its loss in
+(prunekit's :class:`~prunekit.train.trainer.Trainer` does).
+
 Under ``torch.distributed`` rank 0 scores and selects, the plan is broadcast, and every rank applies the same one.
 ``state_dict()`` / ``load_state_dict()`` and ``run(start_cycle=...)`` continue an interrupted run (see resume.py).
 """
@@ -41,16 +46,16 @@ from ..budget.search import (
 from ..budget.selection import check_budget_reachable, counted_trial, needs_trial, select_plan
 from ..budget.uniform import families
 from ..core.distributed import broadcast_object, is_main
-from ..core.group import UnsupportedModelError
 from .sources import describe_groups_fn, groups_fn_from
 from ..core.plan import Plan, input_spec, record_applied
 from ..core.policy import round_half_up
 from ..registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
 from ..ranking.scopes import Scope, get_scope
-from ..core.undo import output_shapes, restore, snapshot
+from ..core.undo import apply_or_restore, output_shapes
 from ..ranking.scorers import ScoreStats, Scorer, get_scorer, needs_activations, needs_gradients, score_groups
 from ..ranking.calibration import gather_stats
+from .distill import Distill, Teacher, check_takes_teacher, checked_teacher
 from .history import CycleRecord, Measure
 from .strategy import Strategy, get_strategy
 
@@ -94,6 +99,9 @@ class Engine:
             removal cannot break the model (``Policy.check_forward = False``: adapters, removed by construction).
         uniform: every prune keeps repeated blocks at one width (:mod:`prunekit.budget.uniform`); default: the
             groups_fn's own ``uniform`` (``backbone_groups(uniform=True)``), else off.
+        distill: recover with knowledge distillation (:class:`~prunekit.engine.distill.Distill`: alpha,
+            temperature, a teacher model or None for the model before the first prune); ``train_fn`` must take a
+            ``teacher`` keyword.
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class Engine:
             loss_fn: Callable | None = None,
             check_forward: bool | None = None,
             uniform: bool | None = None,
+            distill: Distill | None = None,
     ):
         if strategy is None:
             if scorer is None:
@@ -149,6 +158,10 @@ class Engine:
         self.groups_fn = groups_fn_from(groups_fn) if isinstance(groups_fn, str) else groups_fn
         self.uniform = bool(getattr(self.groups_fn, "uniform", False) if uniform is None else uniform)
         self.generator = torch.Generator().manual_seed(seed)
+        self.distill = distill
+        self.teacher: Teacher | None = None
+        if distill is not None:
+            check_takes_teacher(train_fn)
         self._callbacks: dict[str, list[Callable]] = defaultdict(list)
 
         # Everything is checked before the first epoch: a bad setting must not cost a training cycle.
@@ -183,7 +196,34 @@ class Engine:
         self.check_forward = (check_forward if check_forward is not None
                               else any(getattr(getattr(g, "policy", None), "check_forward", True) for g in groups))
         self._reference = output_shapes(model, example_inputs) if self.check_forward else None
+        if distill is not None and distill.teacher is not None:
+            self.set_teacher(distill.teacher)
         self.history: list[CycleRecord] = []
+
+    def set_teacher(self, model: nn.Module) -> Teacher:
+        """Use ``model`` (frozen, not copied) as the distillation teacher: a checkpoint of the task, or, when a run
+        resumes after its first prune, the model rebuilt as it was before that prune. Its outputs must have the
+        model's shapes on the example inputs."""
+        if self.distill is None:
+            raise PrunekitError("set_teacher: the engine was built without distill=; pass distill=Distill(...)")
+        ours = self._reference if self._reference is not None else output_shapes(self.model, self.example_inputs)
+        self.teacher = checked_teacher(model, self.distill, ours, self.example_inputs)
+        return self.teacher
+
+    @property
+    def first_prune(self) -> int | None:
+        """The cycle after whose training the first prune comes (None: no prune)."""
+        return min(self.prune_after) if self.prune_after else None
+
+    def teacher_for(self, cycle: int) -> Teacher | None:
+        """The teacher of cycle ``cycle``: none before the first prune (or without ``distill``)."""
+        if self.distill is None or self.first_prune is None or cycle <= self.first_prune:
+            return None
+        if self.teacher is None:
+            raise PrunekitError(f"distill: cycle {cycle} follows the first prune (after cycle {self.first_prune}) "
+                                "but the engine has no teacher: a resumed engine needs engine.set_teacher(model as "
+                                "it was before the first prune), or pass distill=Distill(teacher=...)")
+        return self.teacher
 
     def _check_reachable(self, groups: list) -> None:
         weights = mac_weights(self.model, self.example_inputs)[1] if self.budget.kind == "macs" else None
@@ -302,19 +342,7 @@ class Engine:
         if not self.check_forward:
             plan.apply(self.model, groups)
             return
-        snap = snapshot(self.model)
-        try:
-            plan.apply(self.model, groups)
-            shapes = output_shapes(self.model, self.example_inputs)
-            problem = None if shapes == self._reference else f"output shapes {shapes} instead of {self._reference}"
-        except Exception as e:  # noqa: BLE001 - any failure: restore, then report it by name
-            problem = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        if problem is not None:
-            restore(self.model, snap)
-            pruned = sorted(k for k, v in plan.remove.items() if v)
-            raise UnsupportedModelError(f"prune after cycle {plan.meta.get('cycle')}: the pruned model does not run "
-                                        f"({problem}); the model was restored. Groups pruned: {pruned[:6]}; pass "
-                                        "their layers in ignore= (backbone_groups) to keep them")
+        apply_or_restore(self.model, plan, groups, self.example_inputs, self._reference)
 
     def state_dict(self) -> dict[str, Any]:
         """History of the finished cycles (with their plans) and the scorer's generator."""
@@ -341,9 +369,12 @@ class Engine:
             widths = self.widths()
             record = CycleRecord(cycle=cycle, widths=widths, sigma=self.sigma(widths),
                                  trainable_params=count_parameters(self.model, trainable_only=True))
-            metrics = self.train_fn(self.model, self.make_optimizer(), cycle)
+            extra = {} if self.distill is None else {"teacher": self.teacher_for(cycle)}
+            metrics = self.train_fn(self.model, self.make_optimizer(), cycle, **extra)
             record.metrics = dict(metrics or {})
             if cycle in self.prune_after:
+                if self.distill is not None and self.teacher is None:  # the model as it is before the first prune
+                    self.teacher = Teacher.snapshot(self.model, self.distill)
                 record.plan = self.prune_to(self.prune_after[cycle], cycle)
                 record.reached = record.plan.meta["budget"]["reached"]
             record.widths_after = self.widths()
@@ -359,3 +390,4 @@ class Engine:
         return (f"Engine(strategy={self.strategy.name!r}, scope={getattr(self.scope, '__name__', self.scope)}, "
                 f"rho={self.schedule.rho}, budget={self.budget}, mode={self.schedule.mode}, "
                 f"groups={len(self.group_names)}, cycles={self.cycles}, sigma0={self.sigma(self.widths()):.4g})")
+

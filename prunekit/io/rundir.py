@@ -16,7 +16,7 @@
       plots/neurons_per_adapter.png  (units_per_group.png when the run prunes the backbone)
       tensorboard/events.*       TensorBoard scalars (output.tensorboard: true)
       export/cycle_K.pt|.onnx    prunekit export
-      resume.pt                  while running: the state after the last finished epoch (see resume.py)
+      resume.pt                  while running: the state after the last finished epoch; teacher.safetensors too
       DONE                       written last: the run finished
 
 prunekit deletes or replaces only what it can prove it wrote. A folder is a run directory when it holds a valid

@@ -17,7 +17,7 @@ from ..config import check_all, check_count, option
 from ..errors import ConfigError
 
 __all__ = ["ModelSection", "StrategySection", "BudgetSection", "BackboneSection",
-           "DataSection", "TrainSection", "OutputSection", "ResolvedSection", "SEED_MAX", "SHIFTS"]
+           "DataSection", "DistillSection", "TrainSection", "OutputSection", "ResolvedSection", "SEED_MAX", "SHIFTS"]
 
 SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1; torch takes more
 SHIFTS = Literal["invert", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose"]  # data.shift (dataviews.py)
@@ -237,6 +237,31 @@ class DataSection:
 
 
 @dataclass
+class DistillSection:
+    """Knowledge distillation while the pruned model recovers (``prunekit.engine.distill``); off while ``teacher`` is
+    null."""
+
+    teacher: Optional[str] = field(**option(
+        "'unpruned' (the model as it was just before the first prune: an adapters run's sigma_0 model, a backbone "
+        "run's unpruned network) or a checkpoint file of the same task (the backbone with its trained head, as "
+        "model.checkpoint reads it); null: no distillation", default=None))
+    alpha: float = field(**option("weight of the soft term, in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL of the "
+                                  "teacher's softened outputs from the student's", default=0.5))
+    temperature: float = field(**option("softmax temperature T of both distributions, > 0", default=4.0))
+
+    def __post_init__(self):
+        problems = []
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"train.distill.alpha: expected a weight in [0, 1], got {self.alpha:g}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            problems.append(f"train.distill.temperature: expected a finite number > 0, got {self.temperature:g}")
+        if self.teacher is not None and not self.teacher.strip():
+            problems.append("train.distill.teacher: expected 'unpruned', a checkpoint file or null, got ''")
+        if problems:
+            raise ConfigError(*problems)
+
+
+@dataclass
 class TrainSection:
     optimizer: Literal["adamw", "sgd"] = field(**option("optimizer", default="adamw"))
     lr: float = field(**option("peak learning rate", default=1e-3))
@@ -261,6 +286,8 @@ class TrainSection:
     deterministic: bool = field(**option("use deterministic algorithms (CPU runs repeat exactly)", default=True))
     max_steps_per_epoch: Optional[int] = field(**option("stop an epoch after N >= 1 steps (smoke tests; null: the "
                                                         "whole training set)", default=None))
+    distill: DistillSection = field(**option("distil from a teacher in the cycles after a prune",
+                                             default_factory=DistillSection))
 
     def __post_init__(self):
         check_all(lambda: check_count("train.eval_batch_size", self.eval_batch_size, 1, "2 x train.batch_size"),

@@ -8,7 +8,9 @@ one pass over the validation set per epoch, and multiply by a measured speed:
   (:func:`probe_speed`);
 - the run times its own first training steps (:class:`RunClock`).
 
-Both count an evaluation image as a third of a training image (a forward without the backward). They are estimates:
+Both count an evaluation image as a third of a training image (a forward without the backward). A run that distils
+(``train.distill``) adds a teacher forward to every training step of the cycles after the first prune: the dry run
+times it, the run counts it as a third of its step. They are estimates:
 later cycles train fewer adapter neurons (a little faster), data loading may cost more than the dry run's random
 batches, a probe scaled from a few images overstates a small model's step, and a shared machine's speed changes.
 """
@@ -44,12 +46,14 @@ class Workload:
         epochs: epochs per cycle.
         steps_per_epoch: training steps per epoch (None: the data's size is unknown).
         val_images: images evaluated after every epoch (None: unknown).
+        distilled_cycles: the last cycles, which run the teacher's forward at every step (``train.distill``).
     """
 
     cycles: int
     epochs: int
     steps_per_epoch: int | None
     val_images: int | None
+    distilled_cycles: int = 0
 
     @staticmethod
     def steps(train_images: int | None, recipe: Recipe) -> int | None:
@@ -60,21 +64,27 @@ class Workload:
         cap = recipe.train.max_steps_per_epoch
         return steps if cap is None else min(steps, cap)
 
-    def seconds(self, step_s: float, eval_image_s: float, from_epoch: int = 0) -> float | None:
-        """Wall time of the epochs from ``from_epoch`` (counted over all cycles) to the end; None when unknown."""
+    def seconds(self, step_s: float, eval_image_s: float, from_epoch: int = 0,
+                teacher_step_s: float = 0.0) -> float | None:
+        """Wall time of the epochs from ``from_epoch`` (counted over all cycles) to the end, a teacher's forward
+        (``teacher_step_s`` per step) in the distilled cycles; None when unknown."""
         if self.steps_per_epoch is None or self.val_images is None:
             return None
         epochs = self.cycles * self.epochs - from_epoch
-        return epochs * (self.steps_per_epoch * step_s + self.val_images * eval_image_s)
+        distilled = min(epochs, self.distilled_cycles * self.epochs)
+        return (epochs * (self.steps_per_epoch * step_s + self.val_images * eval_image_s)
+                + distilled * self.steps_per_epoch * teacher_step_s)
 
 
 @dataclass(frozen=True)
 class Speed:
-    """Seconds per training step of ``train.batch_size`` images and per evaluated image, and how they were measured."""
+    """Seconds per training step of ``train.batch_size`` images and per evaluated image, and how they were measured;
+    ``teacher_step_s``: a teacher's forward on a training batch (0 when the recipe does not distil)."""
 
     step_s: float
     eval_image_s: float
     how: str
+    teacher_step_s: float = 0.0
 
 
 def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed:
@@ -112,7 +122,19 @@ def probe_speed(model: nn.Module, recipe: Recipe, device: torch.device) -> Speed
     per_image = step(n) / n
     how = (f"2 training steps timed on {device.type}" if n == t.batch_size else
            f"2 training steps timed on {device.type}, the second on {n} of {t.batch_size} images, scaled")
-    return Speed(per_image * t.batch_size, EVAL_SHARE * per_image, how)
+    teacher_s = 0.0
+    if t.distill.teacher is not None:  # the teacher has the model's architecture: one forward of it, frozen
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            model.eval()
+            x = torch.randn(n, *shape, generator=gen).to(device)
+            synchronize(device)
+            t0 = time.perf_counter()
+            model(x)
+            synchronize(device)
+            teacher_s = (time.perf_counter() - t0) / n * t.batch_size
+            model.train()
+        how += ", and one teacher forward"
+    return Speed(per_image * t.batch_size, EVAL_SHARE * per_image, how, teacher_s)
 
 
 class RunClock:
@@ -153,7 +175,8 @@ class RunClock:
         # the first step pays one-off costs (allocations, kernel selection): the rate comes from the others
         step_s = (seconds - self.first_step_s) / (k - 1) if k > 1 else seconds
         epoch = info["cycle"] * self.work.epochs + info["epoch"]
-        rest = self.work.seconds(step_s, EVAL_SHARE * step_s / self.batch_size, from_epoch=epoch)
+        rest = self.work.seconds(step_s, EVAL_SHARE * step_s / self.batch_size, from_epoch=epoch,
+                                 teacher_step_s=EVAL_SHARE * step_s)
         if rest is None:
             return
         rest -= k * step_s  # this epoch's steps so far are done

@@ -20,6 +20,7 @@ from ..errors import PrunekitError
 from ..models.params import count_parameters
 from .progress import ProgressReporter
 from ..recipe.spec import Recipe
+from ..engine.distill import Teacher
 from ..train.trainer import Trainer
 from .build import example_inputs
 from .check import Checked
@@ -54,8 +55,11 @@ class CycleLoop:
                                       self.trainer.make_optimizer, device, record, reporter)
             self.cycles = self.engine.cycles
         world = dist_utils.world_size()  # this process trains and evaluates its share of every batch
+        distilled = 0
+        if self.engine is not None and self.engine.distill is not None and self.engine.first_prune is not None:
+            distilled = self.cycles - 1 - self.engine.first_prune
         work = Workload(self.cycles, recipe.train.epochs, self.trainer.steps_per_epoch(),
-                        math.ceil(len(task.bundle.val) / world))
+                        math.ceil(len(task.bundle.val) / world), distilled)
         self.clock = RunClock(work, math.ceil(recipe.train.batch_size / world), reporter)
         self.trainer.on_step = self.clock.on_step
 
@@ -71,10 +75,13 @@ class CycleLoop:
                 [p for p in self.model.parameters() if p.requires_grad]), cycle)
         self.record.save_plans([])
 
-    def train_cycle(self, model: nn.Module, optimizer: torch.optim.Optimizer, cycle: int) -> dict[str, Any]:
-        """One cycle of training, then its summary recorded; returns the trainer's metrics (the engine keeps them)."""
-        self.reporter.start_cycle(cycle, self.cycles, f"trainable {count_parameters(model, True):,}")
-        metrics = self.trainer.train_cycle(model, optimizer, cycle)
+    def train_cycle(self, model: nn.Module, optimizer: torch.optim.Optimizer, cycle: int,
+                    teacher: Teacher | None = None) -> dict[str, Any]:
+        """One cycle of training (distilled from ``teacher`` when the engine gives one), then its summary recorded;
+        returns the trainer's metrics (the engine keeps them)."""
+        self.reporter.start_cycle(cycle, self.cycles, f"trainable {count_parameters(model, True):,}"
+                                  + ("; distilled from the teacher" if teacher is not None else ""))
+        metrics = self.trainer.train_cycle(model, optimizer, cycle, teacher)
         widths, sigma = engine_widths(self.engine, self.recipe)
         cost = model_cost(model, example_inputs(self.recipe, self.device),
                           autocast_dtype=torch.bfloat16 if self.trainer.bf16 else None)
@@ -83,6 +90,8 @@ class CycleLoop:
                    "total_params": count_parameters(model), "macs": cost.macs, "latency_ms": cost.latency_ms,
                    "best_top1": metrics["best_top1"], "last_top1": metrics["last_top1"],
                    "adapter_file": None, "adapter_bytes": None, "images_per_s": metrics["images_per_s"]}
+        if self.engine is not None and self.engine.distill is not None:
+            summary["distilled"] = teacher is not None
         if dist_utils.is_distributed():
             summary["rank_digests"] = _check_ranks_agree(model, widths, cycle)
         now = time.perf_counter()

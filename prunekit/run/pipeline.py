@@ -57,7 +57,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, overwrite: bool = 
         if recipe.output.save_state:
             loop.trainer.on_checkpoint = state_saver(record, model, loop)
         if state is not None:                                             # record: resume, or a new directory
-            start_cycle = restore(state, recipe, model, loop, record)
+            start_cycle = restore(state, recipe, model, loop, record, task.bundle.num_classes)
             reporter.log(f"resuming {record.path}: cycle {start_cycle}, after epoch {state['trainer']['epoch'] + 1} "
                          f"of {recipe.train.epochs}")
         else:

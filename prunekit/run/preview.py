@@ -62,15 +62,29 @@ def dry_run(recipe: Recipe, estimate: bool = True) -> dict[str, Any]:
     info.update(epochs_per_cycle=t.epochs, epochs_total=info["cycles"] * t.epochs, steps_per_epoch=steps,
                 schedule=f"{info['cycles']} cycles x {t.epochs} epochs = {info['cycles'] * t.epochs} epochs"
                          + (f" of {steps} steps" if steps is not None else ""))
+    distilled = distilled_cycles(recipe, info)
+    if distilled:
+        d = t.distill
+        info["distill"] = (f"teacher {d.teacher}, alpha {d.alpha:g}, temperature {d.temperature:g}: the last "
+                           f"{distilled} cycle{'s' if distilled != 1 else ''} (after the first prune)")
     if estimate:
-        info.update(_estimate(recipe, model, info["cycles"], steps, task.size.val_images))
+        info.update(_estimate(recipe, model, info["cycles"], steps, task.size.val_images, distilled))
     return info
 
 
-def _estimate(recipe: Recipe, model, cycles: int, steps: int | None, val_images: int | None) -> dict[str, Any]:
+def distilled_cycles(recipe: Recipe, info: dict[str, Any]) -> int:
+    """Cycles that train with the teacher: every cycle after the first prune (the first trains before it)."""
+    if recipe.train.distill.teacher is None or recipe.strategy.name == "none":
+        return 0
+    return max(0, info["cycles"] - 1)
+
+
+def _estimate(recipe: Recipe, model, cycles: int, steps: int | None, val_images: int | None,
+              distilled: int = 0) -> dict[str, Any]:
     device = select_device(recipe.train.device)
     speed = probe_speed(model, recipe, device)
-    seconds = Workload(cycles, recipe.train.epochs, steps, val_images).seconds(speed.step_s, speed.eval_image_s)
+    seconds = Workload(cycles, recipe.train.epochs, steps, val_images, distilled).seconds(
+        speed.step_s, speed.eval_image_s, teacher_step_s=speed.teacher_step_s)
     if seconds is None:
         return {"estimated_duration": None, "estimate_note": "the data's size is unknown (see classes_note)"}
     return {"estimated_duration": f"~{format_duration(seconds)} on {device} (an estimate: {speed.step_s:.3g} s per "

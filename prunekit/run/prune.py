@@ -29,6 +29,7 @@ from ..engine.strategy import Strategy
 from .build import example_inputs
 from .record import RunRecord
 from .task import Task, calibration_batches
+from .teacher import recipe_distill, save_teacher
 
 __all__ = ["make_engine", "engine_widths", "restore_engine", "plan_prunes", "prunable_groups", "recipe_budget",
            "recipe_groups_fn"]
@@ -51,8 +52,10 @@ def make_engine(recipe: Recipe, strategy: Strategy, model: nn.Module, train_fn: 
         engine = Engine(model, train_fn, example_inputs=example_inputs(recipe, device), strategy=strategy, rho=s.rho,
                         sigma_target=s.sigma_target, sigma_reference=recipe.resolved.sigma_reference,
                         optimizer_factory=optimizer_factory, calibration=calibration, seed=recipe.train.seed,
-                        budget=recipe_budget(recipe), groups_fn=recipe_groups_fn(recipe))
+                        budget=recipe_budget(recipe), groups_fn=recipe_groups_fn(recipe),
+                        distill=recipe_distill(recipe, task.bundle.num_classes))
     _check_cycles(recipe, engine.cycles)
+    engine.add_callback("on_prune", lambda eng, plan: save_teacher(eng, recipe, record))
     engine.add_callback("on_prune", lambda eng, plan: _on_prune(eng, plan, record, reporter, recipe))
     return engine
 

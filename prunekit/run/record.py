@@ -22,7 +22,7 @@ from ..errors import PrunekitError
 from .progress import ProgressReporter
 from ..recipe.spec import Recipe, recipe_to_dict
 from .summary import cycle_table, plot_widths
-from ..train.resume import STATE_FILE
+from ..train.resume import STATE_FILE, TEACHER_FILE
 from ..io.rundir import RunDir
 from ..io.runpaths import run_directory
 from ..io.runlock import describe_holder
@@ -169,7 +169,8 @@ class RunRecord:
         self.dir.save_plans(plans)
 
     def finish(self, model: nn.Module, reporter: ProgressReporter, backbone_bytes: int, plot: bool) -> RunResult:
-        """Checkpoint, report, plot (``plot``: the run pruned), ``DONE``; ``resume.pt`` goes.
+        """Checkpoint, report, plot (``plot``: the run pruned), ``DONE``; ``resume.pt`` (and a distilling run's
+        ``teacher.safetensors``) go.
 
         A checkpoint that could not go to ``output.save_checkpoint`` is kept in the run directory and its error
         raised once the run is finished.
@@ -188,6 +189,7 @@ class RunRecord:
                         "units kept per group" if backbone else "neurons per adapter"))
             self.dir.finish()
             self.dir.remove(STATE_FILE)  # DONE is written: nothing left to resume
+            self.dir.remove(TEACHER_FILE)
         dist_utils.barrier()  # a checkpoint rank 0 wrote is on disk before any rank goes on to use it
         reporter.log(result.table())
         if checkpoint_error is not None:

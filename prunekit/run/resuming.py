@@ -21,6 +21,7 @@ from ..io.runlock import RunLockedError, holder_of
 from .loop import CycleLoop
 from .prune import restore_engine
 from .record import RunFinished, RunRecord, on_main_rank
+from .teacher import check_teacher_file, restore_teacher
 
 _NO_DEFAULT = object()
 
@@ -75,6 +76,7 @@ def open_for_resume(record: RunRecord) -> dict[str, Any]:
         state = with_later_defaults(load_state(state_path), record.resolved)
         check_provenance(state, state_path, record.resolved, rundir.run_id,
                          metrics.stat().st_size if metrics.is_file() else None, rundir.metrics_digest)
+        check_teacher_file(state, rundir, record.resolved)
         rundir.open_for_resume()
         if stamp() != before:
             raise PrunekitError(f"--resume: {rundir.path} changed while it was being checked (another process wrote "
@@ -129,11 +131,14 @@ def state_saver(record: RunRecord, model: nn.Module, loop: CycleLoop) -> Callabl
     return save
 
 
-def restore(state: dict[str, Any], recipe: Recipe, model: nn.Module, loop: CycleLoop, record: RunRecord) -> int:
-    """Bring a freshly built model, engine and trainer to the saved state; returns the cycle to continue."""
+def restore(state: dict[str, Any], recipe: Recipe, model: nn.Module, loop: CycleLoop, record: RunRecord,
+            num_classes: int) -> int:
+    """Bring a freshly built model, engine (with its distillation teacher) and trainer to the saved state; returns the
+    cycle to continue."""
     trainer = loop.trainer
     if loop.engine is not None:
         restore_engine(loop.engine, state["engine"], model, recipe, trainer.device)
+        restore_teacher(loop.engine, recipe, record, num_classes, state["trainer"]["cycle"], trainer.device)
     load_model_state(model, state["model"], record.dir.file(STATE_FILE))
     model.to(trainer.device)
     rngs = state["rng"]

@@ -33,10 +33,11 @@ from ..registry import PrunekitError
 from ..io.files import atomic_write_bytes
 from ..io.statedict import load_into, with_versions
 
-__all__ = ["STATE_FILE", "FORMAT", "ResumeMismatchError", "capture_rng", "restore_rng", "save_state", "load_state",
-           "model_state", "load_model_state", "recipe_digest", "recipe_differences", "check_provenance"]
+__all__ = ["STATE_FILE", "TEACHER_FILE", "FORMAT", "ResumeMismatchError", "capture_rng", "restore_rng", "save_state",
+           "load_state", "model_state", "load_model_state", "recipe_digest", "recipe_differences", "check_provenance"]
 
 STATE_FILE = "resume.pt"
+TEACHER_FILE = "teacher.safetensors"  # a distilling run's teacher, written once at its first prune (run/teacher.py)
 FORMAT = "prunekit.resume/2"
 
 

@@ -3,7 +3,9 @@
 It plugs into :class:`~prunekit.engine.iterative.Engine` as ``train_fn`` (``trainer.train_cycle``) and
 ``optimizer_factory`` (``trainer.make_optimizer``); nothing in the engine depends on it. Under ``torchrun`` it wraps the
 model in DistributedDataParallel for each cycle (the structure changes between cycles) and all-reduces its metrics; see
-distributed.py for how the global batch is split so that the gradients equal one process's.
+distributed.py for how the global batch is split so that the gradients equal one process's. Given a ``teacher``
+(:class:`~prunekit.engine.distill.Teacher`, the engine passes one to the cycles after a prune when it distills) the
+loss is :func:`~prunekit.engine.distill.distillation_loss` of the student's and the teacher's logits.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core import distributed as dist_utils
+from ..engine.distill import Teacher
 from ..registry import PrunekitError
 from .resume import capture_rng, restore_rng
 
@@ -139,8 +142,10 @@ class Trainer:
 
         return DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
-    def train_cycle(self, model: nn.Module, optimizer: torch.optim.Optimizer, cycle: int) -> dict[str, Any]:
-        """``cfg.epochs`` epochs with warm-up + cosine; returns best / last validation top-1 of the cycle."""
+    def train_cycle(self, model: nn.Module, optimizer: torch.optim.Optimizer, cycle: int,
+                    teacher: Teacher | None = None) -> dict[str, Any]:
+        """``cfg.epochs`` epochs with warm-up + cosine (distilled from ``teacher`` when given); returns best / last
+        validation top-1 of the cycle."""
         cfg = self.cfg
         steps = self.steps_per_epoch()
         total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
@@ -148,6 +153,8 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, total, warmup, min_ratio))
         model.to(self.device)
+        if teacher is not None:
+            teacher.to(self.device)
         best, best_epoch, last, start = -1.0, -1, None, 0
         state = self.resume_from
         if state is not None and state["cycle"] == cycle:
@@ -159,7 +166,7 @@ class Trainer:
             self.resume_from = None
         net = self._wrap(model)
         for epoch in range(start, cfg.epochs):
-            metrics = self.train_epoch(net, optimizer, scheduler, cycle, epoch, steps)
+            metrics = self.train_epoch(net, optimizer, scheduler, cycle, epoch, steps, teacher)
             metrics.update({f"val_{k}": v for k, v in self.evaluate(model).items()})
             metrics["val_acc"] = metrics.pop("val_top1")
             if metrics["val_acc"] > best:
@@ -176,9 +183,18 @@ class Trainer:
                                     "rng": capture_rng(self.loader_generator)})
         return {"best_top1": best, "best_epoch": best_epoch, "last_top1": last["val_acc"],
                 "train_loss": last["train_loss"], "train_acc": last["train_acc"],
-                "images_per_s": last["images_per_s"], "epochs": cfg.epochs}
+                "images_per_s": last["images_per_s"], "epochs": cfg.epochs, "distilled": teacher is not None}
 
-    def train_epoch(self, model, optimizer, scheduler, cycle: int, epoch: int, steps: int) -> dict[str, Any]:
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None, teacher: Teacher | None,
+             reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy (label smoothing as configured), or with a teacher the distillation loss around it."""
+        hard = self.criterion if reduction == "mean" else self.criterion_sum
+        if teacher is None:
+            return hard(logits.float(), y)
+        return teacher.loss(logits, teacher_logits, y, hard=hard, reduction=reduction)
+
+    def train_epoch(self, model, optimizer, scheduler, cycle: int, epoch: int, steps: int,
+                    teacher: Teacher | None = None) -> dict[str, Any]:
         model.train()
         if self.reporter is not None:
             self.reporter.start_epoch(epoch, self.cfg.epochs, steps)
@@ -196,16 +212,17 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = model(x)
+                teacher_logits = None if teacher is None else teacher.logits(x)
             if distributed:
                 # This rank holds a slice of the global batch: sum its losses and scale by world / global size,
                 # so DDP's gradient average is the mean over the global batch, as in one process.
-                local_sum = self.criterion_sum(logits.float(), y)
+                local_sum = self.loss(logits, y, teacher_logits, teacher, reduction="sum")
                 both = dist_utils.all_reduce_sum(torch.stack([local_sum.detach(), torch.tensor(
                     float(len(y)), device=self.device)]))
                 batch_loss, global_n = both[0] / both[1], both[1]
                 loss = local_sum * (world / global_n)
             else:
-                loss = batch_loss = self.criterion(logits.float(), y)
+                loss = batch_loss = self.loss(logits, y, teacher_logits, teacher)
             if not torch.isfinite(batch_loss):
                 raise NonFiniteLossError(
                     f"loss is {batch_loss.item()} at cycle {cycle}, epoch {epoch + 1}, step {step + 1} (global step "
