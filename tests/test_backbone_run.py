@@ -142,7 +142,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(pruned_run, t
                           "them, but method 'adapters' keeps the backbone frozen; use method full"),
     (["strategy.budget=null"], "strategy.budget: strategy.groups 'backbone' needs a budget, one of params, macs, "
                                "channels"),
-    (["strategy.budget.params=0.5"], "strategy.budget: expected one of params, macs, channels, got 2"),
+    (["strategy.budget.params=0.5"], "strategy.budget: expected one of params, macs, channels, latency, got 2"),
     (["strategy.budget.macs=1.5"], "strategy.budget.macs: expected the fraction of the model's macs to remove, in "
                                    "(0, 1), got 1.5"),
     (["strategy.groups=backbon"], "strategy.groups: expected 'adapters' or 'backbone', got 'backbon'; did you mean "
@@ -205,3 +205,18 @@ def test_a_run_started_before_the_backbone_keys_existed_still_resumes(tmp_path, 
     res = invoke("run", "--resume", out)
     assert res.exit_code == 0, res.output
     assert [c["cycle"] for c in cycles_of(out)] == [0, 1, 2] and (out / "DONE").exists()
+
+
+def test_a_latency_budget_from_a_recipe_prunes_to_measured_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    sets = TINY + ["strategy.budget.macs=null", "strategy.budget.latency=0.2"]
+    info = dry_run(load_recipe(OFFLINE, sets), estimate=False)
+    assert info["budget"] == "latency 0.2" and info["latency_ms_start"] > 0
+    assert info["latency_ms_after_prunes"][-1] == pytest.approx(0.8 * info["latency_ms_start"], rel=1e-3)
+    out = tmp_path / "run"
+    res = invoke("run", OFFLINE, *(a for s in sets for a in ("--set", s)), "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    plans = Plan.load_all(out / "plan.json")
+    assert plans and all(p.meta["budget"]["kind"] == "latency" for p in plans)
+    assert all(0 < p.meta["budget"]["reached"] < 1 for p in plans)  # measured after each prune
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # the tables were cached

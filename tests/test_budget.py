@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.budget.search import (Budget, CostModel, count_macs, count_parameters, mac_weights, select_cost,
-                                    unit_limits)
+from prunekit.budget.search import Budget, CostModel, count_macs, count_parameters, mac_weights, unit_limits
+from prunekit.budget.unitsearch import select_cost
 from prunekit.groups.channels import backbone_groups
 from prunekit.core.policy import Policy, UnreachableTargetError, removal_steps, round_half_up
 from prunekit.ranking.scopes import Limit, SCOPES, capacity, global_scope, local_scope

@@ -9,6 +9,7 @@ sigma    the compression to reach, sum m / sum n (TINA)        units kept in the
 params   fraction of the *whole model's* parameters to remove  ``count_parameters(model)``
 macs     fraction of the whole model's MACs to remove          ``tp.utils.count_ops_and_params`` on the example
 channels fraction of the prunable units to remove              units (channels, neurons, heads) in the groups
+latency  fraction of the model's measured forward time to remove  :class:`~prunekit.budget.latency.LatencyMeter`
 ======== ===================================================== ==============================================
 
 ``Budget.params(0.5)`` means half the parameters of the model gone, classifier and every layer no group touches
@@ -19,34 +20,32 @@ of a unit depends on what else goes: a conv's weight is ``out x in x k x k``, so
 group) and an input channel (another group) together saves one weight less than the two apart. :class:`CostModel`
 keeps, for every tensor a group slices, its shape and how many entries per dim each unit takes, and computes the
 exact number removed by any selection (``prod(shape) - prod(shape - removed)`` per tensor). A params / MACs budget is
-met by asking the scope for ``K`` units and searching ``K`` (bisection) until the exact cost is closest to the
-target, so the reached value is within one unit's cost of it. MACs are modelled the same way, each parameter weighted
-by the MACs per parameter torch-pruning counts for its layer (positions for a conv); what the model misses (MACs of
-activations and pooling, attention products) is corrected by counting the pruned model and selecting again
-(:func:`select_macs`).
+met by asking the scope for ``K`` units and searching ``K`` (bisection, :mod:`prunekit.budget.unitsearch`) until the
+exact cost is closest to the target, so the reached value is within one unit's cost of it. MACs are modelled the same
+way, each parameter weighted by the MACs per parameter torch-pruning counts for its layer (positions for a conv);
+what the model misses (MACs of activations and pooling, attention products) is corrected by counting the pruned model
+and selecting again (:func:`select_macs`).
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .opcount import OpCounter
-from ..core.plan import Plan
-from ..core.policy import UnreachableTargetError, policy_of, removal_steps
+from ..core.policy import UnreachableTargetError, policy_of
 from ..registry import PrunekitError
-from ..ranking.scopes import Limit, global_plans, global_scope
+from ..ranking.scopes import Limit
 from ..core.undo import output_shapes
 
 __all__ = ["Budget", "BUDGET_KINDS", "CostModel", "slices_of", "count_macs", "count_parameters", "mac_weights",
-           "count_forward", "forward_count", "ForwardCount", "select_units", "select_cost", "select_macs",
-           "unit_limits", "check_reachable"]
+           "count_forward", "forward_count", "ForwardCount", "unit_limits", "check_reachable"]
 
-BUDGET_KINDS = ("sigma", "params", "macs", "channels")
+BUDGET_KINDS = ("sigma", "params", "macs", "channels", "latency")
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,15 @@ class Budget:
     """What a pruning run must reach.
 
     Attributes:
-        kind: ``'sigma'``, ``'params'``, ``'macs'`` or ``'channels'`` (module docstring).
+        kind: ``'sigma'``, ``'params'``, ``'macs'``, ``'channels'`` or ``'latency'`` (module docstring).
         value: sigma_target for ``'sigma'`` (> 0); otherwise the fraction of the model's measure to remove, in (0, 1).
+        meter: for ``'latency'``, how it is measured (:class:`~prunekit.budget.latency.LatencyMeter`: batch size,
+            threads, clock); default the example's batch and this process's threads.
     """
 
     kind: str = "sigma"
     value: float = 512.0
+    meter: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.kind not in BUDGET_KINDS:
@@ -68,6 +70,10 @@ class Budget:
             raise PrunekitError(f"budget.value: expected a number, got {self.value!r}")
         if self.kind == "sigma" and not self.value > 0:
             raise PrunekitError(f"sigma_target: expected a compression rate > 0, got {self.value}")
+        if self.kind == "latency" and self.meter is None:
+            from .latency import LatencyMeter
+
+            object.__setattr__(self, "meter", LatencyMeter())
         if self.kind != "sigma" and not 0.0 < self.value < 1.0:
             raise PrunekitError(f"ratio: expected the fraction of the model's {self.kind} to remove, in (0, 1), got "
                                 f"{self.value} (ratio=0.5 removes half)")
@@ -87,6 +93,16 @@ class Budget:
     @classmethod
     def channels(cls, ratio: float) -> "Budget":
         return cls("channels", ratio)
+
+    @classmethod
+    def latency(cls, ratio: float, meter: Any = None, **settings: Any) -> "Budget":
+        """Remove ``ratio`` of the measured forward time; ``meter`` or its settings (``batch_size=32, threads=1``,
+        ``timer=``) say how it is measured (:class:`~prunekit.budget.latency.LatencyMeter`)."""
+        from .latency import LatencyMeter
+
+        if meter is not None and settings:
+            raise PrunekitError(f"Budget.latency: pass meter= or its settings ({', '.join(settings)}), not both")
+        return cls("latency", ratio, meter if meter is not None else LatencyMeter(**settings))
 
     @property
     def counts_units(self) -> bool:
@@ -273,81 +289,6 @@ def unit_limits(groups: Iterable[Any], original: Mapping[str, int] | None = None
         floor = -(-floor // round_to) * round_to
         out[g.name] = Limit(min(g.width, floor), round_to)
     return out
-
-
-def _counts(plan: Plan) -> dict[str, int]:
-    return {k: len(v) for k, v in plan.remove.items()}
-
-
-def _capacity(scores: Mapping[str, torch.Tensor], limits: Mapping[str, Any]) -> dict[str, int]:
-    return {k: removal_steps(len(s), *limits[k])[-1] if k in limits else len(s) for k, s in scores.items()}
-
-
-def select_units(scope: Callable, scores: Mapping[str, torch.Tensor], units: int,
-                 limits: Mapping[str, Any] | None = None) -> Plan:
-    """Ask ``scope`` for exactly ``units`` units (fraction passed too, for scopes that only read it)."""
-    total = sum(len(s) for s in scores.values())
-    return scope(scores, units / total if total else 0.0, target=units, limits=limits)
-
-
-def select_cost(scope: Callable, scores: Mapping[str, torch.Tensor], amount: float, cost: CostModel,
-                limits: Mapping[str, Any] | None = None) -> Plan:
-    """The plan of ``scope`` whose exact cost (``cost.removed``) is closest to ``amount``: bisection on the number of
-    units, then the better of the two neighbours (so the result is within one unit's cost of ``amount``)."""
-    limits = limits or {}
-    cap = sum(_capacity(scores, limits).values())
-    plans: dict[int, Plan] = {}
-    costs: dict[int, float] = {}
-    # the built-in global scope ranks once for every k (and counts without building plans); any other scope is asked
-    # for each k
-    ranked = global_plans(scores, limits) if scope is global_scope else None
-
-    def plan_at(k: int) -> Plan:
-        if k not in plans:
-            plans[k] = ranked(k) if ranked is not None else select_units(scope, scores, k, limits)
-        return plans[k]
-
-    def at(k: int) -> float:
-        if k not in costs:
-            costs[k] = cost.removed(ranked.counts(k) if ranked is not None else _counts(plan_at(k)))
-        return costs[k]
-
-    lo, hi = 0, cap  # invariant: cost(lo) <= amount < cost(hi)
-    if at(cap) <= amount:
-        return plan_at(cap)
-    interpolate = True
-    while hi - lo > 1:
-        # the cost grows nearly linearly in k: a guess by linear interpolation usually lands a few units away;
-        # every other step halves the interval, so the search never takes more than twice bisection's steps
-        if interpolate and at(hi) > at(lo):
-            mid = lo + int((amount - at(lo)) / (at(hi) - at(lo)) * (hi - lo))
-            mid = min(max(mid, lo + 1), hi - 1)
-        else:
-            mid = (lo + hi) // 2
-        interpolate = not interpolate
-        if at(mid) <= amount:
-            lo = mid
-        else:
-            hi = mid
-    return plan_at(lo) if amount - at(lo) <= at(hi) - amount else plan_at(hi)
-
-
-def select_macs(scope: Callable, scores: Mapping[str, torch.Tensor], amount: float, cost: CostModel,
-                measure: Callable[[Plan], float], tolerance: float, limits: Mapping[str, Any] | None = None,
-                rounds: int = 4) -> tuple[Plan, float]:
-    """:func:`select_cost` for MACs, corrected by counting: ``measure(plan)`` returns the MACs a plan really removes
-    (the caller prunes a copy and counts); the target handed to the model moves by the error until the count is
-    within ``tolerance`` of ``amount``. Returns the closest plan and what it removes."""
-    goal, best = amount, None
-    for _ in range(rounds):
-        plan = select_cost(scope, scores, goal, cost, limits)
-        got = measure(plan)
-        if best is None or abs(got - amount) < abs(best[1] - amount):
-            best = (plan, got)
-        if abs(got - amount) <= tolerance:
-            break
-        goal += amount - got
-    return best
 
 
 def check_reachable(budget: Budget, removable: float, total: float) -> None:

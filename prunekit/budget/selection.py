@@ -3,10 +3,11 @@
 Both ask the same questions of a model's groups, and answer them here:
 
 - can the budget be reached at all within the groups' limits (:func:`check_budget_reachable`, before anything runs);
-- what the model measures now (:func:`measure_now`: units, parameters or MACs);
+- what the model measures now (:func:`measure_now`: units, parameters, MACs or measured latency);
 - which units go (:func:`select_plan`): exact unit counts for sigma / channels, the exact parameter cost model for
   params, and for MACs (or groups whose parameter cost is first-order) the cost model corrected by counting a pruned
-  copy (:func:`counted_trial`, the model itself untouched); with ``families`` (uniform pruning,
+  copy (:func:`counted_trial`, the model itself untouched); for latency the measured lookup table
+  (:mod:`prunekit.budget.latency`) corrected by measuring a pruned copy; with ``families`` (uniform pruning,
   :mod:`prunekit.budget.uniform`) the same search runs over the families' steps.
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ from torch import nn
 from ..core.plan import Plan
 from ..core.policy import round_half_up
 from ..ranking.scopes import Scope, capacity
-from .search import (Budget, CostModel, check_reachable, count_macs, count_parameters, select_cost, select_macs,
-                     select_units, slices_of, unit_limits)
+from .search import Budget, CostModel, check_reachable, count_macs, count_parameters, slices_of, unit_limits
+from .unitsearch import select_cost, select_macs, select_measured, select_units
 from .uniform import Family, FamilyCost, UnitCount, describe, expand, family_limits, family_plan_trial, family_scores
 
 __all__ = ["select_plan", "check_budget_reachable", "measure_now", "counted_trial", "needs_trial", "exact_counts"]
@@ -33,49 +34,61 @@ def exact_counts(groups: list) -> bool:
 
 
 def needs_trial(budget: Budget, groups: list) -> bool:
-    """Whether a selection for ``budget`` is checked by counting a pruned copy (MACs; parameters of inexact groups)."""
-    return budget.kind == "macs" or (budget.kind == "params" and not exact_counts(groups))
+    """Whether a selection for ``budget`` is checked by counting a pruned copy (MACs, latency; parameters of inexact
+    groups)."""
+    return budget.kind in ("macs", "latency") or (budget.kind == "params" and not exact_counts(groups))
 
 
-def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inputs: Any) -> float:
-    """Units kept (sigma, channels: from groups or a name -> width mapping), parameters or MACs of the model now."""
+def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inputs: Any, meter: Any = None) -> float:
+    """Units kept (sigma, channels: from groups or a name -> width mapping), parameters, MACs or (with ``meter``, a
+    :class:`~prunekit.budget.latency.LatencyMeter`) seconds of one forward of the model now."""
     if kind in ("sigma", "channels"):
         if isinstance(groups_or_widths, Mapping):
             return float(sum(groups_or_widths.values()))
         return float(sum(g.width for g in groups_or_widths))
     if kind == "params":
         return float(count_parameters(model))
+    if kind == "latency":
+        return float(meter.measure(model, example_inputs))
     return float(count_macs(model, example_inputs))
 
 
 def check_budget_reachable(budget: Budget, groups: list, start: float, *, original: Mapping[str, int] | None = None,
-                           weights: Mapping[int, float] | None = None, families: list[Family] | None = None) -> None:
+                           weights: Mapping[int, float] | None = None, families: list[Family] | None = None,
+                           cost: Any = None) -> None:
     """Raise :class:`~prunekit.core.policy.UnreachableTargetError` (with the most that can go) when the groups'
     limits cannot remove what ``budget`` asks of a model that measures ``start``; ``weights``: MACs per parameter;
-    ``families``: uniform pruning's tied groups (a family goes no lower than its most constrained member)."""
+    ``families``: uniform pruning's tied groups (a family goes no lower than its most constrained member); ``cost``:
+    a latency budget's :class:`~prunekit.budget.latency.LatencyTable` (its measured floor, when it has one)."""
     limits = unit_limits(groups, original)
     if families is not None:
         flimits = family_limits(families, limits)
         most = {f.name: capacity({f.name: f.steps}, {f.name: flimits[f.name]}) for f in families}
-        base = UnitCount() if budget.kind == "channels" else CostModel(groups, weights if budget.kind == "macs"
-                                                                       else None)
+        base = cost if cost is not None else UnitCount() if budget.kind == "channels" else CostModel(
+            groups, weights if budget.kind == "macs" else None)
         check_reachable(budget, FamilyCost(base, families).removed(most), start)
         return
     most = {g.name: capacity({g.name: g.width}, {g.name: limits[g.name]}) for g in groups}
     if budget.kind == "channels":
         removable = float(sum(most.values()))
+    elif cost is not None:
+        floor = getattr(cost, "floor_saving", None)
+        removable = floor if floor is not None else cost.removed(most)
     else:
         removable = CostModel(groups, weights if budget.kind == "macs" else None).removed(most)
     check_reachable(budget, removable, start)
 
 
-def counted_trial(kind: str, model: nn.Module, groups_fn: Callable, example_inputs: Any, before: float
-                  ) -> Callable[[Plan], float]:
-    """``fn(plan) -> what it removes`` (MACs or parameters), counted on a pruned deep copy of ``model``."""
+def counted_trial(kind: str, model: nn.Module, groups_fn: Callable, example_inputs: Any, before: float,
+                  meter: Any = None) -> Callable[[Plan], float]:
+    """``fn(plan) -> what it removes`` (MACs, parameters, or latency measured by ``meter``), on a pruned deep copy
+    of ``model``."""
 
     def removed(plan: Plan) -> float:
         trial = copy.deepcopy(model)
         Plan.from_dict(plan.to_dict()).apply(trial, groups_fn(trial, example_inputs))
+        if kind == "latency":
+            return before - meter.measure(trial, example_inputs)
         return before - (count_macs(trial, example_inputs) if kind == "macs" else count_parameters(trial))
 
     return removed
@@ -92,6 +105,7 @@ def select_plan(
         weights: Mapping[int, float] | None = None,
         trial: Callable[[Plan], float] | None = None,
         families: list[Family] | None = None,
+        cost: Any = None,
 ) -> tuple[Plan, float, float]:
     """One budgeted selection: a plan removing ``goal`` of the budget's measure now (units for sigma / channels,
     parameters or MACs otherwise), the amount it removes and the tolerance (one step's worth: ``round_to`` units).
@@ -100,34 +114,39 @@ def select_plan(
     parameter for MACs); with ``trial`` (``fn(plan) -> amount it really removes``, counted on a pruned copy) the
     selection is corrected by counting, for MACs and for groups without ``param_slices``. Raises before anything is
     modified if ``goal`` is beyond the limits' reach. With ``families`` (:func:`~prunekit.budget.uniform.families`)
-    the scope ranks the families' steps and the tolerance is one step of a family.
+    the scope ranks the families' steps and the tolerance is one step of a family. ``cost`` replaces the parameter
+    cost model (a latency budget's :class:`~prunekit.budget.latency.LatencyTable`).
     """
     limits = unit_limits(groups, original)
     if families is not None:
-        return _select_families(budget, groups, scores, scope, goal, limits, weights, trial, families)
+        return _select_families(budget, groups, scores, scope, goal, limits, weights, trial, families, cost)
     removable = {g.name for g in groups if capacity({g.name: g.width}, {g.name: limits[g.name]})}
     if budget.counts_units:
         plan = select_units(scope, scores, round_half_up(goal), limits)
         tol = max((limits[n].round_to for n in removable), default=1) - 1
         return plan, float(plan.n_removed), float(tol)
-    cost = CostModel(groups, weights)
+    cost = cost if cost is not None else CostModel(groups, weights)
     # one step of a group: round_to units (a policy's round_to moves a width by that many at a time)
     tol = max((cost.removed({n: limits[n].round_to}) for n in removable), default=0.0)
     if trial is None:
         plan = select_cost(scope, scores, goal, cost, limits)
         return plan, cost.removed({k: len(v) for k, v in plan.remove.items()}), tol
+    if budget.kind == "latency":  # the clock's own step at the goal is the unit
+        plan, done, step = select_measured(scope, scores, goal, cost, trial, limits)
+        return plan, done, max(tol, step or 0.0)
     plan, done = select_macs(scope, scores, goal, cost, trial, tol, limits)
     return plan, done, tol
 
 
 def _select_families(budget: Budget, groups: list, scores: Mapping[str, torch.Tensor], scope: Scope, goal: float,
                      limits: Mapping[str, Any], weights: Mapping[int, float] | None,
-                     trial: Callable[[Plan], float] | None, families: list[Family]) -> tuple[Plan, float, float]:
+                     trial: Callable[[Plan], float] | None, families: list[Family], cost: Any = None
+                     ) -> tuple[Plan, float, float]:
     """:func:`select_plan` over families: their steps ranked and costed as wholes, then expanded to the members."""
     widths = {g.name: g.width for g in groups}
     fscores, flimits = family_scores(families, scores), family_limits(families, limits)
     removable = [f.name for f in families if capacity({f.name: f.steps}, {f.name: flimits[f.name]})]
-    base = UnitCount() if budget.counts_units else CostModel(groups, weights)
+    base = cost if cost is not None else UnitCount() if budget.counts_units else CostModel(groups, weights)
     cost = FamilyCost(base, families)
     tol = max((cost.removed({n: flimits[n].round_to}) for n in removable), default=0.0)
     if budget.counts_units:
@@ -136,6 +155,9 @@ def _select_families(budget: Budget, groups: list, scores: Mapping[str, torch.Te
     if ftrial is None:
         fplan = select_cost(scope, fscores, goal, cost, flimits)
         done = cost.removed({k: len(v) for k, v in fplan.remove.items()})
+    elif budget.kind == "latency":
+        fplan, done, step = select_measured(scope, fscores, goal, cost, ftrial, flimits)
+        tol = max(tol, step or 0.0)
     else:
         fplan, done = select_macs(scope, fscores, goal, cost, ftrial, tol, flimits)
     fplan.meta["target_steps"] = fplan.meta.pop("target_units", None)

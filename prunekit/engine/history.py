@@ -67,8 +67,8 @@ class Measure:
         self.start = self.now(groups)
 
     def now(self, groups_or_widths: Any) -> float:
-        """Units kept (sigma, channels), parameters or MACs of the model as it is."""
-        return measure_now(self.budget.kind, self.model, groups_or_widths, self.example_inputs)
+        """Units kept (sigma, channels), parameters, MACs or measured seconds (latency) of the model as it is."""
+        return measure_now(self.budget.kind, self.model, groups_or_widths, self.example_inputs, self.budget.meter)
 
     def value(self, now: float) -> float:
         """The budget's value for a measure: sigma, or the fraction removed."""

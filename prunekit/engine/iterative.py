@@ -40,15 +40,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..budget.search import (
-    Budget, count_parameters, mac_weights,
-)
-from ..budget.selection import check_budget_reachable, counted_trial, needs_trial, select_plan
+from ..budget.search import Budget, count_parameters, mac_weights
+from ..budget.selection import check_budget_reachable
 from ..budget.uniform import families
 from ..core.distributed import broadcast_object, is_main
 from .sources import describe_groups_fn, groups_fn_from
 from ..core.plan import Plan, input_spec, record_applied
-from ..core.policy import round_half_up
 from ..registry import PrunekitError
 from .schedule import Schedule, compression, ratio_prunes, ratio_steps
 from ..ranking.scopes import Scope, get_scope
@@ -57,6 +54,7 @@ from ..ranking.scorers import ScoreStats, Scorer, get_scorer, needs_activations,
 from ..ranking.calibration import gather_stats
 from .distill import Distill, Teacher, check_takes_teacher, checked_teacher
 from .history import CycleRecord, Measure
+from .step import select_step, step_goal, step_latency_table
 from .strategy import Strategy, get_strategy
 
 __all__ = ["Engine", "TrainFn"]
@@ -228,7 +226,8 @@ class Engine:
     def _check_reachable(self, groups: list) -> None:
         weights = mac_weights(self.model, self.example_inputs)[1] if self.budget.kind == "macs" else None
         check_budget_reachable(self.budget, groups, self.measure.start, original=self.original, weights=weights,
-                               families=self.families(groups))
+                               families=self.families(groups), cost=step_latency_table(
+                                   self.budget, self.model, self.groups_fn, self.example_inputs, groups, self.original))
 
     def add_callback(self, event: str, fn: Callable) -> None:
         """``on_cycle_start(engine, cycle)``, ``on_prune(engine, plan)``, ``on_cycle_end(engine, record)``."""
@@ -270,36 +269,15 @@ class Engine:
         batches = self.calibration() if callable(self.calibration) else self.calibration
         return gather_stats(self.model, groups, self.scorer, batches, generator=self.generator, loss_fn=self.loss_fn)
 
-    def _goal(self, target: float, groups: list) -> float:
-        """What this prune must remove, in the budget's measure, to land on ``target``."""
-        kind, m = self.budget.kind, self.measure
-        if kind == "sigma":
-            return float(sum(g.width for g in groups) - target)
-        if kind == "channels":
-            kept = m.start - round_half_up(target * m.start)
-            return float(sum(g.width for g in groups) - kept)
-        return target * m.start - (m.start - m.now(groups))
-
     def plan(self, target: float, groups: list | None = None) -> Plan:
         """Score every group and select down to ``target`` (without touching the model): the total width for a
         sigma budget, else the fraction of the measure removed once this prune is done."""
         groups = groups if groups is not None else self.groups()
         scores = score_groups(groups, self.scorer, self._stats(groups))
-        goal = self._goal(target, groups)
-        weights, trial = None, None
-        if needs_trial(self.budget, groups):
-            if self.budget.kind == "macs":
-                before, weights = mac_weights(self.model, self.example_inputs)
-            else:
-                before = self.measure.now(groups)
-            trial = counted_trial(self.budget.kind, self.model, self.groups_fn, self.example_inputs, float(before))
-        plan, done, tol = select_plan(self.budget, groups, scores, self.scope, goal, original=self.original,
-                                      weights=weights, trial=trial, families=self.families(groups))
-        if abs(done - goal) > tol + 1e-6 * max(1.0, abs(goal)):
-            scope = getattr(self.scope, "__name__", self.scope)
-            raise PrunekitError(f"scope {scope!r} missed this prune's target: it removes {done:,.0f} of the "
-                                f"{self.budget.kind} measure, the target is {goal:,.0f} (tolerance one unit: "
-                                f"{tol:,.0f}); a scope must honour target= and limits=")
+        goal = step_goal(self.budget, self.measure, target, groups)
+        plan, done, tol = select_step(self.budget, self.measure, self.model, self.groups_fn, self.example_inputs,
+                                      groups, scores, self.scope, goal, original=self.original,
+                                      families=self.families(groups))
         plan.meta.update(scorer=getattr(self.scorer, "__name__", str(self.scorer)))
         if self.budget.kind == "sigma":
             plan.meta["target_width"] = int(target)

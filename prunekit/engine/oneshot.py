@@ -36,11 +36,13 @@ from ..groups.channels import backbone_groups
 from ..core.group import UnsupportedModelError
 from ..budget.selection import check_budget_reachable, counted_trial, measure_now, needs_trial, select_plan
 from .sources import describe_groups_fn
+from ..budget.latency import LatencyMeter, latency_table
 from ..budget.opcount import OpCounter
 from ..budget.uniform import families
 from ..core.plan import Plan, input_spec, record_applied
 from ..core.policy import UnreachableTargetError, removal_steps, round_half_up
 from ..registry import PrunekitError
+from ..errors import did_you_mean
 from ..ranking.scopes import get_scope
 from ..core.undo import output_shapes, restore, snapshot
 from ..core.walk import DEFAULT_BUDGET, DiscoveryBudget
@@ -49,7 +51,7 @@ from ..ranking.calibration import gather_stats
 
 __all__ = ["prune"]
 
-TARGETS = ("params", "macs", "channels")
+TARGETS = ("params", "macs", "channels", "latency")
 ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to break the model
 
 
@@ -60,13 +62,20 @@ def _select(budget: Budget, model: nn.Module, groups: list, groups_fn: Callable,
     family step's under ``uniform``)."""
     target = budget.kind
     fams = families(model, groups) if groups_fn.uniform else None
-    check_budget_reachable(budget, groups, start, weights=weights, families=fams)
+    table = None
+    if target == "latency":  # the measured lookup table: the latency budget's cost model
+        table = latency_table(model, groups_fn, example_inputs, budget.meter, unit_limits(groups))
+    check_budget_reachable(budget, groups, start, weights=weights, families=fams, cost=table)
     stats = gather_stats(model, groups, score_fn, calibration, generator=torch.Generator().manual_seed(0),
                          loss_fn=loss_fn)
     scores = score_groups(groups, score_fn, stats)
-    trial = counted_trial(target, model, groups_fn, example_inputs, start) if needs_trial(budget, groups) else None
-    plan, _, tol = select_plan(budget, groups, scores, scope_fn, goal, weights=weights if target == "macs" else None,
-                               trial=trial, families=fams)
+    trial = counted_trial(target, model, groups_fn, example_inputs, start, budget.meter) \
+        if needs_trial(budget, groups) else None
+    plan, done, tol = select_plan(budget, groups, scores, scope_fn, goal,
+                                  weights=weights if target == "macs" else None, trial=trial, families=fams,
+                                  cost=table)
+    if table is not None:
+        plan.meta["planned"] = done  # what the pruned copy measured (prune() compares it with the model's own)
     if target == "params" and trial is not None:  # heads etc. without param_slices: a unit's cost is first-order
         limits = unit_limits(groups)
         removable = [g for g in groups if removal_steps(g.width, *limits[g.name])[-1]]
@@ -93,14 +102,17 @@ def prune(
         embeddings: bool = False,
         discovery: DiscoveryBudget = DEFAULT_BUDGET,
         uniform: bool = False,
+        latency: LatencyMeter | None = None,
 ) -> Plan:
     """Remove ``ratio`` of the model's ``target`` measure, in place; returns the applied plan.
 
     Args:
         model: any model torch-pruning can trace (timm, torchvision, your own).
         example_inputs: a batch the model accepts; MACs are counted on it.
-        ratio: fraction of the *whole model's* parameters / MACs, or of the prunable units, to remove (0.5: half).
-        target: ``'params'``, ``'macs'`` or ``'channels'``.
+        ratio: fraction of the *whole model's* parameters / MACs / measured latency, or of the prunable units, to
+            remove (0.5: half).
+        target: ``'params'``, ``'macs'``, ``'channels'`` or ``'latency'`` (:mod:`prunekit.budget.latency`: the
+            forward time measured on the device the model is on).
         scorer: registered scorer name (``'l1'``, ``'l2'``, ``'l1_mean'``, ``'lamp'``, ``'taylor'`` ...) or callable.
         scope: ``'global'`` (one ranking; layers compete) or ``'local'`` (the same fraction of every group).
         ignore: modules, names or glob patterns whose output channels must not be pruned (the classifier and
@@ -120,19 +132,25 @@ def prune(
             decoder layer, MLP width per block), so the model's config or constructor can describe the result
             (:mod:`prunekit.budget.uniform`: the families, and how units are ranked); the budget is met within one
             step of a family. ``plan.meta['uniform']`` names the tied families.
+        latency: how ``target='latency'`` measures (:class:`~prunekit.budget.latency.LatencyMeter`: batch size,
+            threads, repeats, a clock); default: the example's batch, this process's threads, the wall clock.
 
     Returns:
         The plan, with ``meta`` holding ``budget``, ``reached``, ``params_before`` / ``params_after``,
         ``macs_before`` / ``macs_after``, ``excluded`` (groups left out, with reasons) and ``groups`` (how to find
-        them again).
+        them again); for latency also ``latency`` (milliseconds before, the target, what the table and the pruned
+        copy predicted, and what the pruned model measures: the budget's ``reached`` is the measured one).
 
     Raises:
         UnreachableTargetError: the prunable groups cannot reach ``ratio`` (the message says the most they can).
         UnsupportedModelError: the model cannot be traced, has no prunable group, or broke when sliced (restored).
     """
     if target not in TARGETS:
-        raise PrunekitError(f"target: unknown {target!r}; allowed: {', '.join(TARGETS)}")
-    budget = Budget(target, ratio)
+        raise PrunekitError(f"target: unknown {target!r};{did_you_mean(str(target), TARGETS)} allowed: "
+                            f"{', '.join(TARGETS)}")
+    if latency is not None and target != "latency":
+        raise PrunekitError(f"latency: a LatencyMeter applies to target='latency', got target={target!r}")
+    budget = Budget.latency(ratio, meter=latency) if target == "latency" else Budget(target, ratio)
     score_fn, scope_fn = get_scorer(scorer), get_scope(scope)
     label = scorer if isinstance(scorer, str) else getattr(score_fn, "__name__", str(scorer))
     if (needs_activations(score_fn) or needs_gradients(score_fn)) and calibration is None:
@@ -161,7 +179,7 @@ def prune(
             why = "; ".join(f"{k}: {v}" for k, v in list(groups_fn.excluded.items())[:4])
             raise UnsupportedModelError(f"{type(model).__name__} has no prunable group" + (f" ({why})" if why else ""))
         start = {"params": float(params_before), "macs": float(macs_before)}.get(target) or measure_now(
-            target, model, groups, example_inputs)
+            target, model, groups, example_inputs, budget.meter)
         goal = budget.value * start if target != "channels" else float(round_half_up(budget.value * start))
         plan, sliced = None, False
         try:
@@ -189,10 +207,15 @@ def prune(
     params_after = count_parameters(model)
     macs_after = after.macs
     now = {"params": float(params_after), "macs": float(macs_after)}.get(target)
-    if now is None:
+    if target == "latency":  # measured again on the pruned model itself: a clock, so no exact check
+        now = measure_now(target, model, groups, example_inputs, budget.meter)
+        plan.meta["latency"] = {"before_ms": 1e3 * start, "target_ms": 1e3 * (start - goal),
+                                "planned_ms": 1e3 * (start - plan.meta.pop("planned", goal)),
+                                "measured_ms": 1e3 * now, "step_ms": 1e3 * tol, **budget.meter.describe()}
+    elif now is None:
         now = start - plan.n_removed
     removed = start - now
-    if abs(removed - goal) > tol + 1e-6 * goal:
+    if target != "latency" and abs(removed - goal) > tol + 1e-6 * goal:
         restore(model, snap)
         raise PrunekitError(f"prune: removed {removed:,.0f} of {start:,.0f} {target}, the target was {goal:,.0f} "
                             f"(tolerance one unit: {tol:,.0f}); the model was restored unchanged")

@@ -71,6 +71,9 @@ class BudgetSection:
     channels: Optional[float] = field(**option(
         "fraction of the prunable units to remove, in (0, 1): channels, neurons and heads (strategy.groups "
         "backbone) or adapter neurons", default=None))
+    latency: Optional[float] = field(**option(
+        "fraction of the model's measured forward time to remove, in (0, 1): one model.img_size image on the run's "
+        "device (train.device), timed per group at a few widths (prunekit.budget.latency)", default=None))
 
     def __post_init__(self):
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -79,12 +82,12 @@ class BudgetSection:
                 raise ConfigError(f"strategy.budget.{kind}: expected the fraction of the model's {kind} to remove, "
                                   f"in (0, 1), got {value:g} (0.5 removes half)")
         if len(given) > 1:
-            raise ConfigError(f"strategy.budget: expected one of params, macs, channels, got {len(given)} "
+            raise ConfigError(f"strategy.budget: expected one of params, macs, channels, latency, got {len(given)} "
                               f"({', '.join(f'{k}: {v:g}' for k, v in given.items())}); keep the one to reach")
 
     @property
     def kind(self) -> Optional[str]:
-        """``'params'``, ``'macs'``, ``'channels'``, or None (the adapters' ``strategy.sigma_target``)."""
+        """``'params'``, ``'macs'``, ``'channels'``, ``'latency'`` or None (the adapters' sigma_target)."""
         return next((k for k, v in dataclasses.asdict(self).items() if v is not None), None)
 
     @property
@@ -132,8 +135,8 @@ class StrategySection:
     sigma_target: float = field(**option("compression sum(m_i) / sum(n_i) to reach; above the method's sigma "
                                          "(the budget when strategy.budget sets none)", default=512.0))
     budget: BudgetSection = field(**option(
-        "what the last prune reaches: one of params / macs / channels, a fraction of the model to remove (null: "
-        "the adapters' sigma_target)", default_factory=BudgetSection))
+        "what the last prune reaches: one of params / macs / channels / latency, a fraction of the model to remove "
+        "(null: the adapters' sigma_target)", default_factory=BudgetSection))
     backbone: BackboneSection = field(**option("which of the backbone's groups strategy.groups: backbone prunes",
                                                default_factory=BackboneSection))
     sigma_reference: Optional[float] = field(**option(

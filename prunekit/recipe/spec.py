@@ -66,7 +66,7 @@ class Recipe:
             return
         if s.groups == "backbone" and s.budget.kind is None:
             raise ConfigError("strategy.budget: strategy.groups 'backbone' needs a budget, one of params, macs, "
-                              "channels (e.g. strategy.budget: {macs: 0.5}); sigma_target is the adapters' "
+                              "channels, latency (e.g. strategy.budget: {macs: 0.5}); sigma_target is the adapters' "
                               "compression")
         if s.groups == "adapters":
             default = BackboneSection()

@@ -142,11 +142,14 @@ def _plan_budget(recipe: Recipe, strategy: Strategy, model: nn.Module) -> dict[s
     kinds = Counter(getattr(g, "kind", "group") for g in groups)
     start = engine.measure.start
     removed = [engine.prune_after[c] for c in sorted(engine.prune_after)]
+    # a latency is measured now, on this machine: in milliseconds
+    unit, scale = ("latency_ms", 1e3) if budget.kind == "latency" else (budget.kind, 1.0)
     info: dict[str, Any] = {
         "groups": len(groups), "group_kinds": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
         "units": sum(g.width for g in groups), "budget": f"{budget.kind} {budget.value:g}",
-        f"{budget.kind}_start": int(start), "cycles": engine.cycles, "removed_after_prunes": removed,
-        f"{budget.kind}_after_prunes": [round(start * (1 - r)) for r in removed]}
+        f"{unit}_start": round(scale * start, 3) if scale != 1 else int(start), "cycles": engine.cycles,
+        "removed_after_prunes": removed,
+        f"{unit}_after_prunes": [round(scale * start * (1 - r), 3 if scale != 1 else None) for r in removed]}
     excluded = getattr(engine.groups_fn, "excluded", None)
     if excluded:
         info["groups_left_out"] = len(excluded)
