@@ -127,8 +127,63 @@ def write_report(results: Path) -> Path:
     el = _load(results, "export_latency")
     if el:
         parts += _export_latency(el)
-    DOC.write_text("\n".join(parts) + "\n")
+    lb = _load(results, "latency_budget")
+    if lb:
+        parts += _latency_budget(lb)
+    rc = _load(results, "recovery")
+    if rc:
+        parts += _recovery(rc)
+    text = "\n".join(parts) + "\n"
+    DOC.write_text(_carry_hand_written(text, DOC.read_text() if DOC.exists() else ""))
     return DOC
+
+
+HAND_WRITTEN = ("## 7b.",)  # sections written by hand from their JSON: carried over, after the section before them
+
+
+def _carry_hand_written(new: str, old: str) -> str:
+    """``new`` with the hand-written sections of ``old`` put back after the section that preceded them there."""
+    for head in HAND_WRITTEN:
+        start = old.find(head)
+        if start < 0 or head in new:
+            continue
+        end = old.find("\n## ", start + len(head))
+        section = old[start:] if end < 0 else old[start:end + 1]
+        before = old.rfind("\n## ", 0, start)
+        prev = old[before + 1:old.find("\n", before + 1)] if before >= 0 else None
+        at = new.find(prev) if prev else -1
+        if at < 0:
+            new = new.rstrip("\n") + "\n\n" + section
+            continue
+        nxt = new.find("\n## ", at + len(prev))
+        new = new + "\n" + section if nxt < 0 else new[:nxt + 1] + section + new[nxt + 1:]
+    return new
+
+
+def _latency_budget(lb: dict) -> list[str]:
+    """Section 11: a latency budget against a MACs budget (bench/latency_budget.py)."""
+    met = [r for r in lb["rows"] if r["budget"] == "latency"]
+    return ["## 11. A latency budget against a MACs budget", "",
+            f"Three models pretrained on Fashion-MNIST at 32 px (bench/fmnist.py), each pruned with "
+            f"`prune(..., ratio={lb['ratio']:g}, target=\"latency\", latency=LatencyMeter(batch_size={lb['batch']}, "
+            f"threads=1))` and with `target=\"macs\"` (scorer `l1_mean`). Latency: the unpruned and both pruned "
+            f"models side by side, one forward of {lb['batch']} images each per round, {lb['rounds']} rounds, one "
+            f"thread, the median. Top-1 on 3,000 test images after the same recovery ({lb['epochs']} epochs on 5,000 "
+            "training images).", "", *_command(lb), lb["table"], "",
+            "Latency target met within ±10 % (median of interleaved runs): "
+            + ", ".join(f"{r['arch']} {r['latency_kept']:.3f}x ({_mark(r['within_10pct'])})" for r in met) + ".", ""]
+
+
+def _recovery(rc: dict) -> list[str]:
+    """Section 12: the recovery benchmark's latency and prune-time columns (its accuracy reading is in
+    docs/generic-pruning.md)."""
+    return ["## 12. Recovery benchmark: criteria, distillation, torch-pruning, ModelOpt", "",
+            f"{rc['arch']} pretrained on Fashion-MNIST at 32 px (top-1 {100 * rc['pretrained_top1']:.2f} % on "
+            f"{rc['test_images']:,} test images), pruned to 1/2, 1/4 and 1/8 of its MACs, recovered for "
+            f"{rc['epochs']} epochs on {rc['recovery_images']:,} training images, {rc['seeds']} seeds "
+            f"({rc['seconds'] / 60:.0f} min in all). docs/generic-pruning.md reads the accuracy; latency: batch 1 "
+            "and 32, one thread, every model of a budget and seed interleaved, 20 rounds, the median.", "",
+            *_command(rc), rc["table"], "", *[f"- {v}" for v in rc["verdicts"]], ""]
 
 
 def _vs_torch_pruning(vs: dict) -> list[str]:

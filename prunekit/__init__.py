@@ -21,7 +21,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "engine.iterative": ("Engine",),
     "engine.history": ("CycleRecord",),
     "budget.search": ("Budget", "count_parameters",),
-    "budget.latency": ("LatencyMeter", "LatencyTable", "latency_table",),
+    "budget.meter": ("LatencyMeter",),
+    "budget.latency": ("LatencyTable", "latency_table",),
     "engine.distill": ("Distill", "Teacher", "distillation_loss",),
     "groups.channels": ("BackboneGroups", "backbone_groups",),
     "groups.heads": (

@@ -37,6 +37,30 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
         assert all(r["same_outputs"] for r in data["models"].values())
 
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("script,keys,extra", [
+    ("recovery.py", {"summary", "table", "verdicts", "runs"}, ["--budgets", "0.5", "0.875"]),
+    ("latency_budget.py", {"rows", "table"}, ["--archs", "resnet18"]),
+])
+def test_the_fashion_mnist_benchmarks_run(script, keys, extra, tmp_path):
+    """Recovery (criteria, distillation, torch-pruning, ModelOpt where installed) and the latency budget, tiny."""
+    out = tmp_path / "result.json"
+    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra],
+                         capture_output=True, text=True, cwd=BENCH, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert keys <= set(data)
+    if script == "recovery.py":
+        rows = {s["row"] for s in data["summary"]}
+        assert {"unpruned", "prunekit_l1_mean", "prunekit_l1_mean+kd", "tp_taylor", "random"} <= rows
+        assert all(0.0 <= s["top1"] <= 1.0 for s in data["summary"]) and len(data["verdicts"]) == 2
+    else:
+        assert {r["budget"] for r in data["rows"]} == {"latency", "macs"}
+
+
 def test_ablation_claims_pairs_cells_by_task_and_seed(tmp_path):
     """bench/ablation_claims.py: per-(task, seed) differences, the verdict rule, unequal sigma never judged."""
     sys.path.insert(0, str(BENCH))

@@ -205,3 +205,11 @@ def test_the_estimate_adds_a_teacher_forward_to_every_step_of_the_distilled_cycl
     assert plain == 6 * (10 + 1)
     assert work.seconds(1.0, 0.01, teacher_step_s=0.25) == plain + 4 * 10 * 0.25
     assert work.seconds(1.0, 0.01, from_epoch=5, teacher_step_s=0.25) == 1 * (10 + 1) + 10 * 0.25
+
+
+def test_distillation_without_a_prune_is_refused():
+    from prunekit.recipe.spec import Recipe
+
+    with pytest.raises(ConfigError, match="train.distill.teacher: distillation teaches the cycles after a prune, and "
+                                          "strategy 'none' prunes nothing"):
+        parse_section(Recipe, {"strategy": {"name": "none"}, "train": {"distill": {"teacher": "unpruned"}}})

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+import yaml
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
@@ -13,7 +13,7 @@ from prunekit.models.backbone import create_backbone
 from prunekit.recipe.spec import load_recipe
 from prunekit.run import dry_run
 from prunekit.train.resume import STATE_FILE, TEACHER_FILE
-from test_backbone_run import OFFLINE, TINY, cycles_of, run_until_cycle
+from test_backbone_run import OFFLINE, cycles_of
 from test_cli import tiny_recipe
 from test_resume import comparable, invoke, kill_after, read_metrics, resume_recipe, tensors_of
 
@@ -26,9 +26,9 @@ DISTILL = {"distill": {"teacher": "unpruned", "alpha": 0.7, "temperature": 2.0}}
 def distilled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distilled")
     recipe = resume_recipe(tmp)
-    spec = __import__("yaml").safe_load(recipe.read_text())
+    spec = yaml.safe_load(recipe.read_text())
     spec["train"].update(DISTILL)
-    recipe.write_text(__import__("yaml").safe_dump(spec))
+    recipe.write_text(yaml.safe_dump(spec))
     res = invoke("run", recipe, "--out", tmp / "run", "--quiet")
     assert res.exit_code == 0, res.output
     return recipe, tmp / "run"
@@ -84,16 +84,23 @@ def test_a_resume_without_the_teacher_file_is_refused_and_changes_nothing(distil
     assert snapshot(out) == before
 
 
-def test_an_interrupted_distilled_backbone_run_resumes_exactly(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    sets = TINY + ["train.distill.teacher=unpruned", "train.distill.alpha=0.5"]
+def test_a_killed_distilled_backbone_run_resumes_exactly(tmp_path):
+    """recipes/prune_vit_offline.yaml on random weights, distilled from its unpruned network, SIGKILLed in cycle 1."""
+    spec = yaml.safe_load(OFFLINE.read_text())
+    spec["model"].update(checkpoint=None, pretrain=None)
+    spec["data"].update(limit_train=384, limit_val=64)
+    spec["strategy"]["calibration_batches"] = 2
+    spec["train"].update(epochs=2, warmup_epochs=1, max_steps_per_epoch=4, batch_size=32,
+                         distill={"teacher": "unpruned", "alpha": 0.5})
+    recipe = tmp_path / "backbone_distilled.yaml"
+    recipe.write_text(yaml.safe_dump(spec))
     whole = tmp_path / "whole"
-    res = invoke("run", OFFLINE, *(a for s in sets for a in ("--set", s)), "--out", whole, "--quiet")
+    res = invoke("run", recipe, "--out", whole, "--quiet")
     assert res.exit_code == 0, res.output
     assert [c["distilled"] for c in cycles_of(whole)] == [False, True, True]
     out = tmp_path / "run"
-    run_until_cycle(load_recipe(OFFLINE, sets), out, 2, monkeypatch)  # after the second prune
-    assert (out / TEACHER_FILE).exists()
+    kill_after(recipe, out, 3)  # cycle 0's two epochs, then the first of cycle 1 (after the prune, distilled)
+    assert (out / TEACHER_FILE).exists() and (out / STATE_FILE).exists()
     res = invoke("run", "--resume", out)
     assert res.exit_code == 0, res.output
     assert comparable(read_metrics(out)) == comparable(read_metrics(whole))

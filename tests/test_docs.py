@@ -70,14 +70,15 @@ def test_readme_prune_any_model_snippet_runs(tmp_path, monkeypatch, capsys, one_
 def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
     """Every Python block of docs/generic-pruning.md, in order, in an empty folder (one intra-op thread)."""
     blocks = python_blocks(DOCS / "generic-pruning.md")
-    assert len(blocks) == 5
+    assert len(blocks) == 7
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))  # the latency tables
     spaces, outs = [], []
     for i, block in enumerate(blocks):
         spaces.append({})
         exec(compile(block, f"generic-pruning.md[{i}]", "exec"), spaces[-1])
         outs.append(capsys.readouterr().out.splitlines())
-    one, engine, scorers, hf, native = spaces
+    one, engine, scorers, hf, native, distill, latency = spaces
     assert abs(one["plan"].meta["reached"] - 0.5) < 0.01 and one["plan"].meta["macs_after"] < one["plan"].meta[
         "macs_before"]
     history = engine["engine"].history
@@ -94,6 +95,12 @@ def test_generic_pruning_page_runs_as_written(tmp_path, monkeypatch, capsys, one
     assert "MLP widths differ between blocks" in outs[4][1] and "uniform=True" in outs[4][1]
     assert "'format': 'torch_export'" in outs[4][2] and (tmp_path / "vit-free.pt2").is_file()
     assert native["again"].config.intermediate_size < 128 and (tmp_path / "llama-uniform" / "config.json").is_file()
+    # distillation: cycle 0 without a teacher, the recovery cycles with the frozen unpruned copy
+    assert [line.split()[:2] for line in outs[5][:-1]] == [["0", "False"], ["1", "True"], ["2", "True"]]
+    assert distill["engine"].teacher.model.layer1[0].conv1.out_channels == 64 and outs[5][-1].startswith("Teacher(")
+    # latency: measured before and after; the pruned model is faster
+    lat = latency["lat"]
+    assert lat["measured_ms"] < lat["before_ms"] and outs[6][0].endswith(f"(target {lat['target_ms']:.1f})")
 
 
 def bash_commands(text: str) -> list[str]:

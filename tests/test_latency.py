@@ -10,7 +10,9 @@ from torch import nn
 import prunekit as pk
 from prunekit import Budget, Engine, backbone_groups
 from prunekit.budget import latency as lat
-from prunekit.budget.latency import LatencyMeter, LatencyTable, latency_table
+from prunekit.budget import meter as meters
+from prunekit.budget.latency import LatencyTable, latency_table
+from prunekit.budget.meter import LatencyMeter
 from prunekit.budget.search import unit_limits
 from prunekit.core.policy import UnreachableTargetError
 from prunekit.errors import PrunekitError
@@ -108,7 +110,7 @@ def test_the_table_measures_what_each_group_saves_at_a_few_widths():
     assert saved == pytest.approx(want, rel=1e-9)
     assert [p[0] for p in table.points[fc1]] == sorted(p[0] for p in table.points[fc1])
     assert table.total == pytest.approx(clock_of(model))
-    assert table.floor_saving == pytest.approx(clock_of(model) - clock_of(_at_floor()), rel=1e-9)
+    assert table.floor_fraction == pytest.approx(1 - clock_of(_at_floor()) / clock_of(model), rel=1e-9)
     assert model.fc1.out_features == 96  # measured on a copy
 
 
@@ -132,8 +134,8 @@ def test_interpolation_is_linear_between_points_and_monotone():
 def test_the_wall_clock_table_is_cached_per_model_and_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     calls = []
-    real = lat.wall_clock
-    monkeypatch.setattr(lat, "wall_clock", lambda *a: calls.append(1) or real(*a))
+    real = meters.wall_clock
+    monkeypatch.setattr(meters, "wall_clock", lambda *a: calls.append(1) or real(*a))
     model, fn = Net(), backbone_groups()
     limits = unit_limits(fn(model, X))
     meter = LatencyMeter(batch_size=2, warmup=0, repeats=1)

@@ -1,4 +1,4 @@
-"""Latency as a budget: a per-group lookup table of measured latency, and the meter that measures it.
+"""Latency as a budget: a per-group lookup table of measured latency (measured by :mod:`prunekit.budget.meter`).
 
 "Fewer MACs but no real speed-up": a MACs budget counts arithmetic, but a device runs some layers faster per MAC than
 others (depthwise convolutions, tiny matrices, widths that are not a multiple of the vector or tensor-core width).
@@ -17,6 +17,10 @@ How the budget search uses it, as it uses the MACs per parameter for a MACs budg
    groups that shrink the same layer from both sides), up to four rounds, keeping the closest.
 3. After pruning, the model itself is measured; a plan records what the table predicted and what was measured.
 
+Every measurement a budget compares is taken side by side with a frozen copy of the model as it was when pruning began
+(:meth:`LatencyMeter.ratio`: one call of each per round, the median of the per-round ratios): on a shared machine the
+forward time of one model drifts by 10 % and more between minutes, the ratio of two interleaved ones much less.
+
 The table is cached per (model structure, device, batch, threads, meter settings) under
 ``$PRUNEKIT_CACHE/latency`` (default ``~/.cache/prunekit/latency``), so a second run on the same model measures
 nothing. A meter with its own ``timer`` (a deterministic clock: tests, simulated devices) is never cached.
@@ -28,122 +32,36 @@ import copy
 import hashlib
 import json
 import os
-import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_write
-from ..core.graph import eval_mode
 from ..core.policy import removal_steps
 from ..core.undo import rekey_graph, restore, snapshot
-from ..registry import PrunekitError
-from .cost import synchronize
+from .meter import LatencyMeter, _device, _tensors
 
-__all__ = ["LatencyMeter", "LatencyTable", "latency_table", "Timer", "wall_clock", "cache_dir", "TABLE_FORMAT"]
+__all__ = ["LatencyTable", "latency_table", "cache_dir", "TABLE_FORMAT"]
 
-Timer = Callable[[nn.Module, tuple, dict], float]  # seconds of one call module(*args, **kwargs)
 TABLE_FORMAT = "prunekit.latency/1"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of what a group may lose: the widths its table entry is measured at
-
-
-def wall_clock(module: nn.Module, args: tuple, kwargs: dict, warmup: int = 5, repeats: int = 21) -> float:
-    """Median seconds of ``module(*args, **kwargs)`` after ``warmup`` untimed calls (CUDA synchronised)."""
-    device = _device(args, kwargs)
-    for _ in range(warmup):
-        module(*args, **kwargs)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        module(*args, **kwargs)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-@dataclass(frozen=True)
-class LatencyMeter:
-    """How latency is measured: on the device the model and its example inputs are on, in eval mode, no grad.
-
-    Attributes:
-        batch_size: images (rows) per forward; None: the example inputs' batch. Inputs are repeated along dim 0.
-        threads: ``torch.set_num_threads`` while measuring (restored after); None: as it is.
-        warmup, repeats: untimed calls, then timed ones whose median counts.
-        timer: ``fn(module, args, kwargs) -> seconds`` of one call, instead of the wall clock (a deterministic
-            clock for tests or a simulated device); a meter with a timer caches nothing.
-        cache: cache the lookup tables (see :func:`cache_dir`).
-    """
-
-    batch_size: int | None = None
-    threads: int | None = None
-    warmup: int = 5
-    repeats: int = 21
-    timer: Timer | None = None
-    cache: bool = True
-
-    def __post_init__(self):
-        for key, low in (("batch_size", 1), ("threads", 1), ("repeats", 1), ("warmup", 0)):
-            v = getattr(self, key)
-            if v is None and key in ("batch_size", "threads"):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise PrunekitError(f"latency.{key}: expected an integer >= {low}"
-                                    + (" or None" if key in ("batch_size", "threads") else "") + f", got {v!r}")
-
-    def describe(self) -> dict[str, Any]:
-        """The settings a plan records (and the cache keys on)."""
-        return {"batch_size": self.batch_size, "threads": self.threads or torch.get_num_threads(),
-                "warmup": self.warmup, "repeats": self.repeats,
-                "timer": None if self.timer is None else getattr(self.timer, "__qualname__", repr(self.timer))}
-
-    @contextlib.contextmanager
-    def threads_set(self) -> Iterator[None]:
-        before = torch.get_num_threads()
-        if self.threads is not None and self.threads != before:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
-
-    def call_seconds(self, module: nn.Module, args: tuple, kwargs: dict) -> float:
-        """One call's seconds: the timer's, or the wall clock's median."""
-        if self.timer is not None:
-            return float(self.timer(module, args, kwargs))
-        return wall_clock(module, args, kwargs, self.warmup, self.repeats)
-
-    def batch(self, example_inputs: Any) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of one forward at ``batch_size`` (the example repeated along dim 0)."""
-        args, kwargs = _call_args(example_inputs)
-        if self.batch_size is None:
-            return args, kwargs
-        b0 = _batch_of(args, kwargs)
-        return _repeat(args, b0, self.batch_size), _repeat(kwargs, b0, self.batch_size)
-
-    @torch.no_grad()
-    def measure(self, model: nn.Module, example_inputs: Any) -> float:
-        """Seconds of one forward of ``model`` at the meter's batch size and threads."""
-        args, kwargs = self.batch(example_inputs)
-        with self.threads_set(), eval_mode(model):
-            return self.call_seconds(model, args, kwargs)
 
 
 class LatencyTable:
     """Per group, the latency saved (seconds) by removing ``r`` units, measured at a few ``r``; linear between.
 
     ``removed({group: r})`` is the sum over groups: the cost model of a latency budget (what the search asks of
-    :class:`~prunekit.budget.search.CostModel` for parameters).
+    :class:`~prunekit.budget.search.CostModel` for parameters). ``total``: the seconds of the whole model measured
+    with it; ``floor_fraction``: the fraction of its time that goes with every group at its lowest width (measured
+    side by side with the model; None when those widths do not run together).
     """
 
-    def __init__(self, points: Mapping[str, list[tuple[int, float]]], total: float, floor_saving: float | None = None):
+    def __init__(self, points: Mapping[str, list[tuple[int, float]]], total: float,
+                 floor_fraction: float | None = None):
         self.points = {k: sorted((int(r), float(s)) for r, s in v) for k, v in points.items()}
-        self.total, self.floor_saving = float(total), floor_saving
+        self.total, self.floor_fraction = float(total), floor_fraction
 
     def saved(self, name: str, r: int) -> float:
         pts = self.points.get(name)
@@ -161,14 +79,14 @@ class LatencyTable:
         return sum(self.saved(n, r) for n, r in counts.items() if r)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": TABLE_FORMAT, "total": self.total, "floor_saving": self.floor_saving,
+        return {"format": TABLE_FORMAT, "total": self.total, "floor_fraction": self.floor_fraction,
                 "points": {k: [list(p) for p in v] for k, v in self.points.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
         if d.get("format") != TABLE_FORMAT:
             raise ValueError(f"not a latency table ({d.get('format')!r})")
-        return cls({k: [tuple(p) for p in v] for k, v in d["points"].items()}, d["total"], d.get("floor_saving"))
+        return cls({k: [tuple(p) for p in v] for k, v in d["points"].items()}, d["total"], d.get("floor_fraction"))
 
 
 def cache_dir() -> Path:
@@ -219,7 +137,7 @@ def _measure_table(model: nn.Module, groups_fn: Callable, example_inputs: Any, m
                 except Exception:  # noqa: BLE001 - a width this copy cannot run at: the table stops before it
                     break
             points[g.name] = _monotone(entry)
-        floor = _floor_saving(probe, groups, limits, dgs, meter, args, kwargs, total)
+        floor = _floor_fraction(model, probe, groups, limits, dgs, meter, example_inputs)
     return LatencyTable(points, total, floor)
 
 
@@ -244,15 +162,16 @@ def _saving(probe: nn.Module, g: Any, r: int, base: dict[int, float], dgs: dict,
     return sum(base[i] - t for i, t in now.items())
 
 
-def _floor_saving(probe, groups, limits, dgs, meter, args, kwargs, total) -> float | None:
-    """The latency saved with every group at its lowest width, measured (what the budget can reach at most)."""
+def _floor_fraction(model, probe, groups, limits, dgs, meter, example_inputs) -> float | None:
+    """The fraction of the time saved with every group at its lowest width (what the budget can reach at most),
+    the copy so pruned and the model measured side by side."""
     snap = snapshot(probe)
     try:
         for g in groups:
             r = removal_steps(g.width, *limits[g.name])[-1]
             if r:
                 g.prune(list(range(g.width - r, g.width)))
-        return total - meter.call_seconds(probe, args, kwargs)
+        return 1.0 - meter.ratio(probe, model, example_inputs)
     except Exception:  # noqa: BLE001 - groups that cannot all go at once: the table's own estimate stands
         return None
     finally:
@@ -304,49 +223,6 @@ def _monotone(entry: list[tuple[int, float]]) -> list[tuple[int, float]]:
         best = max(best, s)
         out.append((r, best))
     return out
-
-
-def _call_args(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (tuple, list)):
-        for v in obj:
-            yield from _tensors(v)
-
-
-def _device(args: tuple, kwargs: dict) -> torch.device:
-    return next((t.device for t in _tensors((args, kwargs))), torch.device("cpu"))
-
-
-def _batch_of(args: tuple, kwargs: dict) -> int:
-    t = next((t for t in _tensors((args, kwargs)) if t.ndim), None)
-    if t is None:
-        raise PrunekitError("latency.batch_size: the example inputs hold no tensor with a batch dim to repeat")
-    return t.shape[0]
-
-
-def _repeat(obj: Any, b0: int, batch: int) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if obj.ndim and obj.shape[0] == b0 and batch != b0:
-            reps = -(-batch // b0)
-            return obj.repeat(reps, *([1] * (obj.ndim - 1)))[:batch].contiguous()
-        return obj
-    if isinstance(obj, dict):
-        return {k: _repeat(v, b0, batch) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_repeat(v, b0, batch) for v in obj)
-    return obj
 
 
 def _clone(obj: Any) -> Any:

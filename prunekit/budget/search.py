@@ -71,7 +71,7 @@ class Budget:
         if self.kind == "sigma" and not self.value > 0:
             raise PrunekitError(f"sigma_target: expected a compression rate > 0, got {self.value}")
         if self.kind == "latency" and self.meter is None:
-            from .latency import LatencyMeter
+            from .meter import LatencyMeter
 
             object.__setattr__(self, "meter", LatencyMeter())
         if self.kind != "sigma" and not 0.0 < self.value < 1.0:
@@ -98,7 +98,7 @@ class Budget:
     def latency(cls, ratio: float, meter: Any = None, **settings: Any) -> "Budget":
         """Remove ``ratio`` of the measured forward time; ``meter`` or its settings (``batch_size=32, threads=1``,
         ``timer=``) say how it is measured (:class:`~prunekit.budget.latency.LatencyMeter`)."""
-        from .latency import LatencyMeter
+        from .meter import LatencyMeter
 
         if meter is not None and settings:
             raise PrunekitError(f"Budget.latency: pass meter= or its settings ({', '.join(settings)}), not both")

@@ -39,9 +39,12 @@ def needs_trial(budget: Budget, groups: list) -> bool:
     return budget.kind in ("macs", "latency") or (budget.kind == "params" and not exact_counts(groups))
 
 
-def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inputs: Any, meter: Any = None) -> float:
+def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inputs: Any, meter: Any = None,
+                reference: tuple[nn.Module, float] | None = None) -> float:
     """Units kept (sigma, channels: from groups or a name -> width mapping), parameters, MACs or (with ``meter``, a
-    :class:`~prunekit.budget.latency.LatencyMeter`) seconds of one forward of the model now."""
+    :class:`~prunekit.budget.latency.LatencyMeter`) seconds of one forward of the model now; with ``reference``
+    (a frozen model and the seconds it measured) the seconds are that figure times the ratio of the two models
+    measured side by side."""
     if kind in ("sigma", "channels"):
         if isinstance(groups_or_widths, Mapping):
             return float(sum(groups_or_widths.values()))
@@ -49,7 +52,9 @@ def measure_now(kind: str, model: nn.Module, groups_or_widths: Any, example_inpu
     if kind == "params":
         return float(count_parameters(model))
     if kind == "latency":
-        return float(meter.measure(model, example_inputs))
+        if reference is None:
+            return float(meter.measure(model, example_inputs))
+        return reference[1] * meter.ratio(model, reference[0], example_inputs)
     return float(count_macs(model, example_inputs))
 
 
@@ -72,8 +77,8 @@ def check_budget_reachable(budget: Budget, groups: list, start: float, *, origin
     if budget.kind == "channels":
         removable = float(sum(most.values()))
     elif cost is not None:
-        floor = getattr(cost, "floor_saving", None)
-        removable = floor if floor is not None else cost.removed(most)
+        floor = getattr(cost, "floor_fraction", None)  # measured with every group at its floor (a latency table)
+        removable = start * floor if floor is not None else cost.removed(most)
     else:
         removable = CostModel(groups, weights if budget.kind == "macs" else None).removed(most)
     check_reachable(budget, removable, start)
@@ -81,14 +86,14 @@ def check_budget_reachable(budget: Budget, groups: list, start: float, *, origin
 
 def counted_trial(kind: str, model: nn.Module, groups_fn: Callable, example_inputs: Any, before: float,
                   meter: Any = None) -> Callable[[Plan], float]:
-    """``fn(plan) -> what it removes`` (MACs, parameters, or latency measured by ``meter``), on a pruned deep copy
-    of ``model``."""
+    """``fn(plan) -> what it removes`` (MACs, parameters, or latency: ``meter`` times the pruned copy side by side
+    with ``model``, and ``before`` scales their ratio), on a pruned deep copy of ``model``."""
 
     def removed(plan: Plan) -> float:
         trial = copy.deepcopy(model)
         Plan.from_dict(plan.to_dict()).apply(trial, groups_fn(trial, example_inputs))
         if kind == "latency":
-            return before - meter.measure(trial, example_inputs)
+            return before * (1.0 - meter.ratio(trial, model, example_inputs))
         return before - (count_macs(trial, example_inputs) if kind == "macs" else count_parameters(trial))
 
     return removed

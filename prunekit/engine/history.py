@@ -58,17 +58,22 @@ class CycleRecord:
 
 
 class Measure:
-    """A budget's measure on one model: the starting value, the value now, what a plan would remove."""
+    """A budget's measure on one model: the starting value, the value now, what a plan would remove. A latency is
+    measured side by side with a frozen copy of the model as it started (``reference``)."""
 
     def __init__(self, budget: Budget, model: nn.Module, groups: list, example_inputs: Any):
         self.budget, self.model, self.example_inputs = budget, model, example_inputs
         self.total_fan = sum(g.fan for g in groups)
         self.units0 = sum(g.width for g in groups)
+        self.reference = None
         self.start = self.now(groups)
+        if budget.kind == "latency":  # later measurements are taken side by side with the model as it starts
+            self.reference = (budget.meter.reference(model), self.start)
 
     def now(self, groups_or_widths: Any) -> float:
         """Units kept (sigma, channels), parameters, MACs or measured seconds (latency) of the model as it is."""
-        return measure_now(self.budget.kind, self.model, groups_or_widths, self.example_inputs, self.budget.meter)
+        return measure_now(self.budget.kind, self.model, groups_or_widths, self.example_inputs, self.budget.meter,
+                           self.reference)
 
     def value(self, now: float) -> float:
         """The budget's value for a measure: sigma, or the fraction removed."""

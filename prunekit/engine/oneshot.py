@@ -36,7 +36,8 @@ from ..groups.channels import backbone_groups
 from ..core.group import UnsupportedModelError
 from ..budget.selection import check_budget_reachable, counted_trial, measure_now, needs_trial, select_plan
 from .sources import describe_groups_fn
-from ..budget.latency import LatencyMeter, latency_table
+from ..budget.latency import latency_table
+from ..budget.meter import LatencyMeter
 from ..budget.opcount import OpCounter
 from ..budget.uniform import families
 from ..core.plan import Plan, input_spec, record_applied
@@ -57,7 +58,7 @@ ATTEMPTS = 4  # the first, optimistic one, then one per round of groups found to
 
 def _select(budget: Budget, model: nn.Module, groups: list, groups_fn: Callable, score_fn: Callable,
             scope_fn: Callable, start: float, goal: float, weights: dict, example_inputs: Any,
-            calibration: Iterable | None, loss_fn: Callable | None) -> tuple[Plan, float]:
+            calibration: Iterable | None, loss_fn: Callable | None, seed: int = 0) -> tuple[Plan, float]:
     """Reachability check, scores, budgeted selection; returns the plan and its tolerance (one unit's worth, one
     family step's under ``uniform``)."""
     target = budget.kind
@@ -66,7 +67,7 @@ def _select(budget: Budget, model: nn.Module, groups: list, groups_fn: Callable,
     if target == "latency":  # the measured lookup table: the latency budget's cost model
         table = latency_table(model, groups_fn, example_inputs, budget.meter, unit_limits(groups))
     check_budget_reachable(budget, groups, start, weights=weights, families=fams, cost=table)
-    stats = gather_stats(model, groups, score_fn, calibration, generator=torch.Generator().manual_seed(0),
+    stats = gather_stats(model, groups, score_fn, calibration, generator=torch.Generator().manual_seed(seed),
                          loss_fn=loss_fn)
     scores = score_groups(groups, score_fn, stats)
     trial = counted_trial(target, model, groups_fn, example_inputs, start, budget.meter) \
@@ -103,6 +104,7 @@ def prune(
         discovery: DiscoveryBudget = DEFAULT_BUDGET,
         uniform: bool = False,
         latency: LatencyMeter | None = None,
+        seed: int = 0,
 ) -> Plan:
     """Remove ``ratio`` of the model's ``target`` measure, in place; returns the applied plan.
 
@@ -134,6 +136,7 @@ def prune(
             step of a family. ``plan.meta['uniform']`` names the tied families.
         latency: how ``target='latency'`` measures (:class:`~prunekit.budget.latency.LatencyMeter`: batch size,
             threads, repeats, a clock); default: the example's batch, this process's threads, the wall clock.
+        seed: seeds random scorers (``'random'``).
 
     Returns:
         The plan, with ``meta`` holding ``budget``, ``reached``, ``params_before`` / ``params_after``,
@@ -164,6 +167,7 @@ def prune(
                                 embeddings=embeddings, discovery=discovery, uniform=uniform)
     params_before = count_parameters(model)
     snap = snapshot(model)  # the undo, should slicing break the model
+    clock_ref = budget.meter.reference(model) if target == "latency" else None  # the clock's side-by-side copy
     for attempt in range(ATTEMPTS):
         if attempt == 0:  # the trace's forward also counts the MACs, MACs per parameter and output shapes
             with OpCounter(model) as ops:
@@ -184,7 +188,7 @@ def prune(
         plan, sliced = None, False
         try:
             plan, tol = _select(budget, model, groups, groups_fn, score_fn, scope_fn, start, goal, weights,
-                                example_inputs, calibration, loss_fn)
+                                example_inputs, calibration, loss_fn, seed)
             sliced = True
             plan.apply(model, groups)
             after = count_forward(model, example_inputs, forward_fn)
@@ -208,7 +212,7 @@ def prune(
     macs_after = after.macs
     now = {"params": float(params_after), "macs": float(macs_after)}.get(target)
     if target == "latency":  # measured again on the pruned model itself: a clock, so no exact check
-        now = measure_now(target, model, groups, example_inputs, budget.meter)
+        now = measure_now(target, model, groups, example_inputs, budget.meter, (clock_ref, start))
         plan.meta["latency"] = {"before_ms": 1e3 * start, "target_ms": 1e3 * (start - goal),
                                 "planned_ms": 1e3 * (start - plan.meta.pop("planned", goal)),
                                 "measured_ms": 1e3 * now, "step_ms": 1e3 * tol, **budget.meter.describe()}

@@ -63,6 +63,9 @@ class Recipe:
             if s.groups != "adapters" or s.budget.kind is not None:
                 key = "groups" if s.groups != "adapters" else "budget"
                 raise ConfigError(f"strategy.{key}: strategy 'none' prunes nothing; remove the key or name a strategy")
+            if self.train.distill.teacher is not None:
+                raise ConfigError("train.distill.teacher: distillation teaches the cycles after a prune, and strategy "
+                                  "'none' prunes nothing; remove train.distill or name a strategy")
             return
         if s.groups == "backbone" and s.budget.kind is None:
             raise ConfigError("strategy.budget: strategy.groups 'backbone' needs a budget, one of params, macs, "

@@ -10,6 +10,7 @@
     data        task.py       the task's sets, normalised for the backbone, and their loaders
     train       loop.py       the cycles: the engine's prune loop, or plain cycles for strategy 'none'
                 prune.py      the one seam with the pruning engine (build it, log prunes, plan a dry run, restore)
+                teacher.py    train.distill's teacher: a checkpoint built, or the unpruned model written once, rebuilt
                 estimate.py   the run's duration: two timed steps (dry run), its own first steps (run)
 
 ``pipeline.run_recipe`` strings them together; ``preview`` (``--dry-run``, ``inspect``), ``reload`` (``eval``),
