@@ -22,7 +22,7 @@ every seed; Taylor and random prune again per seed (their batches and draws are 
 
     pip install nvidia-modelopt torchprofile==0.0.4 requests   # ModelOpt's FLOPs counter needs torchprofile 0.0.4
     apt-get install -y dataset-fashion-mnist
-    python bench/recovery.py    # about 75 minutes on 2 CPU cores, the first pretraining (5 min) included
+    python bench/recovery.py    # 45 min on 2 CPU cores (2026-12-02), plus the first pretraining (6 min, cached)
 
 At full scale (ImageNet, ResNet-50, 90 epochs of recovery per row) the same grid is 3 budgets x 10 rows x 3 seeds =
 90 fine-tuning runs of a few GPU-days each; the script takes ``--arch``, ``--recovery-images`` and ``--epochs``.
