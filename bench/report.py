@@ -115,24 +115,12 @@ def write_report(results: Path) -> Path:
             parts += [f"| {r['model']} | {r['bytes']:,} | {r['smaller_by']:.0f}x | {r['adapters_left']} |"
                       for r in rows]
             parts.append("")
-    vs = _load(results, "vs_torch_pruning")
-    if vs:
-        parts += _vs_torch_pruning(vs)
-    cs = _load(results, "cli_startup")
-    if cs:
-        parts += _cli_startup(cs)
-    lt = _load(results, "load_time")
-    if lt:
-        parts += _load_time(lt)
-    el = _load(results, "export_latency")
-    if el:
-        parts += _export_latency(el)
-    lb = _load(results, "latency_budget")
-    if lb:
-        parts += _latency_budget(lb)
-    rc = _load(results, "recovery")
-    if rc:
-        parts += _recovery(rc)
+    for name, section in (("vs_torch_pruning", _vs_torch_pruning), ("cli_startup", _cli_startup),
+                          ("load_time", _load_time), ("export_latency", _export_latency),
+                          ("latency_budget", _latency_budget), ("recovery", _recovery)):
+        result = _load(results, name)
+        if result:
+            parts += section(result)
     text = "\n".join(parts) + "\n"
     DOC.write_text(_carry_hand_written(text, DOC.read_text() if DOC.exists() else ""))
     return DOC

@@ -81,6 +81,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path
     kill_after(recipe, out, epoch_lines)
     assert (out / STATE_FILE).exists()
 
+    resume_and_compare(out, whole)
+
+
+def resume_and_compare(out: Path, whole: Path, folder: str = "adapters") -> None:
+    """``prunekit run --resume out`` finishes it as the uninterrupted run ``whole`` finished: the same log lines,
+    widths and plans, and every cycle's trained file (in ``folder``) bit for bit."""
     res = invoke("run", "--resume", out)
     assert res.exit_code == 0, res.output
     assert "resuming" in res.output
@@ -92,10 +98,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path
     cycles = [r for r in got if r["type"] == "cycle"]
     assert [c["widths"] for c in cycles] == [c["widths"] for c in (r for r in want if r["type"] == "cycle")]
     assert json.loads((out / "plan.json").read_text()) == json.loads((whole / "plan.json").read_text())
-    names = sorted(p.name for p in (whole / "adapters").iterdir())
-    assert sorted(p.name for p in (out / "adapters").iterdir()) == names
-    for f in (whole / "adapters").iterdir():  # trained weights of every cycle, bit for bit
-        assert tensors_of(out / "adapters" / f.name) == tensors_of(f), f.name
+    names = sorted(p.name for p in (whole / folder).iterdir())
+    assert sorted(p.name for p in (out / folder).iterdir()) == names
+    for f in (whole / folder).iterdir():  # trained weights of every cycle, bit for bit
+        assert tensors_of(out / folder / f.name) == tensors_of(f), f.name
 
 
 def test_resume_then_eval_reproduces_the_recorded_accuracy(uninterrupted, tmp_path):

@@ -20,24 +20,33 @@ from ..core.graph import eval_mode
 from ..registry import PrunekitError
 from .cost import synchronize
 
-__all__ = ["LatencyMeter", "Timer", "wall_clock"]
+__all__ = ["LatencyMeter", "Timer", "wall_clock", "timed_rounds"]
 
 Timer = Callable[[nn.Module, tuple, dict], float]  # seconds of one call module(*args, **kwargs)
 
 
-def wall_clock(module: nn.Module, args: tuple, kwargs: dict, warmup: int = 5, repeats: int = 21) -> float:
-    """Median seconds of ``module(*args, **kwargs)`` after ``warmup`` untimed calls (CUDA synchronised)."""
+def timed_rounds(modules: list[nn.Module], args: tuple, kwargs: dict, warmup: int, repeats: int
+                 ) -> list[list[float]]:
+    """Seconds of each module's ``repeats`` timed calls after ``warmup`` untimed rounds, every round calling each
+    module once (CUDA synchronised around every call)."""
     device = _device(args, kwargs)
     for _ in range(warmup):
-        module(*args, **kwargs)
-    times = []
+        for m in modules:
+            m(*args, **kwargs)
+    times: list[list[float]] = [[] for _ in modules]
     for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        module(*args, **kwargs)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, m in enumerate(modules):
+            synchronize(device)
+            t0 = time.perf_counter()
+            m(*args, **kwargs)
+            synchronize(device)
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def wall_clock(module: nn.Module, args: tuple, kwargs: dict, warmup: int = 5, repeats: int = 21) -> float:
+    """Median seconds of ``module(*args, **kwargs)`` after ``warmup`` untimed calls (CUDA synchronised)."""
+    return statistics.median(timed_rounds([module], args, kwargs, warmup, repeats)[0])
 
 
 @dataclass(frozen=True)
@@ -117,19 +126,7 @@ class LatencyMeter:
                 stack.enter_context(eval_mode(m))
             if self.timer is not None:
                 return [[float(self.timer(m, args, kwargs))] for m in models]
-            device = _device(args, kwargs)
-            for _ in range(self.warmup):
-                for m in models:
-                    m(*args, **kwargs)
-            times: list[list[float]] = [[] for _ in models]
-            for _ in range(self.repeats):
-                for i, m in enumerate(models):
-                    synchronize(device)
-                    t0 = time.perf_counter()
-                    m(*args, **kwargs)
-                    synchronize(device)
-                    times[i].append(time.perf_counter() - t0)
-        return times
+            return timed_rounds(models, args, kwargs, self.warmup, self.repeats)
 
     def compare(self, models: list[nn.Module], example_inputs: Any) -> list[float]:
         """The median seconds of each model, measured side by side (:meth:`rounds`)."""
