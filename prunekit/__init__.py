@@ -56,5 +56,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     # the run phases, imported only when one of these is used: a trained run for inference
     "run.loading": ("load",),
     "run.predicting": ("predict",),
+    # many tasks on one backbone
+    "tasks.model": ("MultiTaskModel", "TaskLogits", "load_tasks",),
+    "tasks.predict": ("predict_tasks",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

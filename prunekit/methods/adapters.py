@@ -53,6 +53,8 @@ def apply_parallel(model, config: ParallelAdaptersConfig) -> None:
 
 
 ADAPTERS = register_method(Method("adapters", AdaptersConfig, apply_series, prunable=True,
-                                  description="series adapters after attention and MLP, + head"))
+                                  description="series adapters after attention and MLP, + head",
+                                  adapters=lambda c: c.adapter_config("series")))
 PARALLEL_ADAPTERS = register_method(Method("parallel_adapters", ParallelAdaptersConfig, apply_parallel, prunable=True,
-                                           description="parallel adapters beside attention and MLP, + head"))
+                                           description="parallel adapters beside attention and MLP, + head",
+                                           adapters=lambda c: c.adapter_config("parallel", c.scale)))

@@ -28,11 +28,16 @@ class AdaptFormerConfig:
             raise ConfigError(f"method.hidden: expected an integer >= 1, got {self.hidden}")
 
 
+def adapter_config(config: AdaptFormerConfig) -> AdapterConfig:
+    return AdapterConfig(hidden=config.hidden, kind="parallel", scale=config.scale, act_layer="relu",
+                         targets=tuple(config.targets))
+
+
 def apply(model, config: AdaptFormerConfig) -> None:
-    inject_adapters(model, AdapterConfig(hidden=config.hidden, kind="parallel", scale=config.scale,
-                                         act_layer="relu", targets=tuple(config.targets)))
+    inject_adapters(model, adapter_config(config))
     mark_trainable(model)
 
 
 ADAPTFORMER = register_method(Method("adaptformer", AdaptFormerConfig, apply, prunable=True,
-                                     description="parallel bottleneck (ReLU, scale s) beside every MLP + head"))
+                                     description="parallel bottleneck (ReLU, scale s) beside every MLP + head",
+                                     adapters=adapter_config))

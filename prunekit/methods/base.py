@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
@@ -21,6 +21,9 @@ class Method:
         apply: ``apply(model, config)`` changes the model in place and sets ``requires_grad``.
         prunable: whether it creates groups a pruning strategy can shrink (adapters).
         description: one line for ``prunekit list methods``.
+        adapters: ``adapters(config) -> AdapterConfig`` for a method that injects plain bottleneck adapters (and
+            trains only them and the head): how its adapters compute, so runs of it can share one backbone
+            (:func:`prunekit.load_tasks`); None for every other method.
         freezes_backbone: whether backbone weights stay as loaded while the method trains (every
             parameter-efficient method: adapters, LoRA, BitFit, prompts, a linear probe ...). Such a method learns
             nothing useful on random weights, so a recipe must give it weights (``model.checkpoint``,
@@ -34,6 +37,7 @@ class Method:
     prunable: bool = False
     description: str = ""
     freezes_backbone: bool = True
+    adapters: Optional[Callable[[Any], Any]] = None
 
     def parse_config(self, section: Mapping[str, Any], path: str = "method") -> Any:
         return parse_section(self.config_cls, {k: v for k, v in section.items() if k != "name"}, path)

@@ -14,7 +14,7 @@ from ..errors import PrunekitError
 from ..recipe.spec import Recipe
 from .check import check_recipe
 
-__all__ = ["build_model", "example_inputs", "num_classes_for"]
+__all__ = ["build_model", "build_backbone", "example_inputs", "num_classes_for"]
 
 
 def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) -> nn.Module:
@@ -25,11 +25,24 @@ def build_model(recipe: Recipe, num_classes: int, random_weights: bool = False) 
     checked = check_recipe(recipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
-        model = create_backbone(recipe.model, num_classes, pretrained=False if random_weights else None)
-        if recipe.model.checkpoint and not random_weights:
-            state = load_checkpoint_file(recipe.model.checkpoint)
-            load_backbone_weights(model, state, recipe.model.checkpoint, reset_head=recipe.model.reset_head)
-        checked.method.apply(model, checked.config)
+        model = _backbone(recipe, num_classes, random_weights)
+        checked.method.apply(model, checked.config)  # adapters drawn right after the backbone, from the same seed
+    return model
+
+
+def build_backbone(recipe: Recipe, num_classes: int, random_weights: bool = False) -> nn.Module:
+    """The recipe's backbone alone (no method), its weights as :func:`build_model` gives them: the hub's or
+    ``model.checkpoint``'s, else drawn from ``train.seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.train.seed)
+        return _backbone(recipe, num_classes, random_weights)
+
+
+def _backbone(recipe: Recipe, num_classes: int, random_weights: bool) -> nn.Module:
+    model = create_backbone(recipe.model, num_classes, pretrained=False if random_weights else None)
+    if recipe.model.checkpoint and not random_weights:
+        state = load_checkpoint_file(recipe.model.checkpoint)
+        load_backbone_weights(model, state, recipe.model.checkpoint, reset_head=recipe.model.reset_head)
     return model
 
 

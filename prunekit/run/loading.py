@@ -33,9 +33,10 @@ from ..io.rundir import RunDir
 from ..recipe.builtin import find_recipe
 from .build import example_inputs
 from .record import CLASSES_FILE
-from .reload import build_for_reload, load_run, load_trained, read_trained_file, resolved_recipe
+from .reload import build_for_reload, load_run, load_trained, read_trained_file, recipe_of_run, resolved_recipe, \
+    run_cycles
 
-__all__ = ["Trained", "load", "load_trained_model", "WEIGHT_SUFFIXES"]
+__all__ = ["Trained", "TrainedFile", "load", "load_trained_model", "read_trained", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what model.checkpoint reads (backbone.py)
 
@@ -93,6 +94,58 @@ def load_trained_model(source: str | Path, cycle: int | None = None, *, backbone
         raise PrunekitError(f"{source}: no such run directory or trained file")
     trained.model.to(device).eval()
     return trained
+
+
+@dataclass
+class TrainedFile:
+    """One cycle's trained parameters as a file holds them, with what names them (no model built).
+
+    Attributes:
+        recipe: the recipe the run trained with.
+        tensors: the file's tensors (adapters + head; a backbone run: every tensor of the pruned model).
+        path: the trained file.
+        cycle: its training cycle (None: a trained file that does not record it).
+        classes: ``classes[k]`` names output k; None when the run did not record names (``note`` says why).
+        note: why ``classes`` is None (empty when it is not).
+    """
+
+    recipe: Recipe
+    tensors: dict[str, torch.Tensor]
+    path: Path
+    cycle: int | None
+    classes: list[str] | None
+    note: str = ""
+
+
+def read_trained(source: str | Path, cycle: int | None = None) -> TrainedFile:
+    """A run directory's (or one trained file's) trained parameters, recipe and class names, without building its
+    model: what attaching a run to a backbone already in memory needs (:mod:`prunekit.tasks`)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        rd = RunDir(path)
+        recipe, done = recipe_of_run(rd), run_cycles(rd)
+        cycle = done[-1]["cycle"] if cycle is None else cycle
+        rec = next((m for m in done if m["cycle"] == cycle), None)
+        if rec is None:
+            raise PrunekitError(f"cycle: {cycle} not recorded in {path}; recorded: {[m['cycle'] for m in done]}")
+        if not rec.get("adapter_file"):
+            raise PrunekitError(f"{path}: cycle {cycle} saved no trained parameters (output.save_adapters: false)")
+        file = path / rec["adapter_file"]
+        classes, note = _run_classes(rd)
+        return TrainedFile(recipe, read_trained_file(file, cycle), file, cycle, classes, note)
+    if not path.is_file():
+        raise PrunekitError(f"{source}: no such run directory or trained file")
+    if cycle is not None:
+        raise PrunekitError(f"cycle: {path} holds one cycle's trained parameters; give its run directory to choose "
+                            "a cycle")
+    tensors, meta = read_trained_file(path), _metadata(path)
+    if "recipe_resolved" not in meta:
+        raise PrunekitError(f"{path}: carries no recipe (written before prunekit stored it); give its run directory")
+    recipe = resolved_recipe(_json(meta, "recipe_resolved", path), f"{path} (its recipe)")
+    classes = _json(meta, "classes", path) if "classes" in meta else None
+    cycle = int(meta["cycle"]) if str(meta.get("cycle", "")).isdigit() else None
+    return TrainedFile(recipe, tensors, path, cycle, [str(c) for c in classes] if classes else None,
+                       "" if classes else f"{path} records no class names")
 
 
 def _from_run_dir(path: Path, cycle: int | None, backbone: str | Path | None) -> Trained:

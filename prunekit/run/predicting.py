@@ -10,6 +10,7 @@ top-1 the run recorded.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ from ..errors import PrunekitError
 from .loading import load_trained_model
 from .task import image_transform
 
-__all__ = ["Prediction", "Predictions", "predict", "image_files"]
+__all__ = ["Prediction", "Predictions", "predict", "image_files", "read_image"]
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,17 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _read(path: Path, transform) -> torch.Tensor:
+def read_image(source, transform, label: str | None = None) -> torch.Tensor:
+    """One image (a path or a binary file object) through ``transform``; a file PIL cannot read is a
+    :class:`PrunekitError` naming ``label`` (default: the path)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             return transform(im)
     except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a file it cannot read
-        raise PrunekitError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-                            ) from None
+        why = re.sub(r" <[\w.]+ object at 0x[0-9a-f]+>", "", str(e).splitlines()[0])[:120]  # a file object's repr
+        raise PrunekitError(f"{label or source}: not a readable image ({type(e).__name__}: {why})") from None
 
 
 @torch.no_grad()
@@ -104,7 +107,7 @@ def predict(source: str | Path, images: Sequence[str | Path], *, top_k: int = 5,
     result = Predictions(trained.cycle, classes=names, note=trained.note)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        x = torch.stack([_read(f, transform) for f in chunk]).to(device)
+        x = torch.stack([read_image(f, transform) for f in chunk]).to(device)
         probs = trained.model(x).float().softmax(-1).cpu()
         p, idx = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         for f, ps, ks in zip(chunk, p.tolist(), idx.tolist()):

@@ -1,4 +1,4 @@
-"""``prunekit`` command line: run, inspect, list, eval, predict and export recipes and runs.
+"""``prunekit`` command line: run, inspect, list, eval, predict, serve and export recipes and runs.
 
 Bad input ends with ``error: <what, where, what is allowed>`` on stderr and exit code 2; nothing is written.
 ``prunekit eval`` exits 3 when the re-measured top-1 differs from the recorded one (MISMATCH).
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from .errors import PrunekitError
-from .run.progress import ProgressReporter, make_console
-from .recipe.spec import load_recipe
-from .recipe.builtin import builtin_recipes, builtin_recipes_dir, find_recipe
+from ..errors import PrunekitError
+from ..run.progress import ProgressReporter, make_console
+from ..recipe.spec import load_recipe
+from ..recipe.builtin import builtin_recipes, builtin_recipes_dir, find_recipe
 
 LISTABLE = ("strategies", "scorers", "scopes", "methods", "datasets", "models", "recipes")
 EXIT_BAD_INPUT = 2  # a user's mistake: an `error: ...` line, nothing written
@@ -45,6 +45,7 @@ def main():
     prunekit list strategies                      what can be named in a recipe
     prunekit eval runs/quickstart --cycle 2       reload a cycle's adapters and re-measure top-1
     prunekit predict runs/quickstart IMAGES...    classify image files with a run's model
+    prunekit serve runs/a runs/b                  many tasks on one backbone over HTTP (pip install 'prunekit[serve]')
     prunekit export runs/quickstart --format onnx one file for inference, checked against PyTorch
     """
 
@@ -74,7 +75,7 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
     """
     # the run phases import torch and timm: a recipe's own mistakes are reported before that import (in ~0.2 s)
     if resume_dir is not None:
-        from .run import RunFinished, recipe_to_resume, run_recipe
+        from ..run import RunFinished, recipe_to_resume, run_recipe
 
         if recipe or overrides or out or dry_run or overwrite:
             given = [n for n, v in (("RECIPE", recipe), ("--set", overrides), ("--out", out), ("--dry-run", dry_run),
@@ -93,7 +94,7 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
         result = _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet)
         if result is None:
             return
-    from .run import end_processes
+    from ..run import end_processes
 
     if not end_processes():
         return  # under torchrun, rank 0 alone prints the result
@@ -105,7 +106,7 @@ def run(recipe, overrides, out, dry_run, overwrite, resume_dir, quiet):
 def _run_recipe_file(recipe, overrides, out, dry_run, overwrite, quiet):
     """``prunekit run RECIPE``: the run's result, or None after a dry run (which only prints)."""
     r = load_recipe(find_recipe(recipe), list(overrides))
-    from .run import dry_run as plan_run, run_recipe
+    from ..run import dry_run as plan_run, run_recipe
 
     if dry_run:
         console = make_console()
@@ -139,7 +140,7 @@ def inspect(recipe, overrides):
             raise PrunekitError(f"--set: {recipe} is a run directory, inspected as it ran; drop --set")
         return _inspect_run(recipe)
     r = load_recipe(find_recipe(recipe), list(overrides))  # a recipe's mistakes are found before torch is imported
-    from .run import inspect_recipe
+    from ..run import inspect_recipe
 
     info = inspect_recipe(r)
     table = Table(title=f"{r.name}: {r.model.name} + {r.method['name']}, {info.classes} classes")
@@ -164,7 +165,7 @@ def _inspect_run(run_dir: str) -> None:
     """``prunekit inspect RUN_DIR``: one column per cycle."""
     from rich.table import Table
 
-    from .run import inspect_run
+    from ..run import inspect_run
 
     info = inspect_run(run_dir)
     r, cycles = info.recipe, info.cycles
@@ -202,7 +203,7 @@ def list_(what):
     Entries that installed packages add (entry points prunekit.strategies, .scorers, .scopes, .methods, .datasets,
     .models) are listed with the built-in ones.
     """
-    from .run.catalog import catalog  # imports only the listed registry (strategies: no torch)
+    from ..run.catalog import catalog  # imports only the listed registry (strategies: no torch)
 
     if what != "recipes":
         for line in catalog(what):
@@ -219,7 +220,7 @@ def list_(what):
 
 
 def _description(path: Path) -> str:
-    from .recipe.spec import read_yaml
+    from ..recipe.spec import read_yaml
 
     try:
         data = read_yaml(path)
@@ -242,7 +243,7 @@ def params(model_name, classes, methods, img_size, paper):
     """Trainable parameters and % of the total of every method on one backbone."""
     from rich.table import Table
 
-    from .run import param_rows
+    from ..run import param_rows
 
     rows = param_rows(model_name, classes, list(methods), img_size, int(paper) if paper else None)
     table = Table(title=f"{model_name}, {classes} classes: trainable parameters")
@@ -267,7 +268,7 @@ def params(model_name, classes, methods, img_size, paper):
 def ablate(ablation, out, jobs, dry_run):
     """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots. --dry-run lists its runs
     and estimates the time first."""
-    from .ablation.grid import plan_ablation, run_ablation
+    from ..ablation.grid import plan_ablation, run_ablation
 
     if jobs < 1:
         raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")
@@ -307,38 +308,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-@main.command()
-@click.argument("run_dir", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=int, default=5, show_default=True, help="classes shown per image")
-@click.option("--cycle", type=int, default=None, help="training cycle whose model answers (default: the last)")
-@click.option("--backbone", type=click.Path(dir_okay=False), default=None,
-              help="the backbone weights file, when it is not where the run's model.checkpoint says")
-def predict(run_dir, images, top_k, cycle, backbone):
-    """Classify IMAGES (files, or folders of them) with RUN_DIR's model; RUN_DIR may also be one cycle's trained
-    file (RUN_DIR/adapters/cycle_K.safetensors).
-
-    \b
-    Each image is prepared as the run's validation images were (grey or RGB, resized to model.img_size,
-    normalised). When every image sits in a folder named after a class (val/<class>/...), the top-1 accuracy
-    against those folder names is printed too.
-    \b
-    prunekit predict runs/quickstart digit.png --top-k 3
-    prunekit predict runs/my_task my_images/val
-    """
-    from .run import predict as run_predict
-
-    res = run_predict(run_dir, images, top_k=top_k, cycle=cycle, backbone=backbone)
-    if res.note:
-        click.echo(f"note: {res.note}; showing label indices")
-    width = min(60, max(len(str(r.path)) for r in res.rows))
-    for r in res.rows:
-        click.echo(f"{str(r.path):<{width}}  " + "  ".join(f"{name} {100 * p:.1f}%" for _, name, p in r.top))
-    which = "" if res.cycle is None else f"cycle {res.cycle}, "
-    click.echo(f"{len(res.rows)} image{'s' if len(res.rows) != 1 else ''} ({which}{run_dir})"
-               + ("" if res.accuracy is None else f"; top-1 against the folder names: {100 * res.accuracy:.2f}%"))
-
-
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")
@@ -350,7 +319,7 @@ def eval_(run_dir, cycle, as_json):
     Exit codes: 0 the re-measured top-1 matches the recorded one; 3 it does not (MISMATCH; with --json, "match":
     false); 2 RUN_DIR or its files cannot be used (error: ... says which); 1 an unexpected failure (a bug).
     """
-    from .run import evaluate_run
+    from ..run import evaluate_run
 
     res = evaluate_run(run_dir, cycle)
     if as_json:
@@ -379,13 +348,18 @@ def export(run_dir, fmt, cycle, out, overwrite):
     The file is checked against PyTorch on a batch of another size than the traced one (the batch stays dynamic);
     outputs further apart than 1e-4 are an error.
     """
-    from .run import export_run
+    from ..run import export_run
 
     res = export_run(run_dir, format=fmt, cycle=cycle, out=out, overwrite=overwrite)
     click.echo(f"cycle {res['cycle']}: wrote {res['path']} ({res['bytes']:,} bytes, {res['format']} via "
                f"{res['exporter']}); max |exported - PyTorch| = {res['max_abs_diff']:.2e} on a batch of "
                f"{res['parity_batch']}")
 
+
+from .tasks import predict, serve  # noqa: E402 - the commands of one task or many, on the group above
+
+main.add_command(predict)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

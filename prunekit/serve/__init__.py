@@ -1,0 +1,1 @@
+"""An HTTP server for many tasks on one backbone."""
