@@ -117,7 +117,7 @@ def write_report(results: Path) -> Path:
             parts.append("")
     for name, section in (("vs_torch_pruning", _vs_torch_pruning), ("cli_startup", _cli_startup),
                           ("load_time", _load_time), ("export_latency", _export_latency),
-                          ("latency_budget", _latency_budget), ("recovery", _recovery)):
+                          ("latency_budget", _latency_budget), ("recovery", _recovery), ("tasks", _tasks)):
         result = _load(results, name)
         if result:
             parts += section(result)
@@ -172,6 +172,40 @@ def _recovery(rc: dict) -> list[str]:
             f"({rc['seconds'] / 60:.0f} min in all). docs/generic-pruning.md reads the accuracy; latency: batch 1 "
             "and 32, one thread, every model of a budget and seed interleaved, 20 rounds, the median.", "",
             *_command(rc), rc["table"], "", *[f"- {v}" for v in rc["verdicts"]], ""]
+
+
+def _tasks(tk: dict) -> list[str]:
+    """Section 13: many tasks on one backbone (bench/tasks.py)."""
+    mem, tp, sv = tk["memory"], tk["throughput"], tk["serving"]
+    top = mem[-1]
+    mixed = [t["mixed_cost_over_one_task"] for t in tp]
+    one = {t["batch"]: t["images_per_s"]["one_task"] for t in tp if t["tasks"] == 1}
+    small, big = min(one), max(one)
+    lead = ", ".join(f"{t['shared_over_separate']:.2f}x at {t['tasks']}" for t in tp
+                     if t["batch"] == small and t["tasks"] > 1)
+    return ["## 13. Many tasks, one backbone: memory, mixed batches, serving", "",
+            f"The quickstart's ViT (32 px, dim {tk['dim']}, depth 6, random weights) with random series adapters at "
+            f"the quickstart's widths ({tk['positions']} positions, each task at a TINA cycle: 144, 72, 36 or 18 "
+            f"neurons in all, some adapters emptied) and a 10-class head per task. *Memory*: `MultiTaskModel` (one "
+            f"backbone + N tasks) against N single-task models, each built in a fresh process. *Throughput*: mixed "
+            f"batches (each image of a random task) through one backbone pass, against every task's images through "
+            f"that task's own model; one thread, {tk['rounds']} interleaved rounds, the median; *time: mixed / one "
+            f"task* is the shared model's time on a mixed batch over its time on a batch of one task. *Serving*: the "
+            f"routes and batcher of `prunekit serve` on uvicorn (one torch thread), {sv[0]['clients']} concurrent "
+            f"local clients, {sv[0]['requests']} PNG uploads of random tasks per configuration; batching = max batch "
+            f"32, 5 ms wait; "
+            "none = max batch 1.", "", *_command(tk), tk["table"], "",
+            f"At {top['tasks']} tasks the tensors take {top['tensor_ratio']:.1f}x less memory on one backbone "
+            f"({top['shared']['tensor_bytes'] / 2**20:.1f} MB against {top['separate']['tensor_bytes'] / 2**20:.0f} "
+            f"MB; resident set {top['rss_ratio']:.1f}x). A mixed batch costs {min(mixed):.2f}-{max(mixed):.2f}x a "
+            f"one-task batch of the same size. Against one model per task, mixed batches of {small} lead ({lead} "
+            f"tasks). At batch {big} they do not always: on this CPU one model runs {one[small]:.0f} images/s at batch "
+            f"{small} and {one[big]:.0f} at batch {big} (the 1-task rows: activations past the caches), and the "
+            f"per-task models run sub-batches of {big}/N; on this CPU a batch of about {small} runs fastest per image. "
+            "Batching in the "
+            "server gives "
+            + ", ".join(f"{s['throughput_ratio']:.2f}x" for s in sv) + " the requests per second of no batching "
+            f"(at {', '.join(str(s['tasks']) for s in sv)} tasks).", ""]
 
 
 def _vs_torch_pruning(vs: dict) -> list[str]:

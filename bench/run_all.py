@@ -14,7 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["train_throughput.py", "prune_overhead.py", "inference.py", "train_cost.py", "storage.py",
-           "vs_torch_pruning.py", "cli_startup.py", "load_time.py", "export_latency.py"]
+           "vs_torch_pruning.py", "cli_startup.py", "load_time.py", "export_latency.py",
+           "tasks.py"]
 
 
 def main():

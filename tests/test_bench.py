@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("cli_startup.py", {"rows", "met"}),
     ("load_time.py", {"models", "met"}),
     ("export_latency.py", {"models", "table"}),
+    ("tasks.py", {"memory", "throughput", "serving", "table"}),
 ])
 def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -35,6 +36,10 @@ def test_bench_script_runs_and_writes_json(script, keys, tmp_path):
         assert codes.pop("prunekit run BAD.yaml (schema error)") == 2 and set(codes.values()) == {0}
     if script == "load_time.py":  # every way of loading gave the pruned model back
         assert all(r["same_outputs"] for r in data["models"].values())
+    if script == "tasks.py":  # mixed batches gave each task's own outputs, and the server answered every upload
+        assert all(r["max_abs_diff"] < 1e-4 for r in data["throughput"])
+        assert all(r["batching"]["requests_per_s"] > 0 and r["no_batching"]["mean_batch"] == 1
+                   for r in data["serving"])
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
