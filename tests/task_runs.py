@@ -15,6 +15,17 @@ from PIL import Image
 from test_cli import TINY_MODEL, tiny_recipe
 
 
+def first_line(proc, timeout: float = 120) -> str:
+    """The first line a process prints on stdout ("" if none within ``timeout`` seconds)."""
+    import threading
+
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines[0] if lines else ""
+
+
 @dataclass
 class TaskRuns:
     runs: dict[str, Path]  # full (strategy none, width 8), half (tina, classes 0-2), emptied (tina to sigma 64, 3-7)

@@ -8,7 +8,6 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,7 @@ from PIL import Image
 
 import prunekit as pk
 
-from task_runs import make_task_runs
+from task_runs import first_line, make_task_runs
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +41,11 @@ def server(*args, token: str | None = None):
                              "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
-        first = []
-        reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(120)
-        assert first and first[0].startswith("serving "), (first, proc.poll(), proc.stderr.read() if
-                                                             proc.poll() is not None else "")
-        url = first[0].split(" on ")[1].split(";")[0]
-        assert url.startswith("http://127.0.0.1:"), first[0]  # loopback unless told otherwise
+        first = first_line(proc)
+        assert first.startswith("serving "), (first, proc.poll(), proc.stderr.read() if proc.poll() is not None
+                                              else "")
+        url = first.split(" on ")[1].split(";")[0]
+        assert url.startswith("http://127.0.0.1:"), first  # loopback unless told otherwise
         wait_until_up(url)
         yield url
     finally:

@@ -114,7 +114,10 @@ def create_app(model: MultiTaskModel, *, token: str | None = None, max_batch: in
         known(name)
         data = await _upload(request, max_bytes)
         if name not in transforms:
-            transforms[name] = model.runs[name].transform()
+            run = model.runs.get(name)
+            if run is None:  # removed while the upload was read
+                known(name)
+            transforms[name] = run.transform()
         try:
             image = await asyncio.to_thread(read_image, io.BytesIO(data), transforms[name], "the upload")
         except PrunekitError as e:
