@@ -236,8 +236,8 @@ def test_inspect_and_list():
 HEAVY = ("torch", "timm", "torch_pruning", "torchvision", "matplotlib")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list", "strategies"], ["list", "recipes"], ["run", "{bad}"],
-                                  ["run", "{bad}", "--dry-run"], ["inspect", "{bad}"]])
+@pytest.mark.parametrize("args", [["--help"], ["ablate", "--help"], ["list", "strategies"], ["list", "recipes"],
+                                  ["run", "{bad}"], ["run", "{bad}", "--dry-run"], ["inspect", "{bad}"]])
 def test_answers_that_need_no_model_import_no_torch(args, tmp_path):
     """Help, `list strategies`, `list recipes` and a recipe's schema errors answer before torch, timm, torch-pruning
     or matplotlib is imported (they cost seconds; bench/cli_startup.py measures the start-up)."""

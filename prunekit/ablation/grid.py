@@ -19,6 +19,7 @@ An ablation file names a base recipe and the grid::
       vanilla_sigma_targets: [64, 128]   # optional: the columns of the vanilla row (default: sigma_targets)
     baselines:                         # parameter-matched rows (Tables 1-2): trained as long as the longest cell
       - {label: LoRA r=1, method: {name: lora, rank: 1}}
+    cluster: {launcher: slurm, partition: gpu, gpus_per_job: 1}   # optional: a job per cell (cluster.py)
 
 Every cell gets the same training budget as the iterative run to its sigma: one-shot cells start at
 sigma * (1 - rho) and train as many cycles (``strategy.sigma_reference = sigma0``), vanilla adapters train that many
@@ -29,15 +30,15 @@ strategies and vanilla adapters need one run per column, so a grid can give them
 (``oneshot_sigma_targets``, ``vanilla_sigma_targets``); their other cells are left empty ("-").
 
 A task's overrides come after ``set`` and before the cell's own; its cells are named ``<task>__<cell>``. The tables
-(``ablation_tables.py``) then hold every task's rows and their mean over tasks, and the pretrained backbone's own
+(``tables.py``) then hold every task's rows and their mean over tasks, and the pretrained backbone's own
 top-1 on its pretraining task when the base recipe's checkpoint says or ``model.pretrain`` can re-measure it
 (``run/backbone_result.py``).
 
 Cells run in their own run directories under ``OUT/runs``; a cell whose directory holds a finished run is not run
 again (resume), and ``--jobs N`` runs cells in N processes. ``--dry-run`` (:func:`plan_ablation`) checks every cell
 and every task's data, lists every cell with its length and estimates the grid's time from a few steps measured on
-the spot, without training or writing anything. The file is read in ``ablation_spec.py``, the tables written in
-``ablation_tables.py``, the plots drawn in ``ablation_plots.py``.
+the spot, without training or writing anything. The file is read in ``spec.py``, the tables written in
+``tables.py``, the plots drawn in ``plots.py``; ``cluster.py`` submits the cells as SLURM jobs instead (``jobs.py``).
 """
 from __future__ import annotations
 
@@ -134,8 +135,11 @@ def _finished_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool
     Both sides go through the current schema, so a key added to prunekit since (with its default) does not make a
     finished cell stale.
     """
-    if not (run_dir / RunDir.DONE).exists():
-        return False
+    return (run_dir / RunDir.DONE).exists() and _started_as_planned(run_dir, base, overrides)
+
+
+def _started_as_planned(run_dir: Path, base: str, overrides: list[str]) -> bool:
+    """A run directory (finished or not) whose recipe is the one the grid asks for now."""
     try:
         done = recipe_to_dict(parse_section(Recipe, read_yaml(run_dir / "recipe.resolved.yaml")), resolved=False)
     except PrunekitError:  # unreadable or stale: the cell runs again

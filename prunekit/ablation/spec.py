@@ -10,7 +10,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from .tables import MEAN
 from ..config import option, parse_section
@@ -19,8 +19,10 @@ from ..recipe.spec import read_yaml
 from ..recipe.sections import SEED_MAX
 from ..engine.strategy import get_strategy
 
-__all__ = ["AblationSpec", "GridSection", "BaselineSection", "TaskSection", "PlotSection", "load_ablation",
-           "is_ablation_file"]
+__all__ = ["AblationSpec", "GridSection", "BaselineSection", "TaskSection", "PlotSection", "ClusterSection",
+           "LAUNCHERS", "load_ablation", "is_ablation_file"]
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
 
 TASK_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -69,6 +71,34 @@ class PlotSection:
 
 
 @dataclass
+class ClusterSection:
+    launcher: Literal["local", "slurm", "submitit-local"] = field(**option(
+        "where cells run: local (processes on this machine, --jobs), slurm (one SLURM job per cell through "
+        "submitit), submitit-local (submitit's local executor: the cluster's job path as processes here)",
+        default="local"))
+    partition: Optional[str] = field(**option("SLURM partition (null: the cluster's default)", default=None))
+    account: Optional[str] = field(**option("SLURM account to charge (null: the user's default)", default=None))
+    qos: Optional[str] = field(**option("SLURM quality of service (null: the default)", default=None))
+    gpus_per_job: int = field(**option("GPUs per cell", default=1))
+    cpus_per_job: int = field(**option("CPU cores per cell (torch threads and data workers)", default=8))
+    mem_gb: Optional[float] = field(**option("memory per cell in GB (null: the partition's default)", default=None))
+    time_min: int = field(**option("time limit per job in minutes; a cell that needs longer is requeued and resumes "
+                                   "from its resume.pt", default=24 * 60))
+    array_parallelism: int = field(**option("jobs of one submission that run at once at most", default=64))
+    setup: list[str] = field(**option("shell lines run before each job (module load ..., source venv/bin/activate)",
+                                      default_factory=list))
+    additional: dict = field(**option("further sbatch options, e.g. {constraint: a100, exclude: node7}",
+                                      default_factory=dict))
+
+    def __post_init__(self):
+        for key, least in (("gpus_per_job", 0), ("cpus_per_job", 1), ("time_min", 1), ("array_parallelism", 1)):
+            if getattr(self, key) < least:
+                raise ConfigError(f"cluster.{key}: expected an integer >= {least}, got {getattr(self, key)}")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise ConfigError(f"cluster.mem_gb: expected a number > 0 or null, got {self.mem_gb}")
+
+
+@dataclass
 class AblationSpec:
     name: str = field(**option("ablation name (default: the file name)", default="ablation"))
     description: str = field(**option("free text", default=""))
@@ -79,6 +109,8 @@ class AblationSpec:
     grid: GridSection = field(**option("the strategies x sigma x seeds grid", default_factory=GridSection))
     baselines: list[dict] = field(**option("parameter-matched baselines: label + method", default_factory=list))
     plots: dict = field(**option("which strategies the neurons-per-adapter plots compare", default_factory=dict))
+    cluster: ClusterSection = field(**option("where the cells run (prunekit ablate --launcher and its options "
+                                             "override it)", default_factory=ClusterSection))
     source: Optional[str] = field(default=None, metadata={"help": "file read", "internal": True})
 
     def __post_init__(self):

@@ -259,55 +259,6 @@ def params(model_name, classes, methods, img_size, paper):
         click.echo(f"total parameters with the head: {rows[0].total:,} (adapters and prompts add to it)")
 
 
-@main.command()
-@click.argument("ablation", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="output folder (default: output.dir/<ablation name>)")
-@click.option("--jobs", type=int, default=1, show_default=True, help="cells run in this many processes")
-@click.option("--dry-run", is_flag=True, help="check every cell, list them and estimate the time; nothing is "
-                                              "trained or written")
-def ablate(ablation, out, jobs, dry_run):
-    """Run (or resume) an ablation grid; writes table.md, table.csv, cells.csv and plots. --dry-run lists its runs
-    and estimates the time first."""
-    from ..ablation.grid import plan_ablation, run_ablation
-
-    if jobs < 1:
-        raise click.BadParameter(f"expected an integer >= 1, got {jobs}", param_hint="--jobs")
-    if dry_run:
-        _print_ablation_plan(plan_ablation(ablation, out, jobs))
-        return
-    result = run_ablation(ablation, out, jobs, log=click.echo)
-    click.echo((Path(result["out"]) / "table.md").read_text())
-    click.echo(f"ablation folder: {result['out']}")
-
-
-def _print_ablation_plan(plan: dict) -> None:
-    cells = plan["cells"]
-    width = max(len(c["run"]) for c in cells)
-    click.echo(f"{'run':<{width}}  {'row':<26} seed  cycles x epochs x steps   est.")
-    for c in cells:
-        est = "finished" if c["finished"] else _duration(c["seconds"])
-        click.echo(f"{c['run']:<{width}}  {c['row']:<26} {c['seed']:>4}  {c['cycles']:>6} x {c['epochs']:>6} x "
-                   f"{c['steps_per_epoch']:>5}   {est}")
-    todo = sum(not c["finished"] for c in cells)
-    for task, epochs in plan["epochs_per_task"].items():
-        click.echo(f"  {task or plan['name']}: {sum(c['task'] == task for c in cells)} runs, {epochs} training epochs")
-    click.echo(f"  total: {sum(plan['epochs_per_task'].values())} training epochs")
-    click.echo(f"{len(cells)} runs, {len(cells) - todo} already finished in {plan['out']}, {todo} to run")
-    click.echo(f"estimate: {_duration(plan['estimate_s'])} with --jobs {plan['jobs']} (an estimate: "
-               f"{1000 * plan['train_step_s']:.0f} ms per training step of {plan['batch_size']} images and "
-               f"{1000 * plan['eval_step_s']:.0f} ms per evaluation step, measured now on the base recipe's model "
-               f"with {plan['threads']} thread{'s' if plan['threads'] != 1 else ''}; methods differ in cost and the "
-               "machine's load changes)")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--cycle", type=int, default=None, help="training cycle to reload (default: the last)")
@@ -356,8 +307,10 @@ def export(run_dir, fmt, cycle, out, overwrite):
                f"{res['parity_batch']}")
 
 
-from .tasks import predict, serve  # noqa: E402 - the commands of one task or many, on the group above
+from .ablate import ablate  # noqa: E402 - commands of their own modules, on the group above
+from .tasks import predict, serve  # noqa: E402
 
+main.add_command(ablate)
 main.add_command(predict)
 main.add_command(serve)
 
