@@ -127,14 +127,15 @@ def cell_state(run_id: str, run_dir: Path, jobs: Path, finished: bool) -> CellSt
     if ran and state.get("state") == "failed":
         return CellState(run_id, "failed", state.get("error", ""))
     alive = _job_alive(job)
-    if alive is None or alive:
-        started = ran and state.get("state") == "started"
-        return CellState(run_id, "running" if started else "queued", f"job {job['job_id']} ({job['launcher']})")
-    return CellState(run_id, "failed", _death(job, state if ran else {}))
+    if alive is False:
+        return CellState(run_id, "failed", _death(job, state if ran else {}))
+    started = ran and state.get("state") == "started" and alive != "waiting"  # a requeued job waits again
+    return CellState(run_id, "running" if started else "queued", f"job {job['job_id']} ({job['launcher']})")
 
 
-def _job_alive(job: dict[str, Any]) -> bool | None:
-    """Whether the job is queued or running (None: cannot tell from here)."""
+def _job_alive(job: dict[str, Any]) -> bool | str | None:
+    """Whether the job is queued or running: True, "waiting" (SLURM has it pending, or requeued), False (it ended)
+    or None (cannot tell from here)."""
     if job.get("launcher") == "slurm":
         try:
             import submitit
@@ -142,8 +143,9 @@ def _job_alive(job: dict[str, Any]) -> bool | None:
             state = submitit.SlurmJob(job["folder"], str(job["job_id"])).state.upper()
         except Exception:  # no sacct here (a login node without accounting): say nothing rather than guess
             return None
-        return state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
-                         "UNKNOWN", "READY")
+        if state in ("PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED", "UNKNOWN", "READY"):
+            return "waiting"
+        return state in ("RUNNING", "COMPLETING", "RESIZING")
     if job.get("host") != socket.gethostname():
         return None
     pid = int(job["job_id"])
