@@ -147,6 +147,7 @@ def test_collect_equals_the_same_grid_run_locally(cluster_grid, tmp_path):
     assert status(cluster_grid["grid"], out) == {c: ("done", "") for c in CELLS}
     again = prunekit("ablate", cluster_grid["grid"], "--out", out)
     assert again.returncode == 0 and "submitted 0 jobs" in again.stdout and "3 done" in again.stdout
+    assert "ablation folder:" in again.stdout  # every cell done: the plain command collects
 
 
 def test_a_cell_whose_run_directory_is_locked_is_left_to_its_holder(tmp_path):
@@ -240,6 +241,10 @@ def test_bad_launcher_and_cluster_values_are_refused(tmp_path):
     assert res.returncode == 2 and "--status and --collect: give one of them" in res.stderr
     res = prunekit("ablate", grid, "--launcher", "local", "--wait")
     assert res.returncode == 2 and "--wait" in res.stderr
+    res = prunekit("ablate", grid, "--launcher", "local", "--partition", "gpu", "--time-min", 60)
+    assert res.returncode == 2 and "--partition, --time-min: for a cluster launcher" in res.stderr
+    res = prunekit("ablate", grid, "--jobs", 2)
+    assert res.returncode == 2 and "--jobs 2: counts local processes; with --launcher submitit-local" in res.stderr
     assert not (tmp_path / "runs").exists()
 
 

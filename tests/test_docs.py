@@ -121,6 +121,8 @@ README_NOT_RUN = {
     "python bench/run_all.py": "the benchmarks take hours; tests/test_bench.py runs one with --quick",
     "prunekit ablate recipes/ablation_offline.yaml --jobs 2":
         "the whole grid takes hours; the --dry-run line before it checks the file and every one of its runs",
+    "prunekit ablate recipes/ablation_flowers_swin.yaml --launcher slurm --partition gpu":
+        "needs a SLURM cluster; tests/test_ablation_cluster.py submits through submitit with a stand-in sbatch",
 }
 # What every training command gets appended: one short epoch per cycle, on a random backbone, so the test neither
 # takes the quickstart's minutes nor reads or writes the cached checkpoint in ~/.cache.

@@ -46,8 +46,8 @@ def cluster_config(section: ClusterSection, **given: Any) -> ClusterSection:
     return parse_section(ClusterSection, merged, "cluster")
 
 
-def _grid_state(path, out) -> tuple[Any, str, list, list[Any], Path, list[CellState]]:
-    spec, base, task_recipes, cells, out = _checked_grid(path, out)
+def _grid_state(path, out, data: bool = False) -> tuple[Any, str, list, list[Any], Path, list[CellState]]:
+    spec, base, task_recipes, cells, out = _checked_grid(path, out, data)
     jobs = out / "jobs"
     states = [cell_state(c.run_id, out / "runs" / c.run_id, jobs,
                          _finished_as_planned(out / "runs" / c.run_id, base, c.overrides)) for c in cells]
@@ -136,7 +136,7 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
     what would be: the jobs, their resources and each cell's estimate from its own steps)."""
     if cfg.launcher == "local":
         raise PrunekitError("--launcher: 'local' runs cells in this process (prunekit ablate FILE --jobs N)")
-    spec, base, task_recipes, cells, out, states = _grid_state(path, out)
+    spec, base, task_recipes, cells, out, states = _grid_state(path, out, data=True)
     todo = [(c, s) for c, s in zip(cells, states) if s.state in ("todo", "failed")]
     resources = (f"{cfg.launcher}: {cfg.gpus_per_job} GPU, {cfg.cpus_per_job} CPUs"
                  + (f", {cfg.mem_gb:g} GB" if cfg.mem_gb else "") + f", {cfg.time_min} min limit"
@@ -171,7 +171,7 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
             executor = _executor(cfg, jobs / "logs", f"prunekit-{spec.name}")
             with _controller_output(cfg, jobs / "logs"), executor.batch():
                 handles = [executor.submit(CellJob(base, list(c.overrides), str(runs / c.run_id), str(jobs),
-                                                   c.run_id)) for c in todo]
+                                                   c.run_id, cfg.cpus_per_job)) for c in todo]
             now = time.time()
             for c, job in zip(todo, handles):
                 record = {"run": c.run_id, "launcher": cfg.launcher, "job_id": str(job.job_id),
@@ -182,7 +182,7 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
     skipped = {s: sum(x.state == s for x in states) for s in ("done", "running", "queued")}
     log(f"ablation {spec.name}: {len(cells)} runs; submitted {len(submitted)} job{'s' if len(submitted) != 1 else ''} "
         f"({resources}); {skipped['done']} done, {skipped['running']} running, {skipped['queued']} queued -> {out}")
-    return {"out": out, "submitted": submitted, "skipped": skipped, "resources": resources}
+    return {"out": out, "submitted": submitted, "skipped": skipped, "resources": resources, "cells": len(cells)}
 
 
 def wait_for(path: str | Path, out: str | Path | None, poll_s: float = 10.0, log=print) -> dict[str, Any]:

@@ -164,8 +164,9 @@ def _run_cell(base: str, overrides: list[str], out: str, threads: int) -> str:
     return out
 
 
-def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
-    """Every task's recipe, its names resolved and its data loaded once (a bad task fails before any cell runs)."""
+def _check_tasks(spec: AblationSpec, base: str, data: bool = True) -> list[Recipe]:
+    """Every task's recipe, its names resolved and (``data``) its data loaded once (a bad task fails before any cell
+    runs)."""
     from ..run import check_recipe
     from ..run.task import load_bundle
 
@@ -175,7 +176,7 @@ def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
         try:
             recipe = load_recipe(base, spec.task_overrides(task))
             check_recipe(recipe)
-            if spec.tasks:
+            if spec.tasks and data:
                 load_bundle(recipe)
         except PrunekitError as e:
             raise ConfigError(f"{where}{e}") from None
@@ -183,15 +184,16 @@ def _check_tasks(spec: AblationSpec, base: str) -> list[Recipe]:
     return recipes
 
 
-def _checked_grid(path: str | Path, out: str | Path | None
+def _checked_grid(path: str | Path, out: str | Path | None, data: bool = True
                   ) -> tuple[AblationSpec, str, list[Recipe], list[Cell], Path]:
     """The ablation file, its base recipe, every task's recipe, the cells (every one's recipe checked) and the output
-    folder (default: the base recipe's ``output.dir`` / the ablation's name); nothing is written."""
+    folder (default: the base recipe's ``output.dir`` / the ablation's name); nothing is written. ``data=False``:
+    the tasks' data is not loaded (``--status`` and ``--collect`` read run directories only)."""
     from ..run import check_recipe
 
     spec = load_ablation(path)
     base = str((Path(spec.source).parent / spec.base).resolve())
-    task_recipes = _check_tasks(spec, base)
+    task_recipes = _check_tasks(spec, base, data)
     rho = task_recipes[0].strategy.rho
     if any(not math.isclose(r.strategy.rho, rho) for r in task_recipes):
         raise ConfigError(f"tasks: strategy.rho must be the same for every task (the cells' budgets follow from it), "

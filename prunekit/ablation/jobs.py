@@ -57,13 +57,15 @@ def _write_state(jobs: Path, run_id: str, state: str, **extra) -> None:
 
 @dataclass
 class CellJob:
-    """What one job runs: the cell ``run_id`` of the grid whose base recipe is ``base``, into ``run_dir``."""
+    """What one job runs: the cell ``run_id`` of the grid whose base recipe is ``base``, into ``run_dir``, with
+    ``threads`` torch threads (the job's CPUs; 0: torch's default)."""
 
     base: str
     overrides: list[str]
     run_dir: str
     jobs: str
     run_id: str
+    threads: int = 0
 
     def __call__(self) -> str:
         from ..io.runlock import RunLockedError
@@ -78,6 +80,10 @@ class CellJob:
         if holder_of(run_dir) is not None:
             return "running in another process"  # that one finishes it; a cell never runs twice at once
         resume = (run_dir / STATE_FILE).is_file() and _started_as_planned(run_dir, self.base, self.overrides)
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         _write_state(jobs, self.run_id, "started", resumed=resume)
         quiet = ProgressReporter(console=make_console(quiet=True))
         try:

@@ -68,10 +68,14 @@ def ablate(ablation, out, jobs, dry_run, launcher, status, collect, wait, partit
     from ..ablation.cluster import cluster_config
     from ..ablation.spec import load_ablation
 
-    cfg = cluster_config(load_ablation(ablation).cluster, launcher=launcher, partition=partition, account=account,
-                         qos=qos, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, mem_gb=mem_gb,
-                         time_min=time_min, array_parallelism=array_parallelism)
+    flags = dict(partition=partition, account=account, qos=qos, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                 mem_gb=mem_gb, time_min=time_min, array_parallelism=array_parallelism)
+    cfg = cluster_config(load_ablation(ablation).cluster, launcher=launcher, **flags)
     if cfg.launcher == "local":
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        if given:
+            raise PrunekitError(f"{', '.join(given)}: for a cluster launcher (--launcher slurm or submitit-local); "
+                                "this grid runs locally")
         if wait:
             raise PrunekitError("--wait: a local grid runs in this process; it waits anyway")
         from ..ablation.grid import plan_ablation, run_ablation
@@ -80,6 +84,9 @@ def ablate(ablation, out, jobs, dry_run, launcher, status, collect, wait, partit
             _print_ablation_plan(plan_ablation(ablation, out, jobs))
             return
         return _print_result(run_ablation(ablation, out, jobs, log=click.echo))
+    if jobs != 1:
+        raise PrunekitError(f"--jobs {jobs}: counts local processes; with --launcher {cfg.launcher} every cell is "
+                            "a job of its own (--array-parallelism: how many run at once)")
     from ..ablation.cluster import submit_ablation, wait_for
 
     result = submit_ablation(ablation, out, cfg, dry_run=dry_run, log=click.echo)
@@ -90,6 +97,10 @@ def ablate(ablation, out, jobs, dry_run, launcher, status, collect, wait, partit
         for run, state, seconds in result["submit"]:
             click.echo(f"  {run}  ({state}; estimate {_duration(seconds)} on this machine's measured step time)")
         return
+    if result["skipped"]["done"] == result["cells"]:  # nothing left to run: the tables, as --collect writes them
+        from ..ablation.cluster import collect_ablation
+
+        return _print_result(collect_ablation(ablation, out, log=click.echo))
     if not wait:
         click.echo(f"follow with: prunekit ablate {ablation} --status; when every cell is done: --collect")
         return
