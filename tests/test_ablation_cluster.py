@@ -200,6 +200,12 @@ def test_slurm_launcher_writes_the_sbatch_script_of_the_cluster_section(tmp_path
     for stub in ("sbatch", "srun"):
         (bin_dir / stub).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
+    res = prunekit("ablate", grid, "--out", tmp_path / "out", env=env)
+    assert res.returncode == 2 and "submitting 3 jobs failed, nothing was submitted" in res.stderr, res.stderr
+    assert "invalid partition specified" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not list((tmp_path / "out" / "jobs").glob("*.job.json"))
+    (bin_dir / "sbatch").write_text(SBATCH.format(keep=keep))
     res = prunekit("ablate", grid, "--out", tmp_path / "out", "--time-min", 600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "submitted 3 jobs (slurm: 1 GPU, 8 CPUs, 600 min limit, partition gpu, account lab, at most 2 at once)" \
@@ -249,7 +255,9 @@ def test_bad_launcher_and_cluster_values_are_refused(tmp_path):
 
 
 def test_the_cli_knows_the_launchers_of_the_ablation_file():
-    from prunekit.ablation.spec import LAUNCHERS
+    import typing
+
+    from prunekit.ablation.spec import LAUNCHERS, ClusterSection
     from prunekit.cli.ablate import LAUNCHERS as CLI_LAUNCHERS
 
-    assert CLI_LAUNCHERS == LAUNCHERS
+    assert CLI_LAUNCHERS == LAUNCHERS == typing.get_args(typing.get_type_hints(ClusterSection)["launcher"])

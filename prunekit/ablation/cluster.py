@@ -168,10 +168,14 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
         todo = [c for c, s in zip(cells, states) if s.state in ("todo", "failed")]
         submitted = []
         if todo:
-            executor = _executor(cfg, jobs / "logs", f"prunekit-{spec.name}")
-            with _controller_output(cfg, jobs / "logs"), executor.batch():
-                handles = [executor.submit(CellJob(base, list(c.overrides), str(runs / c.run_id), str(jobs),
-                                                   c.run_id, cfg.cpus_per_job)) for c in todo]
+            try:  # one sbatch call for the whole array: it is submitted, or nothing is
+                executor = _executor(cfg, jobs / "logs", f"prunekit-{spec.name}")
+                with _controller_output(cfg, jobs / "logs"), executor.batch():
+                    handles = [executor.submit(CellJob(base, list(c.overrides), str(runs / c.run_id), str(jobs),
+                                                       c.run_id, cfg.cpus_per_job)) for c in todo]
+            except Exception as e:  # sbatch refused an option (cluster.additional, a partition ...): say what it said
+                raise PrunekitError(f"--launcher {cfg.launcher}: submitting {len(todo)} jobs failed, nothing was "
+                                    f"submitted: {type(e).__name__}: {str(e).strip()[-800:]}") from None
             now = time.time()
             for c, job in zip(todo, handles):
                 record = {"run": c.run_id, "launcher": cfg.launcher, "job_id": str(job.job_id),
