@@ -181,8 +181,8 @@ def _tasks(tk: dict) -> list[str]:
     mixed = [t["mixed_cost_over_one_task"] for t in tp]
     one = {t["batch"]: t["images_per_s"]["one_task"] for t in tp if t["tasks"] == 1}
     small, big = min(one), max(one)
-    lead = ", ".join(f"{t['shared_over_separate']:.2f}x at {t['tasks']}" for t in tp
-                     if t["batch"] == small and t["tasks"] > 1)
+    lead, at_big = (", ".join(f"{t['shared_over_separate']:.2f}x at {t['tasks']}" for t in tp
+                              if t["batch"] == b and t["tasks"] > 1) for b in (small, big))
     return ["## 13. Many tasks, one backbone: memory, mixed batches, serving", "",
             f"The quickstart's ViT (32 px, dim {tk['dim']}, depth 6, random weights) with random series adapters at "
             f"the quickstart's widths ({tk['positions']} positions, each task at a TINA cycle: 144, 72, 36 or 18 "
@@ -198,14 +198,15 @@ def _tasks(tk: dict) -> list[str]:
             f"At {top['tasks']} tasks the tensors take {top['tensor_ratio']:.1f}x less memory on one backbone "
             f"({top['shared']['tensor_bytes'] / 2**20:.1f} MB against {top['separate']['tensor_bytes'] / 2**20:.0f} "
             f"MB; resident set {top['rss_ratio']:.1f}x). A mixed batch costs {min(mixed):.2f}-{max(mixed):.2f}x a "
-            f"one-task batch of the same size. Against one model per task, mixed batches of {small} lead ({lead} "
-            f"tasks). At batch {big} they do not always: on this CPU one model runs {one[small]:.0f} images/s at batch "
-            f"{small} and {one[big]:.0f} at batch {big} (the 1-task rows: activations past the caches), and the "
-            f"per-task models run sub-batches of {big}/N; on this CPU a batch of about {small} runs fastest per image. "
-            "Batching in the "
-            "server gives "
-            + ", ".join(f"{s['throughput_ratio']:.2f}x" for s in sv) + " the requests per second of no batching "
-            f"(at {', '.join(str(s['tasks']) for s in sv)} tasks).", ""]
+            f"one-task batch of the same size. Against one model per task, mixed batches of {small} run {lead} "
+            f"tasks; at batch {big}: {at_big} tasks (the per-task models then run sub-batches of {big}/N; one model "
+            f"runs {one[small]:.0f} images/s at batch {small} and {one[big]:.0f} at batch {big}). Batching in the "
+            "server gives " + ", ".join(f"{s['throughput_ratio']:.2f}x" for s in sv) + " the requests per second of "
+            f"no batching (at {', '.join(str(s['tasks']) for s in sv)} tasks); its p50 is "
+            + ", ".join(f"{s['batching']['p50_ms']:.0f}" for s in sv) + " ms against "
+            + ", ".join(f"{s['no_batching']['p50_ms']:.0f}" for s in sv) + " ms, its p99 "
+            + ", ".join(f"{s['batching']['p99_ms']:.0f}" for s in sv) + " ms against "
+            + ", ".join(f"{s['no_batching']['p99_ms']:.0f}" for s in sv) + " ms.", ""]
 
 
 def _vs_torch_pruning(vs: dict) -> list[str]:

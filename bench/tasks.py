@@ -327,7 +327,7 @@ def main():
     torch.set_num_threads(1)  # one thread for every side: the server's model runs on one, the clients on the other
     mem = memory(args.tasks)
     tp = throughput(args.tasks, args.batch, args.rounds, args.batches)
-    sv = serving([n for n in args.tasks if n > 1] or args.tasks, args.requests, args.clients)
+    sv = serving(args.tasks, args.requests, args.clients)
     common.write("tasks", {"positions": len(POSITIONS), "dim": DIM, "rounds": args.rounds, "clients": args.clients,
                            "batches": args.batches, "memory": mem, "throughput": tp, "serving": sv,
                            "table": table(mem, tp, sv), "seconds": time.perf_counter() - t0}, args.out, dev)
