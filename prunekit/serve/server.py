@@ -57,8 +57,17 @@ def is_loopback(host: str) -> bool:
 
 
 def run_server(app, sock: socket.socket, *, log_level: str = "info") -> None:
-    """Serve ``app`` on ``sock`` until SIGINT / SIGTERM (uvicorn stops gracefully: requests in flight finish)."""
+    """Serve ``app`` on ``sock`` until SIGINT / SIGTERM (uvicorn stops gracefully: requests in flight finish).
+
+    What is loaded by now (torch, the model, the framework: most of the process's objects, and they live as long as
+    it does) is frozen out of Python's garbage collector first (``gc.freeze``): otherwise every full collection walks
+    them all, and each one stalled every request in flight (a 159 ms pause measured on the quickstart's ViT, the p99
+    of bench/tasks.py's serving rows)."""
+    import gc
+
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info")))
+    gc.collect()
+    gc.freeze()
     server.run(sockets=[sock])
