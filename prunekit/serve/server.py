@@ -61,8 +61,7 @@ def run_server(app, sock: socket.socket, *, log_level: str = "info") -> None:
 
     What is loaded by now (torch, the model, the framework: most of the process's objects, and they live as long as
     it does) is frozen out of Python's garbage collector first (``gc.freeze``): otherwise every full collection walks
-    them all, and each one stalled every request in flight (a 159 ms pause measured on the quickstart's ViT, the p99
-    of bench/tasks.py's serving rows)."""
+    them all, and each one stalls every request in flight (it was the p99 of bench/tasks.py's serving rows)."""
     import gc
 
     import uvicorn
