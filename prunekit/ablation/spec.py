@@ -85,7 +85,8 @@ class ClusterSection:
     time_min: int = field(**option("time limit per job in minutes; a cell that needs longer is requeued and resumes "
                                    "from its resume.pt", default=24 * 60))
     array_parallelism: int = field(**option("jobs of one submission that run at once at most", default=64))
-    setup: list[str] = field(**option("shell lines run before each job (module load ..., source venv/bin/activate)",
+    setup: list[str] = field(**option("shell lines run before each job (module load ..., export ...); the job runs the "
+                                      "submitting Python",
                                       default_factory=list))
     additional: dict = field(**option("further sbatch options, e.g. {constraint: a100, exclude: node7}",
                                       default_factory=dict))
