@@ -181,6 +181,9 @@ def _tasks(tk: dict) -> list[str]:
     mixed = [t["mixed_cost_over_one_task"] for t in tp]
     one = {t["batch"]: t["images_per_s"]["one_task"] for t in tp if t["tasks"] == 1}
     small, big = min(one), max(one)
+    def ms(side: str, key: str) -> str:
+        return ", ".join(f"{s[side][key]:.0f}" for s in sv)
+
     lead, at_big = (", ".join(f"{t['shared_over_separate']:.2f}x at {t['tasks']}" for t in tp
                               if t["batch"] == b and t["tasks"] > 1) for b in (small, big))
     return ["## 13. Many tasks, one backbone: memory, mixed batches, serving", "",
@@ -202,11 +205,9 @@ def _tasks(tk: dict) -> list[str]:
             f"tasks; at batch {big}: {at_big} tasks (the per-task models then run sub-batches of {big}/N; one model "
             f"runs {one[small]:.0f} images/s at batch {small} and {one[big]:.0f} at batch {big}). Batching in the "
             "server gives " + ", ".join(f"{s['throughput_ratio']:.2f}x" for s in sv) + " the requests per second of "
-            f"no batching (at {', '.join(str(s['tasks']) for s in sv)} tasks); its p50 is "
-            + ", ".join(f"{s['batching']['p50_ms']:.0f}" for s in sv) + " ms against "
-            + ", ".join(f"{s['no_batching']['p50_ms']:.0f}" for s in sv) + " ms, its p99 "
-            + ", ".join(f"{s['batching']['p99_ms']:.0f}" for s in sv) + " ms against "
-            + ", ".join(f"{s['no_batching']['p99_ms']:.0f}" for s in sv) + " ms.", ""]
+            f"no batching (at {', '.join(str(s['tasks']) for s in sv)} tasks); its p50 is {ms('batching', 'p50_ms')} "
+            f"ms against {ms('no_batching', 'p50_ms')} ms, its p99 {ms('batching', 'p99_ms')} ms against "
+            f"{ms('no_batching', 'p99_ms')} ms.", ""]
 
 
 def _vs_torch_pruning(vs: dict) -> list[str]:

@@ -33,8 +33,8 @@ from typing import Any, Iterator
 from ..config import parse_section
 from ..errors import PrunekitError
 from ..io.files import atomic_write_text
-from .grid import _checked_grid, _finished_as_planned, plan_ablation, summarize
-from .jobs import CellJob, CellState, cell_state, job_file
+from .grid import _checked_grid, _finished_as_planned, _plan, summarize
+from .jobs import STATES, CellJob, CellState, cell_state, job_file
 from .spec import ClusterSection
 
 __all__ = ["cluster_config", "submit_ablation", "ablation_status", "collect_ablation", "wait_for"]
@@ -46,24 +46,29 @@ def cluster_config(section: ClusterSection, **given: Any) -> ClusterSection:
     return parse_section(ClusterSection, merged, "cluster")
 
 
-def _grid_state(path, out, data: bool = False) -> tuple[Any, str, list, list[Any], Path, list[CellState]]:
-    spec, base, task_recipes, cells, out = _checked_grid(path, out, data)
-    jobs = out / "jobs"
-    states = [cell_state(c.run_id, out / "runs" / c.run_id, jobs,
-                         _finished_as_planned(out / "runs" / c.run_id, base, c.overrides)) for c in cells]
-    return spec, base, task_recipes, cells, out, states
+def _states(cells: list, base: str, out: Path) -> list[CellState]:
+    """Every cell's state now, read from its run directory, its lock and its records in ``OUT/jobs``."""
+    runs, jobs = out / "runs", out / "jobs"
+    return [cell_state(c.run_id, runs / c.run_id, jobs, _finished_as_planned(runs / c.run_id, base, c.overrides))
+            for c in cells]
+
+
+def _grid_state(path, out) -> tuple[Any, str, list[Any], Path, list[CellState]]:
+    """The grid (its tasks' data not loaded: status and collect read run directories only) and its cells' states."""
+    spec, base, _, cells, out = _checked_grid(path, out, data=False)
+    return spec, base, cells, out, _states(cells, base, out)
 
 
 def ablation_status(path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Every cell's state (``prunekit ablate --status``); reads only."""
-    spec, _, _, _, out, states = _grid_state(path, out)
-    counts = {s: sum(c.state == s for c in states) for s in ("done", "running", "queued", "failed", "todo")}
+    spec, _, _, out, states = _grid_state(path, out)
+    counts = {s: sum(c.state == s for c in states) for s in STATES}
     return {"name": spec.name, "out": out, "cells": states, "counts": counts}
 
 
 def collect_ablation(path: str | Path, out: str | Path | None = None, log=print) -> dict[str, Any]:
     """The tables and plots of a grid whose every cell is done (``prunekit ablate --collect``)."""
-    spec, base, _, cells, out, states = _grid_state(path, out)
+    spec, base, cells, out, states = _grid_state(path, out)
     missing = [s for s in states if s.state != "done"]
     if missing:
         listed = "; ".join(f"{s.run} {s.state}" + (f" ({s.detail})" if s.detail else "") for s in missing[:5])
@@ -136,18 +141,19 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
     what would be: the jobs, their resources and each cell's estimate from its own steps)."""
     if cfg.launcher == "local":
         raise PrunekitError("--launcher: 'local' runs cells in this process (prunekit ablate FILE --jobs N)")
-    spec, base, task_recipes, cells, out, states = _grid_state(path, out, data=True)
-    todo = [(c, s) for c, s in zip(cells, states) if s.state in ("todo", "failed")]
+    grid = _checked_grid(path, out)
+    spec, base, task_recipes, cells, out = grid
     resources = (f"{cfg.launcher}: {cfg.gpus_per_job} GPU, {cfg.cpus_per_job} CPUs"
                  + (f", {cfg.mem_gb:g} GB" if cfg.mem_gb else "") + f", {cfg.time_min} min limit"
                  + (f", partition {cfg.partition}" if cfg.partition else "")
                  + (f", account {cfg.account}" if cfg.account else "")
                  + (f", at most {cfg.array_parallelism} at once" if cfg.launcher == "slurm" else ""))
     if dry_run:
-        plan = plan_ablation(path, out)
+        plan, states = _plan(grid, 1), _states(cells, base, out)
         seconds = {r["run"]: r["seconds"] for r in plan["cells"]}
         return {"out": out, "resources": resources, "states": states, "plan": plan,
-                "submit": [(c.run_id, s.state, seconds[c.run_id]) for c, s in todo]}
+                "submit": [(c.run_id, s.state, seconds[c.run_id]) for c, s in zip(cells, states)
+                           if s.state in ("todo", "failed")]}
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -163,8 +169,7 @@ def submit_ablation(path: str | Path, out: str | Path | None, cfg: ClusterSectio
     for recipe in task_recipes:  # a missing backbone is pretrained once, here, before any job starts
         ensure_checkpoint(recipe, runs, ProgressReporter(console=make_console(quiet=False)), run=run_recipe)
     with _submission_lock(jobs):
-        states = [cell_state(c.run_id, runs / c.run_id, jobs, _finished_as_planned(runs / c.run_id, base,
-                                                                                    c.overrides)) for c in cells]
+        states = _states(cells, base, out)  # under the lock: what another submission queued meanwhile counts
         todo = [c for c, s in zip(cells, states) if s.state in ("todo", "failed")]
         submitted = []
         if todo:

@@ -214,11 +214,16 @@ def plan_ablation(path: str | Path, out: str | Path | None = None, jobs: int = 1
     linear probe is cheaper than full fine-tuning) and the machine's load changes: an estimate, not a promise.
     Nothing is written; every task's data is loaded once to count it.
     """
+    return _plan(_checked_grid(path, out), jobs)
+
+
+def _plan(grid: tuple[AblationSpec, str, list[Recipe], list[Cell], Path], jobs: int) -> dict[str, Any]:
+    """:func:`plan_ablation` of a grid :func:`_checked_grid` has read."""
     import torch
 
     from ..run import load_bundle, step_seconds
 
-    spec, base, task_recipes, cells, out = _checked_grid(path, out)
+    spec, base, task_recipes, cells, out = grid
     sizes = {}
     for task, recipe in zip(spec.task_labels, task_recipes):
         bundle = load_bundle(recipe)

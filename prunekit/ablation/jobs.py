@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.files import atomic_write_text
-from ..io.runlock import holder_of
+from ..io.runlock import describe_holder, holder_of
 from ..train.resume import STATE_FILE
 
 __all__ = ["CellJob", "CellState", "cell_state", "read_record", "job_file", "state_file"]
@@ -123,7 +123,7 @@ def cell_state(run_id: str, run_dir: Path, jobs: Path, finished: bool) -> CellSt
         return CellState(run_id, "done")
     holder = holder_of(run_dir)
     if holder is not None:
-        return CellState(run_id, "running", f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}")
+        return CellState(run_id, "running", describe_holder(holder))
     job = read_record(job_file(jobs, run_id))
     if job is None:
         return CellState(run_id, "todo", "partly run: resumes from its resume.pt" if

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from .tables import MEAN
-from ..config import option, parse_section
+from ..config import check_count, option, parse_section
 from ..errors import ConfigError
 from ..recipe.spec import read_yaml
 from ..recipe.sections import SEED_MAX
@@ -93,8 +93,7 @@ class ClusterSection:
 
     def __post_init__(self):
         for key, least in (("gpus_per_job", 0), ("cpus_per_job", 1), ("time_min", 1), ("array_parallelism", 1)):
-            if getattr(self, key) < least:
-                raise ConfigError(f"cluster.{key}: expected an integer >= {least}, got {getattr(self, key)}")
+            check_count(f"cluster.{key}", getattr(self, key), least)
         if self.mem_gb is not None and not self.mem_gb > 0:
             raise ConfigError(f"cluster.mem_gb: expected a number > 0 or null, got {self.mem_gb}")
 

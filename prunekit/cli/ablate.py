@@ -59,13 +59,12 @@ def ablate(ablation, out, jobs, dry_run, launcher, status, collect, wait, partit
     modes = [n for n, v in (("--status", status), ("--collect", collect), ("--dry-run", dry_run)) if v]
     if len(modes) > 1:
         raise PrunekitError(f"{' and '.join(modes)}: give one of them")
-    if status:
-        return _print_status(ablation, out)
-    if collect:
-        from ..ablation.cluster import collect_ablation
+    from ..ablation.cluster import ablation_status, cluster_config, collect_ablation
 
+    if status:
+        return _print_status(ablation_status(ablation, out))
+    if collect:
         return _print_result(collect_ablation(ablation, out, log=click.echo))
-    from ..ablation.cluster import cluster_config
     from ..ablation.spec import load_ablation
 
     flags = dict(partition=partition, account=account, qos=qos, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
@@ -98,18 +97,14 @@ def ablate(ablation, out, jobs, dry_run, launcher, status, collect, wait, partit
             click.echo(f"  {run}  ({state}; estimate {_duration(seconds)} on this machine's measured step time)")
         return
     if result["skipped"]["done"] == result["cells"]:  # nothing left to run: the tables, as --collect writes them
-        from ..ablation.cluster import collect_ablation
-
         return _print_result(collect_ablation(ablation, out, log=click.echo))
     if not wait:
         click.echo(f"follow with: prunekit ablate {ablation} --status; when every cell is done: --collect")
         return
     final = wait_for(ablation, out, log=click.echo)
     if final["counts"]["done"] == len(final["cells"]):
-        from ..ablation.cluster import collect_ablation
-
         return _print_result(collect_ablation(ablation, out, log=click.echo))
-    _print_status(ablation, out)
+    _print_status(final)
     sys.exit(1)
 
 
@@ -118,10 +113,7 @@ def _print_result(result: dict) -> None:
     click.echo(f"ablation folder: {result['out']}")
 
 
-def _print_status(ablation, out) -> None:
-    from ..ablation.cluster import ablation_status
-
-    status = ablation_status(ablation, out)
+def _print_status(status: dict) -> None:
     width = max(len(c.run) for c in status["cells"])
     for c in status["cells"]:
         click.echo(f"{c.run:<{width}}  {c.state:<8} {c.detail}".rstrip())
